@@ -1,0 +1,52 @@
+# The two set-up commands of the README. Both create .venv/ in the repository root if it is
+# missing and install the project from pyproject.toml (`make test` with its test extras).
+PYTHON ?= python3
+VENV   := .venv
+BIN    := $(VENV)/bin
+PYTEST_ARGS ?=
+
+.PHONY: demo test test-fast fuzz bench fixtures lint clean
+
+$(BIN)/python:
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+
+# Reinstall when pyproject.toml changes (the stamp records the last install).
+$(VENV)/.installed: pyproject.toml | $(BIN)/python
+	$(BIN)/python -m pip install --quiet -e .
+	@touch $@
+
+$(VENV)/.installed-test: pyproject.toml $(VENV)/.installed
+	$(BIN)/python -m pip install --quiet -e '.[test]'
+	@touch $@
+
+DEMO_OUT := demo-out
+WT := $(BIN)/wtransplant
+
+# The main job end to end on bundled fixtures; outputs go to demo-out/.
+demo: $(VENV)/.installed
+	@mkdir -p $(DEMO_OUT)
+	@echo "== inspect: what is in these files and who wrote them"
+	$(WT) inspect fixtures/torch/torch_cnn.h5
+	$(WT) inspect fixtures/octave/octave_mlp.h5
+	$(WT) inspect --json fixtures/matlab/matlab73_mlp.mat > $(DEMO_OUT)/matlab73_mlp.inspect.json
+	$(WT) inspect --stats --filter '*kernel*' fixtures/keras2/k2_cnn_model.h5
+	@echo "demo finished: outputs in $(DEMO_OUT)/"
+
+# Everything but the nightly-size fuzz run; `make test-fast` skips the slow tests too.
+test: $(VENV)/.installed-test
+	$(BIN)/python -m pytest -q -n 2 -m "not nightly" $(PYTEST_ARGS)
+
+test-fast: $(VENV)/.installed-test
+	$(BIN)/python -m pytest -q -n 2 -m "not nightly and not slow" $(PYTEST_ARGS)
+
+lint: $(VENV)/.installed-test
+	$(BIN)/ruff check .
+
+# Regenerate the committed fixtures with the real writers (needs PyTorch, tf_keras,
+# hdf5storage and GNU Octave; see fixtures/README.md). Tests never need this.
+fixtures:
+	$(MAKE) -C fixtures all
+
+clean:
+	rm -rf $(VENV) .pytest_cache .ruff_cache *.egg-info

@@ -1,0 +1,1 @@
+"""Command-line front end of wtransplant (installed as the ``wtransplant_cli`` package)."""

@@ -1,0 +1,198 @@
+"""Human-readable output. Rich for headers and tables; the tree is built as plain lines
+(styled only on a terminal) so files with tens of thousands of datasets print fast."""
+
+from __future__ import annotations
+
+import sys
+
+from wtransplant.h5io import fmt_bytes
+from wtransplant.inspect import InspectReport, match_filter
+
+MAX_ATTR_CHARS = 100
+
+
+def _console():
+    from rich.console import Console
+
+    return Console(highlight=False, soft_wrap=True)
+
+
+def short(v, n: int = MAX_ATTR_CHARS) -> str:
+    s = v if isinstance(v, str) else repr(v)
+    s = " ".join(s.split())
+    return s if len(s) <= n else s[: n - 1] + "…"
+
+
+def _shape(shape) -> str:
+    return "(" + ", ".join(map(str, shape)) + ("," if len(shape) == 1 else "") + ")"
+
+
+def tree_lines(report: InspectReport, pattern: str | None, depth: int | None) -> list[tuple]:
+    """(indent, text, style) lines of the file tree."""
+    tree = report.tree
+    tensors = {t.path: t for t in report.tensors}
+    stats = report.stats or {}
+    keep: set[str] | None = None
+    if pattern:
+        keep = set()
+        for p in list(tree.datasets) + list(tree.links):
+            if match_filter(p, pattern):
+                keep.add(p)
+                parts = p.split("/")
+                for i in range(1, len(parts)):
+                    keep.add("/".join(parts[:i]) or "/")
+    out: list[tuple] = []
+
+    def node_line(path: str, prefix: str, last: bool, level: int):
+        name = path.rsplit("/", 1)[-1]
+        branch = prefix + ("└── " if last else "├── ")
+        child_prefix = prefix + ("    " if last else "│   ")
+        if path in tree.groups:
+            g = tree.groups[path]
+            alias = f"  (hard link to {g.alias_of})" if g.alias_of else ""
+            kids = tree.children(path)
+            if keep is not None:
+                kids = [k for k in kids if k in keep]
+            if depth is not None and level >= depth and kids:
+                nd = sum(1 for p in tree.datasets if p.startswith(path + "/"))
+                out.append((branch, f"{name}/  … {nd} datasets below{alias}", "group"))
+                return
+            out.append((branch, f"{name}/{alias}", "group"))
+            _attrs(g.attrs, child_prefix)
+            for i, k in enumerate(kids):
+                node_line(k, child_prefix, i == len(kids) - 1, level + 1)
+        elif path in tree.datasets:
+            d = tree.datasets[path]
+            parts = [f"{name}  {d.dtype} {_shape(d.shape)}"]
+            t = tensors.get(path)
+            if t is not None and t.column_major:
+                parts.append(f"MATLAB {'x'.join(map(str, t.shape))}")
+            if d.layout not in ("contiguous", "compact"):
+                lay = d.layout
+                if d.chunks:
+                    lay += " " + _shape(d.chunks)
+                if d.filters:
+                    lay += " " + "+".join(d.filters)
+                if d.sources:
+                    lay += " -> " + ", ".join(d.sources)
+                parts.append(lay)
+            if d.nbytes >= 1024:
+                parts.append(fmt_bytes(d.nbytes))
+            if d.value is not None:
+                parts.append(repr(short(d.value, 40)))
+            if d.alias_of:
+                parts.append(f"hard link to {d.alias_of}")
+            s = stats.get(path)
+            if s is not None:
+                parts.append(_stats_text(s))
+            out.append((branch, "  ".join(parts), "dataset" if d.numeric else "other"))
+            _attrs(d.attrs, child_prefix)
+        elif path in tree.links:
+            ln = tree.links[path]
+            if ln.kind == "external":
+                txt = f"{name}  -> external link {ln.target_file}:{ln.target} (not followed)"
+            elif ln.kind == "soft":
+                state = ln.resolves_to or "dangling"
+                txt = f"{name}  -> soft link {ln.target} ({state})"
+            else:
+                txt = f"{name}  ({ln.kind})"
+            out.append((branch, txt, "link"))
+
+    def _attrs(attrs: dict, prefix: str):
+        for k, v in attrs.items():
+            out.append((prefix + "  ", f"@{k} = {short(v)}", "attr"))
+
+    out.append(("", "/", "group"))
+    _attrs(tree.root_attrs, "")
+    kids = tree.children("/")
+    if keep is not None:
+        kids = [k for k in kids if k in keep]
+    for i, k in enumerate(kids):
+        node_line(k, "", i == len(kids) - 1, 1)
+    return out
+
+
+def _stats_text(s) -> str:
+    if s.skipped:
+        return f"[stats skipped: {s.skipped}]"
+    if s.min is None:
+        return f"[n={s.count} nan={s.nan} inf={s.inf}]"
+    bad = f" nan={s.nan} inf={s.inf}" if (s.nan or s.inf) else ""
+    return f"[min {s.min:.4g} max {s.max:.4g} mean {s.mean:.4g} std {s.std:.4g}{bad}]"
+
+
+STYLES = {"group": "bold blue", "dataset": "", "other": "dim", "link": "magenta",
+          "attr": "dim cyan"}
+
+
+def print_inspect(report: InspectReport, pattern: str | None = None,
+                  depth: int | None = None) -> None:
+    con = _console()
+    det = report.detection
+    con.print(f"[bold]{report.file}[/]  ({fmt_bytes(report.file_size)})")
+    con.print(f"format: [bold green]{det.format}[/]   convention: [bold]{det.convention}[/]"
+              f"   writer: {det.writer or 'unknown'}")
+    for ev in det.evidence:
+        con.print(f"  evidence: {ev}", markup=False)
+    for w in report.warnings:
+        con.print(f"  [yellow]warning:[/] {w}")
+    con.print()
+    lines = tree_lines(report, pattern, depth)
+    if con.is_terminal:
+        from rich.text import Text
+
+        text = Text()
+        for prefix, body, kind in lines:
+            text.append(prefix, style="dim")
+            text.append(body + "\n", style=STYLES.get(kind, ""))
+        con.print(text, end="")
+    else:
+        sys.stdout.write("".join(f"{p}{b}\n" for p, b, _ in lines))
+        sys.stdout.flush()
+    _print_hints(con, report)
+
+
+def _print_hints(con, report: InspectReport) -> None:
+    h = report.hints
+    if not h.layers:
+        return
+    from rich.table import Table
+
+    con.print()
+    title = "Implied architecture"
+    if h.chain_text:
+        title += f": {h.chain_text}"
+    table = Table(title=title, title_justify="left", show_lines=False, expand=False)
+    table.add_column("#", justify="right")
+    table.add_column("source unit")
+    table.add_column("looks like")
+    table.add_column("Keras layer")
+    table.add_column("to decide / notes")
+    explain: dict[str, None] = {}
+    for i, lh in enumerate(h.layers, 1):
+        p = lh.proposal
+        if p is None:
+            table.add_row(str(i), lh.unit, ", ".join(f"{k} {v}" for k, v in lh.shapes.items()),
+                          "?", "; ".join(lh.notes))
+            continue
+        args = ", ".join(f"{k}={v}" for k, v in p.args.items())
+        keys = []
+        for d in p.decide:
+            key = d.split(":")[0].split(" (")[0]
+            keys.append(key)
+            if key != d:
+                explain[f"{key}: {d[len(key):].lstrip(' :')}"] = None
+        table.add_row(str(i), lh.unit, p.summary, f"{p.keras_class}({args})",
+                      ", ".join(keys) + ("\n" + "; ".join(lh.notes) if lh.notes else ""))
+    con.print(table)
+    for e in explain:
+        con.print(f"  {e}", markup=False)
+    if h.orientation:
+        con.print(f"2-D weights: {h.orientation}")
+    if h.io:
+        con.print(f"reference data in the file: inputs {h.io['inputs']}, "
+                  f"expected outputs {h.io['expected']}")
+    if h.ignored:
+        con.print(f"bookkeeping tensors (not weights): {', '.join(h.ignored)}")
+    for n in h.notes:
+        con.print(f"note: {n}", markup=False)
