@@ -152,9 +152,16 @@ def print_inspect(report: InspectReport, pattern: str | None = None,
     _print_hints(con, report)
 
 
+MAX_HINT_ROWS = 60
+
+
 def _print_hints(con, report: InspectReport) -> None:
     h = report.hints
-    if not h.layers:
+    known = [lh for lh in h.layers if lh.proposal is not None]
+    unknown = len(h.layers) - len(known)
+    if not known:
+        if h.layers:
+            con.print(f"\nno layer recognised among {len(h.layers)} groups of tensors")
         return
     from rich.table import Table
 
@@ -169,12 +176,8 @@ def _print_hints(con, report: InspectReport) -> None:
     table.add_column("Keras layer")
     table.add_column("to decide / notes")
     explain: dict[str, None] = {}
-    for i, lh in enumerate(h.layers, 1):
+    for i, lh in enumerate(known[:MAX_HINT_ROWS], 1):
         p = lh.proposal
-        if p is None:
-            table.add_row(str(i), lh.unit, ", ".join(f"{k} {v}" for k, v in lh.shapes.items()),
-                          "?", "; ".join(lh.notes))
-            continue
         args = ", ".join(f"{k}={v}" for k, v in p.args.items())
         keys = []
         for d in p.decide:
@@ -185,6 +188,10 @@ def _print_hints(con, report: InspectReport) -> None:
         table.add_row(str(i), lh.unit, p.summary, f"{p.keras_class}({args})",
                       ", ".join(keys) + ("\n" + "; ".join(lh.notes) if lh.notes else ""))
     con.print(table)
+    if len(known) > MAX_HINT_ROWS:
+        con.print(f"  … {len(known) - MAX_HINT_ROWS} more layers (--json lists all)")
+    if unknown:
+        con.print(f"  {unknown} groups of tensors not recognised as layers")
     for e in explain:
         con.print(f"  {e}", markup=False)
     if h.orientation:

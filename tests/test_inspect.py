@@ -296,3 +296,24 @@ def test_no_tensorflow_or_keras_on_import_or_inspect():
 def test_readers_errors_are_input_errors():
     with pytest.raises(InputError):
         inspect_file(fx("broken/empty.h5"))
+
+
+ALL_H5 = sorted(str(p.relative_to(fx("."))) for p in fx(".").rglob("*")
+                if p.suffix in (".h5", ".mat") and p.stat().st_size > 0
+                and p.name not in ("truncated.h5", "not_hdf5.h5"))
+
+
+@pytest.mark.parametrize("rel", ALL_H5)
+def test_fast_probe_and_h5py_walk_agree(rel, monkeypatch):
+    """The ctypes fast path of the walk is an optimisation: it must give the same tree."""
+    from wtransplant import _fasth5
+    from wtransplant.tree import walk
+
+    assert _fasth5._load() is not None, "fast path unavailable on this platform"
+    with open_source(fx(rel)) as src:
+        fast = walk(src).to_dict()
+    monkeypatch.setattr(_fasth5, "_lib", None)
+    monkeypatch.setattr(_fasth5, "_failed", True)
+    with open_source(fx(rel)) as src:
+        slow = walk(src).to_dict()
+    assert fast == slow

@@ -66,9 +66,14 @@ class SourceTensor:
         return d
 
 
+_DIGITS = re.compile(r"(\d+)")
+
+
 def natural_key(s: str):
     """Sort key that orders 'layer2' before 'layer10' and 'features.2' before 'features.10'."""
-    return [(0, int(t), "") if t.isdigit() else (1, 0, t) for t in re.split(r"(\d+)", s)]
+    parts = _DIGITS.split(s)
+    # odd positions are the digit runs
+    return [(0, int(t), "") if i & 1 else (1, 0, t) for i, t in enumerate(parts)]
 
 
 def _s(v) -> str:

@@ -131,12 +131,19 @@ def _userblock(h5: h5py.File) -> int:
         return 0
 
 
-def _open_h5(target, display: str, *, follow_links: bool) -> h5py.File:
+#: ``open_source(..., in_memory=True)`` reads files up to this size into memory (HDF5's
+#: core driver): walking many small objects is then much faster than through read calls.
+IN_MEMORY_LIMIT = 256 << 20
+
+
+def _open_h5(target, display: str, *, follow_links: bool, in_memory: bool = False
+             ) -> h5py.File:
     # rdcc_nbytes=0: no per-dataset chunk cache is allocated on open, which makes walking
     # files with many thousands of datasets markedly faster; reads of whole tensors do not
     # need it.
+    kw = {"driver": "core", "backing_store": False} if in_memory else {}
     try:
-        return h5py.File(target, "r", rdcc_nbytes=0, rdcc_nslots=1)
+        return h5py.File(target, "r", rdcc_nbytes=0, rdcc_nslots=1, **kw)
     except PermissionError:
         raise InputError("permission denied", path=display) from None
     except (OSError, ValueError) as e:
@@ -148,7 +155,8 @@ def _open_h5(target, display: str, *, follow_links: bool) -> h5py.File:
         ) from None
 
 
-def open_source(path: str | os.PathLike, *, follow_links: bool = False) -> OpenedSource:
+def open_source(path: str | os.PathLike, *, follow_links: bool = False,
+                in_memory: bool = False) -> OpenedSource:
     """Open an HDF5 file, MAT v7.3 file or ``.keras`` archive read-only.
 
     Raises :class:`InputError` with a one-line message for anything that is not one.
@@ -168,7 +176,8 @@ def open_source(path: str | os.PathLike, *, follow_links: bool = False) -> Opene
         kind = "text" if _looks_like_text(head) else "binary data"
         raise InputError(f"not an HDF5 file (no HDF5 signature found; looks like {kind})",
                          path=str(p))
-    h5 = _open_h5(str(p), str(p), follow_links=follow_links)
+    h5 = _open_h5(str(p), str(p), follow_links=follow_links,
+                  in_memory=in_memory and size <= IN_MEMORY_LIMIT)
     ub = _userblock(h5)
     userblock = head[: min(ub, 128)] if ub else b""
     return OpenedSource(path=p, h5=h5, file_size=size, userblock=userblock,

@@ -113,7 +113,8 @@ class InspectReport:
 def inspect_file(path: str | os.PathLike, *, stats: bool = False, follow_links: bool = False,
                  stats_filter: str | None = None) -> InspectReport:
     """Walk a file (metadata only; values are read only for ``stats``) and describe it."""
-    with open_source(path, follow_links=follow_links) as src:
+    # metadata-heavy walks are faster from memory; big weight files are walked from disk
+    with open_source(path, follow_links=follow_links, in_memory=not stats) as src:
         loaded = load_source(src)
         tree = loaded.tree
         warnings = safety_warnings(tree, follow_links)

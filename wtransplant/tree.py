@@ -15,6 +15,7 @@ import numpy as np
 from h5py import h5a, h5d, h5g, h5l, h5o, h5t, h5z
 
 from .errors import InputError
+from ._fasth5 import Prober
 from .h5io import OpenedSource, root_comment
 
 #: Arrays in attributes up to this many elements are shown in full.
@@ -263,20 +264,26 @@ def _wrap(obj_id):
 _INT_NAMES = {1: "8", 2: "16", 4: "32", 8: "64"}
 
 
+def numeric_name(is_float: bool, size: int, big_endian: bool, signed: bool
+                 ) -> tuple[str, str]:
+    """(dtype string, kind) of an HDF5 float or integer type."""
+    if is_float:
+        name, kind = {2: "float16", 4: "float32", 8: "float64"}.get(size, f"float{size * 8}"), \
+            "float"
+    else:
+        kind = "int" if signed else "uint"
+        name = kind + _INT_NAMES.get(size, str(size * 8))
+    return (">" + name if big_endian else name), kind
+
+
 def describe_type(tid) -> tuple[str, str]:
     """(dtype string, kind) for an HDF5 type id."""
     cls = tid.get_class()
     if cls == h5t.FLOAT:
-        size = tid.get_size()
-        be = tid.get_order() == h5t.ORDER_BE
-        name = {2: "float16", 4: "float32", 8: "float64"}.get(size, f"float{size * 8}")
-        return (">" + name if be else name), "float"
+        return numeric_name(True, tid.get_size(), tid.get_order() == h5t.ORDER_BE, True)
     if cls == h5t.INTEGER:
-        size = tid.get_size()
-        signed = tid.get_sign() != h5t.SGN_NONE
-        be = tid.get_order() == h5t.ORDER_BE
-        name = ("int" if signed else "uint") + _INT_NAMES.get(size, str(size * 8))
-        return (">" + name if be else name), ("int" if signed else "uint")
+        return numeric_name(False, tid.get_size(), tid.get_order() == h5t.ORDER_BE,
+                            tid.get_sign() != h5t.SGN_NONE)
     if cls == h5t.STRING:
         if tid.is_variable_str():
             return "str", "string"
@@ -332,6 +339,32 @@ def walk(src: OpenedSource) -> FileTree:
         raise InputError(f"cannot walk the file's links: {str(e).split('(')[0].strip()}",
                          path=src.display) from None
 
+    with Prober(h5) as prober:
+        _walk_entries(entries, prober, src, h5, fid, groups, datasets, links, seen_addr)
+    return FileTree(path=str(src.path), display=src.display, file_size=src.file_size,
+                    groups=groups, datasets=datasets, links=links, userblock=src.userblock,
+                    archive=src.archive, comment=root_comment(h5))
+
+
+def _add_fast(fast, path, alias, groups, datasets, fid, bname, h5) -> None:
+    """Record an object probed through :mod:`._fasth5` (contiguous numeric datasets and
+    groups); attributes, when there are any, are still decoded through h5py."""
+    nattrs = fast[1] if fast[0] == "group" else fast[8]
+    attrs = read_attrs(h5o.open(fid, bname), h5) if nattrs and alias is None else {}
+    if fast[0] == "group":
+        groups[path] = GroupNode(path, attrs=attrs, alias_of=alias)
+        return
+    _, shape, cls, size, be, signed, _off, storage, _ = fast
+    dtype, kind = numeric_name(cls == h5t.FLOAT, size, be, signed)
+    n = 1
+    for d in shape:
+        n *= d
+    datasets[path] = DatasetNode(path=path, shape=shape, dtype=dtype, kind=kind,
+                                 nbytes=n * size, storage=storage, attrs=attrs,
+                                 alias_of=alias)
+
+
+def _walk_entries(entries, prober, src, h5, fid, groups, datasets, links, seen_addr) -> None:
     for bname, ltype, addr in entries:
         name = bname.decode("utf-8", "replace")
         path = "/" + name
@@ -356,6 +389,10 @@ def walk(src: OpenedSource) -> FileTree:
         alias = seen_addr.get(addr)
         if alias is None:
             seen_addr[addr] = path
+        fast = prober.probe(bname) if prober.ok else None
+        if fast is not None and (fast[0] == "group" or fast[6] is not None):
+            _add_fast(fast, path, alias, groups, datasets, fid, bname, h5)
+            continue
         try:
             oid = h5o.open(fid, bname)
         except Exception as e:
@@ -368,9 +405,6 @@ def walk(src: OpenedSource) -> FileTree:
             groups[path] = GroupNode(path, attrs=attrs, alias_of=alias)
         else:  # a committed datatype
             links[path] = LinkNode(path, "datatype", "")
-    return FileTree(path=str(src.path), display=src.display, file_size=src.file_size,
-                    groups=groups, datasets=datasets, links=links, userblock=src.userblock,
-                    archive=src.archive, comment=root_comment(h5))
 
 
 def _soft_target(h5: h5py.File, path: str) -> str | None:

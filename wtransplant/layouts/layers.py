@@ -147,18 +147,15 @@ class DenseLayout(LayerLayout):
                                  [Transpose((1, 0), why="stored (out,in)")], "dense kernel")
 
     def recognize(self, unit, convention):
-        w = unit.shape(_role(unit, "kernel" if convention == "keras" else "weight"))
-        if w is None or len(w) != 2 or set(unit.tensors) - {"weight", "bias", "kernel"}:
-            return None
-        if convention == "keras":
-            n_in, n_out = w
-        elif convention == "plain":
-            return None  # orientation decided by the chain (hints)
-        else:
-            n_out, n_in = w
+        role = "kernel" if convention == "keras" else "weight"
+        t = unit.tensors.get(role)
+        if t is None or len(t.shape) != 2 or convention == "plain" or any(
+                r not in ("weight", "bias", "kernel") for r in unit.tensors):
+            return None  # plain: orientation is decided by the chain (hints)
+        w = t.shape
+        n_in, n_out = w if convention == "keras" else (w[1], w[0])
         b = unit.shape("bias")
-        slots = {"kernel": [unit.tensors[_role(unit, "kernel" if convention == "keras"
-                                               else "weight")].name]}
+        slots = {"kernel": [t.name]}
         if b is not None:
             slots["bias"] = [unit.tensors["bias"].name]
         args = {"units": n_out}
@@ -171,10 +168,6 @@ class DenseLayout(LayerLayout):
                           f"Linear without bias")
         return Proposal("Dense", args, slots, f"{what} {n_in} -> {n_out}", n_in, n_out,
                         decide=decide, kind="dense")
-
-
-def _role(unit: Unit, *names: str) -> str:
-    return next((n for n in names if n in unit.tensors), names[0])
 
 
 # --------------------------------------------------------------------------------------
@@ -586,12 +579,17 @@ class BidirectionalLayout(RecurrentLayout):
 
 def recognize(unit: Unit, convention: str) -> Proposal | None:
     """The first entry that recognises a unit of source tensors."""
-    seen = set()
-    for lay in REGISTRY.values():
-        if id(lay) in seen:
-            continue
-        seen.add(id(lay))
+    for lay in _unique_layouts():
         p = lay.recognize(unit, convention)
         if p is not None:
             return p
     return None
+
+
+_UNIQUE: list = []
+
+
+def _unique_layouts() -> list:
+    if len(_UNIQUE) != len({id(v) for v in REGISTRY.values()}):
+        _UNIQUE[:] = list({id(v): v for v in REGISTRY.values()}.values())
+    return _UNIQUE

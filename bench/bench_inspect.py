@@ -1,0 +1,86 @@
+"""Benchmark: `wtransplant inspect FILE` against `h5ls -r FILE` (Debian's hdf5-tools) on a
+generated HDF5 file with 20,000 datasets, both measured in the same run.
+
+Both commands print the whole tree (to /dev/null); each is run REPEAT times alternately and
+the median wall time is compared. Goal: inspect within 2x of h5ls.
+
+    .venv/bin/python bench/bench_inspect.py [--datasets 20000] [--repeat 7]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import h5py
+import numpy as np
+
+
+def make_file(path: Path, n: int) -> None:
+    per_group = 100
+    with h5py.File(path, "w") as f:
+        for g in range(max(1, n // per_group)):
+            grp = f.create_group(f"block{g}")
+            grp.attrs["index"] = g
+            for j in range(per_group):
+                grp.create_dataset(f"layer{j}.weight", data=np.full((4, 3), j, np.float32))
+
+
+def time_cmd(cmd: list[str]) -> float:
+    t = time.perf_counter()
+    subprocess.run(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, check=True)
+    return time.perf_counter() - t
+
+
+def main(argv=None) -> dict:
+    ap = argparse.ArgumentParser(description=__doc__)
+    ap.add_argument("--datasets", type=int, default=20000)
+    ap.add_argument("--repeat", type=int, default=7)
+    ap.add_argument("--json", action="store_true")
+    args = ap.parse_args(argv)
+    h5ls = shutil.which("h5ls")
+    wt = str(Path(sys.executable).parent / "wtransplant")
+    with tempfile.TemporaryDirectory() as d:
+        path = Path(d) / "many.h5"
+        make_file(path, args.datasets)
+        base_cmd = [h5ls, "-r", str(path)] if h5ls else None
+        our_cmd = [wt, "inspect", str(path)]
+        # warm the page cache once for both
+        if base_cmd:
+            time_cmd(base_cmd)
+        time_cmd(our_cmd)
+        ours, base = [], []
+        for _ in range(args.repeat):
+            if base_cmd:
+                base.append(time_cmd(base_cmd))
+            ours.append(time_cmd(our_cmd))
+    res = {
+        "task": f"inspect, {args.datasets} datasets",
+        "baseline": "h5ls -r" if h5ls else None,
+        "baseline_s": statistics.median(base) if base else None,
+        "ours_s": statistics.median(ours),
+        "machine": f"{platform.machine()}, {os.cpu_count()} cores, {platform.python_version()}",
+    }
+    res["ratio"] = res["ours_s"] / res["baseline_s"] if base else None
+    if args.json:
+        print(json.dumps(res))
+    elif not base:
+        print(f"h5ls not found (apt-get install hdf5-tools); inspect alone: "
+              f"{res['ours_s']:.3f} s")
+    else:
+        print(f"{res['task']}: wtransplant inspect {res['ours_s']:.3f} s, h5ls -r "
+              f"{res['baseline_s']:.3f} s, ratio {res['ratio']:.2f}x (goal <= 2x)")
+    return res
+
+
+if __name__ == "__main__":
+    main()
