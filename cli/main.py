@@ -14,6 +14,8 @@ import click
 
 from wtransplant.errors import EXIT_INTERNAL, UnsafeInputError, WTError
 
+from .quiet import import_keras
+
 DEBUG = bool(os.environ.get("WTRANSPLANT_DEBUG"))
 
 
@@ -106,6 +108,113 @@ def inspect(file, as_json, stats, pattern, depth, follow_links):
         more = f" (and {len(report.outside) - 1} more)" if len(report.outside) > 1 else ""
         raise UnsafeInputError(f"{report.outside[0]}{more}: data outside the file, not "
                                f"followed; pass --follow-links to follow", path=file)
+
+
+@main.command()
+@click.argument("file", type=click.Path())
+@click.option("-o", "--output", type=click.Path(dir_okay=False),
+              help="Write the draft here (default: print it).")
+@handle_errors
+def spec(file, output):
+    """Write a draft spec (YAML) for FILE: the implied layer stack, the weights mapping, the
+    convention, and verify entries if FILE holds reference data. What the tensors cannot
+    tell is marked '# TODO'."""
+    from pathlib import Path
+
+    from wtransplant.draft import draft_spec
+
+    d = draft_spec(file, spec_dir=Path(output).parent if output else None)
+    if output:
+        from wtransplant.atomic import atomic_path
+
+        with atomic_path(output) as tmp:
+            tmp.write_text(d.text, encoding="utf-8")
+        click.echo(f"wrote {output}", err=True)
+    else:
+        click.echo(d.text, nl=False)
+    if d.todo:
+        click.echo(f"{len(d.todo)} thing(s) to decide are marked TODO in the draft", err=True)
+    elif d.rebuildable:
+        click.echo("the draft should rebuild as is: wtransplant rebuild --spec "
+                   f"{output or 'SPEC'}", err=True)
+
+
+@main.command()
+@click.argument("file", required=False, type=click.Path())
+@click.option("--spec", "spec_path", type=click.Path(dir_okay=False),
+              help="The spec (YAML or JSON) saying what to build and where each weight comes "
+                   "from.")
+@click.option("-o", "--output", type=click.Path(dir_okay=False),
+              help="Where to save the model: .keras (default) or .h5. Default: "
+                   "<source name>.keras in the current folder.")
+@click.option("--report", "report_path", type=click.Path(dir_okay=False),
+              help="Write the JSON report (plan, checksums, parity, versions) here.")
+@click.option("--inputs", help="Reference inputs (.npy, data.npz:key, data.h5:dataset); "
+                               "overrides the spec's verify.inputs.")
+@click.option("--expected", help="Reference outputs for --inputs.")
+@click.option("--input-layout", type=click.Choice(["nchw", "ncl", "ncdhw", "none"]),
+              help="Layout of the reference inputs if not channels-last.")
+@click.option("--atol", type=float, help="Absolute tolerance (default 1e-5).")
+@click.option("--rtol", type=float, help="Relative tolerance (default 1e-4).")
+@click.option("--force", is_flag=True, help="Save the model even if parity fails.")
+@click.option("--show-plan", is_flag=True, help="Print the whole mapping ledger.")
+@click.option("--json", "as_json", is_flag=True, help="Print the report as JSON.")
+@click.option("--no-save", is_flag=True, help="Check only; write no model.")
+@handle_errors
+def rebuild(file, spec_path, output, report_path, inputs, expected, input_layout, atol, rtol,
+            force, show_plan, as_json, no_save):
+    """Build the Keras model, map every source tensor to a Keras variable, convert layouts,
+    assign, check parity and save. Give --spec SPEC, or a FILE that carries its own
+    architecture (a Keras 2 full-model H5, a .keras archive)."""
+    from pathlib import Path
+
+    from wtransplant.errors import InputError, ParityError
+    from wtransplant.spec import VerifySpec, load_spec
+
+    if bool(file) == bool(spec_path):
+        raise InputError("give either --spec SPEC or a FILE with its own architecture")
+    if spec_path:
+        s = load_spec(spec_path)
+    else:
+        from wtransplant.spec import Spec
+
+        s = Spec(source=Path(file).resolve(), convention="keras")
+    if inputs or expected:
+        if not (inputs and expected):
+            raise InputError("give both --inputs and --expected")
+        v = s.verify or VerifySpec()
+        v.inputs, v.expected = str(Path(inputs).resolve()) if ":" not in inputs else inputs, \
+            str(Path(expected).resolve()) if ":" not in expected else expected
+        s.verify = v
+    if s.verify is not None:
+        if input_layout:
+            s.verify.input_layout = input_layout
+        if atol is not None:
+            s.verify.atol = atol
+        if rtol is not None:
+            s.verify.rtol = rtol
+    out = None if no_save else (output or f"{s.source.stem}.keras")
+    import_keras()
+    from wtransplant.rebuild import rebuild as do_rebuild
+
+    try:
+        _model, report = do_rebuild(s, output=out, report_path=report_path, force=force)
+    except ParityError as e:
+        if e.report is not None:
+            _print_rebuild(e.report, as_json, show_plan)
+        raise
+    _print_rebuild(report, as_json, show_plan)
+
+
+def _print_rebuild(report, as_json: bool, show_plan: bool) -> None:
+    if as_json:
+        from wtransplant.atomic import dumps
+
+        click.echo(dumps(report.to_dict()))
+        return
+    from .render import print_rebuild
+
+    print_rebuild(report, show_plan=show_plan)
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -203,3 +203,46 @@ def _print_hints(con, report: InspectReport) -> None:
         con.print(f"bookkeeping tensors (not weights): {', '.join(h.ignored)}")
     for n in h.notes:
         con.print(f"note: {n}", markup=False)
+
+
+def print_rebuild(report, show_plan: bool = False) -> None:
+    con = _console()
+    src = report.source
+    plan = report.plan
+    m = report.model
+    con.print(f"source: {src['path']}  ({src['format']}, writer {src['writer'] or 'unknown'}, "
+              f"convention {src['convention']})", markup=False)
+    con.print(f"model: {m['name']} ({m['class']}), {m['layers_with_weights']} layers with "
+              f"weights, {m['variables']} variables, {m['parameters']:,} parameters",
+              markup=False)
+    counts = ", ".join(f"{n} {k}" for k, n in plan.counts().items())
+    con.print(f"mapped: {len(plan.assignments)} variables ({counts})", markup=False)
+    if show_plan:
+        for a in plan.assignments:
+            srcs = " + ".join(f"{s.name} {tuple(s.stored_shape)}" for s in a.sources)
+            con.print(f"  {a.target.key} {tuple(a.target.shape)} <- {srcs}  [{a.how}]",
+                      markup=False)
+            for op in a.ops:
+                con.print(f"      {op.describe()}", markup=False)
+    if plan.unused:
+        con.print(f"[yellow]unused source tensors ({len(plan.unused)}):[/] "
+                  f"{', '.join(plan.unused[:12])}{' ...' if len(plan.unused) > 12 else ''}")
+    if plan.ignored:
+        con.print(f"ignored (not weights): {', '.join(plan.ignored[:8])}", markup=False)
+    if plan.missing_allowed:
+        con.print(f"left as initialised (options.allow_missing): "
+                  f"{', '.join(plan.missing_allowed)}", markup=False)
+    for c in plan.casts:
+        con.print(f"cast: {c}", markup=False)
+    for n in report.notes:
+        con.print(f"note: {n}", markup=False)
+    for w in plan.warnings:
+        con.print(f"[yellow]warning:[/] {w}")
+    if report.parity is not None:
+        style = "green" if report.parity.passed else "bold red"
+        con.print(f"parity ({report.parity.method}): [{style}]{report.parity.summary()}[/]")
+    else:
+        con.print(f"parity: {report.parity_note}", markup=False)
+    if report.output:
+        con.print(f"saved: {report.output['path']} ({report.output['size_text']})",
+                  markup=False)

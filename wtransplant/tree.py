@@ -14,8 +14,8 @@ import h5py
 import numpy as np
 from h5py import h5a, h5d, h5g, h5l, h5o, h5t, h5z
 
-from .errors import InputError
 from ._fasth5 import Prober
+from .errors import InputError
 from .h5io import OpenedSource, root_comment
 
 #: Arrays in attributes up to this many elements are shown in full.

@@ -48,6 +48,9 @@ class TargetLayer:
     flatten_from: tuple | None = None  # (H, W, C) / (L, C): input is Flatten of this map
     inner_class: str | None = None  # Bidirectional / TimeDistributed: the wrapped class
     inner_config: dict | None = None
+    #: how the source flattened that map: 'chw' (channels first, PyTorch), 'fortran'
+    #: (column-major, MATLAB) or None (Keras' own H,W,C order); set by the plan
+    flatten_order: str | None = None
 
     def var(self, name: str) -> TargetVar | None:
         return next((v for v in self.vars if v.var == name), None)
@@ -93,7 +96,8 @@ class LayerLayout:
     """Base entry. Subclasses set ``classes`` and ``roles`` and override ``recipe``."""
 
     classes: tuple[str, ...] = ()
-    #: convention -> var -> source roles, in the order the recipe takes them
+    #: convention -> var -> the source roles the recipe takes, in order; each item may
+    #: list alternatives as 'scale|gamma|weight' ('*' is the fallback convention)
     roles: dict[str, dict[str, tuple[str, ...]]] = {}
     #: convention -> roles that are bookkeeping, never weights (torch num_batches_tracked)
     ignored_roles: dict[str, tuple[str, ...]] = {}

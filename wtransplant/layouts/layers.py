@@ -92,21 +92,23 @@ def plain_orientation(shapes, target: TargetVar, alt: tuple, alt_ops: list[Op],
                                    f"{tuple(alt)} (the other order)")
 
 
-def flatten_rows(layer: TargetLayer, convention: str, n_in: int, n_out: int) -> list[Op]:
-    """Reorder a Dense kernel's rows when its input is a Flatten of a feature map stored
-    channels-first (torch: C,H,W) or column-major (MATLAB), since Keras flattens H,W,C."""
+def flatten_rows(layer: TargetLayer, n_in: int, n_out: int) -> list[Op]:
+    """Reorder a Dense kernel's rows when its input is a Flatten of a feature map the source
+    flattened channels-first (PyTorch: C,H,W) or column-major (MATLAB), since Keras flattens
+    H,W,C. ``layer.flatten_order`` says which (the plan sets it from the convention)."""
     fm = layer.flatten_from
-    if not fm or len(fm) < 2 or math.prod(fm) != n_in:
+    order = layer.flatten_order
+    if not fm or not order or len(fm) < 2 or math.prod(fm) != n_in:
         return []
     *spatial, c = fm
     k = len(spatial)
-    if convention == "torch":
+    if order == "chw":
         # rows are in (C, *spatial) order: reshape, move C last
         return [Reshape((c, *spatial, n_out), why=f"rows as C,{','.join('HWD'[:k])} of "
                                                     f"the flattened NCHW map"),
                 Transpose(tuple(range(1, k + 1)) + (0, k + 1), why="to Keras' H,W,C order"),
                 Reshape((n_in, n_out))]
-    if convention == "matlab":
+    if order == "fortran":
         # column-major flatten of (spatial..., C): the first spatial axis varies fastest
         rev = (c, *reversed(spatial))
         return [Reshape((*rev, n_out), why="rows in MATLAB's column-major flatten order"),
@@ -141,7 +143,7 @@ class DenseLayout(LayerLayout):
         if convention in ("torch", "matlab"):
             src = "PyTorch Linear" if convention == "torch" else "MATLAB dense"
             ops = [Transpose((1, 0), why=f"{src} weight is (out,in); Keras kernel is (in,out)")]
-            ops += flatten_rows(layer, convention, n_in, n_out)
+            ops += flatten_rows(layer, n_in, n_out)
             return _check(ops, shapes, target)
         return plain_orientation(shapes, target, (n_out, n_in),
                                  [Transpose((1, 0), why="stored (out,in)")], "dense kernel")
@@ -266,9 +268,13 @@ class ConvTransposeLayout(ConvLayout):
 
 @register
 class DepthwiseConvLayout(LayerLayout):
+    """Keras 3 calls DepthwiseConv2D's variable ``kernel``; Keras 2 files call it
+    ``depthwise_kernel`` (SeparableConv2D keeps ``depthwise_kernel`` in both)."""
+
     classes = ("DepthwiseConv1D", "DepthwiseConv2D")
-    roles = {"keras": {"depthwise_kernel": ("depthwise_kernel",), "bias": ("bias",)},
-             "*": {"depthwise_kernel": ("weight",), "bias": ("bias",)}}
+    roles = {"keras": {"kernel": ("kernel|depthwise_kernel",),
+                       "depthwise_kernel": ("depthwise_kernel|kernel",), "bias": ("bias",)},
+             "*": {"kernel": ("weight",), "depthwise_kernel": ("weight",), "bias": ("bias",)}}
 
     def recipe(self, var, convention, shapes, layer, target):
         if var == "bias":
@@ -284,10 +290,11 @@ class DepthwiseConvLayout(LayerLayout):
         return _check([], shapes, target)
 
     def recognize(self, unit, convention):
-        if convention != "keras" or "depthwise_kernel" not in unit.tensors:
+        role = "depthwise_kernel" if "depthwise_kernel" in unit.tensors else None
+        if convention != "keras" or role is None or "pointwise_kernel" in unit.tensors:
             return None
-        *k, c, m = unit.shape("depthwise_kernel")
-        slots = {"depthwise_kernel": [unit.tensors["depthwise_kernel"].name]}
+        *k, c, m = unit.shape(role)
+        slots = {"kernel": [unit.tensors[role].name]}
         args = {"kernel_size": list(k), "depth_multiplier": m}
         if "bias" in unit.tensors:
             slots["bias"] = [unit.tensors["bias"].name]
@@ -333,9 +340,9 @@ class BatchNormLayout(LayerLayout):
                        "moving_variance": ("moving_variance",)},
              "torch": {"gamma": ("weight",), "beta": ("bias",),
                        "moving_mean": ("running_mean",), "moving_variance": ("running_var",)},
-             "*": {"gamma": ("scale", "gamma", "weight"), "beta": ("offset", "beta", "bias"),
-                   "moving_mean": ("mean", "trainedmean", "moving_mean"),
-                   "moving_variance": ("variance", "trainedvariance", "moving_variance")}}
+             "*": {"gamma": ("scale|gamma|weight",), "beta": ("offset|beta|bias",),
+                   "moving_mean": ("trainedmean|mean|moving_mean",),
+                   "moving_variance": ("trainedvariance|variance|moving_variance",)}}
     ignored_roles = {"torch": ("num_batches_tracked",)}
 
     def recipe(self, var, convention, shapes, layer, target):
@@ -453,8 +460,8 @@ class RecurrentLayout(LayerLayout):
                        "bias": ("bias",)},
              "torch": {"kernel": ("weight_ih",), "recurrent_kernel": ("weight_hh",),
                        "bias": ("bias_ih", "bias_hh")},
-             "*": {"kernel": ("weight", "kernel", "input_weights"),
-                   "recurrent_kernel": ("recurrent_weights", "recurrent_kernel"),
+             "*": {"kernel": ("weight|kernel|inputweights|input_weights",),
+                   "recurrent_kernel": ("recurrentweights|recurrent_weights|recurrent_kernel",),
                    "bias": ("bias",)}}
 
     def recipe(self, var, convention, shapes, layer, target):
@@ -556,9 +563,10 @@ class BidirectionalLayout(RecurrentLayout):
         direction, _, base = var.partition("/")
         roles = super().source_roles(base, convention, layer)
         if convention == "torch":
-            return tuple(r + ("_reverse" if direction == "backward" else "") for r in roles)
+            sfx = "_reverse" if direction == "backward" else ""
+            return tuple("|".join(a + sfx for a in r.split("|")) for r in roles)
         if convention == "keras":
-            return tuple(f"{direction}/{r}" for r in roles)
+            return tuple("|".join(f"{direction}/{a}" for a in r.split("|")) for r in roles)
         return roles
 
     def recognize(self, unit, convention):

@@ -1,0 +1,392 @@
+"""Layer 2: build Keras 3 models and describe them as plain data for the planner.
+
+Models come from a spec's ``layers`` (a Sequential stack of ``keras.layers`` classes), a
+model JSON file (``keras_config``, Keras 3 or Keras 2), a ``keras.applications``
+constructor (``weights=None`` always), or the ``model_config`` a Keras 2 full-model H5
+carries. Nothing that is code is deserialised: Lambda layers, TF op layers and classes that
+are not Keras' own are refused before Keras sees the config.
+
+Only the public ``keras`` API is used, so this runs under any Keras 3 backend.
+"""
+
+from __future__ import annotations
+
+import copy
+import difflib
+import inspect as pyinspect
+import json
+from pathlib import Path
+
+import keras
+import numpy as np
+
+from .errors import InputError, UnsafeInputError
+from .layouts import TargetLayer, TargetVar
+from .spec import ModelSpec
+
+#: classes whose config is code, or that load code/files
+FORBIDDEN = {"Lambda", "TFOpLambda", "SlicingOpLambda", "TFSMLayer", "TorchModuleWrapper",
+             "JaxLayer", "FlaxLayer"}
+#: Keras 2 arguments Keras 3 layers no longer take, with the value that makes dropping
+#: them harmless; any other value changes the computation and is refused
+KERAS2_ONLY = {"time_major": False, "ragged": False, "sparse": False, "implementation": None,
+               "groups": 1}
+_MAX_CONFIG_BYTES = 64 << 20
+#: parameter-free, elementwise layers: a Dense after Flatten -> Dropout still sees the
+#: flattened map in the same order
+PASS_THROUGH = {"Dropout", "AlphaDropout", "GaussianDropout", "GaussianNoise", "Activation",
+                "ReLU", "ELU", "LeakyReLU", "Softmax", "Identity", "ActivityRegularization"}
+
+
+# --------------------------------------------------------------------------------------
+# safety of configs
+
+
+def check_config_safe(config, where: str) -> None:
+    """Refuse configs that would run code: Lambda and friends, functions serialised as
+    bytecode, and classes from modules other than Keras'."""
+    stack = [config]
+    while stack:
+        c = stack.pop()
+        if isinstance(c, dict):
+            cls = c.get("class_name")
+            if isinstance(cls, str):
+                if cls in FORBIDDEN:
+                    name = (c.get("config") or {}).get("name", "?")
+                    raise UnsafeInputError(
+                        f"{where}: layer {name!r} is a {cls}: its config is Python code, which "
+                        f"wtransplant never runs; rebuild that part with standard layers")
+                mod = c.get("module")
+                if isinstance(mod, str) and mod and not mod.startswith("keras"):
+                    raise UnsafeInputError(
+                        f"{where}: class {cls!r} comes from module {mod!r}, not from Keras; "
+                        f"custom classes are not deserialised")
+                if cls == "__lambda__" or c.get("function_type") == "lambda":
+                    raise UnsafeInputError(f"{where}: a serialised Python function; refused")
+            stack.extend(c.values())
+        elif isinstance(c, list):
+            stack.extend(c)
+
+
+# --------------------------------------------------------------------------------------
+# building
+
+
+def build_model(ms: ModelSpec, *, name: str | None = None) -> keras.Model:
+    if ms.layers is not None:
+        return _sequential(ms, name)
+    if ms.keras_config is not None:
+        return model_from_json_file(ms.keras_config)
+    return _application(ms)
+
+
+def _layer_from_dict(d: dict, where: str):
+    d = dict(d)
+    cls_name = d.pop("class")
+    if cls_name in FORBIDDEN:
+        raise UnsafeInputError(f"{where}: {cls_name} layers run Python code and are not "
+                               f"supported; express the computation with standard layers")
+    cls = getattr(keras.layers, cls_name, None)
+    if not (isinstance(cls, type) and issubclass(cls, keras.layers.Layer)) or \
+            cls_name in ("InputLayer", "Layer"):
+        options = [n for n in dir(keras.layers) if n[:1].isupper()]
+        near = difflib.get_close_matches(cls_name, options, n=3)
+        hint = f" (did you mean {', '.join(near)}?)" if near else ""
+        raise InputError(f"{where}: {cls_name!r} is not a keras.layers class{hint}")
+    for k, v in list(d.items()):
+        if isinstance(v, dict) and "class" in v:
+            d[k] = _layer_from_dict(v, f"{where}.{k}")
+    for k, v in list(d.items()):
+        if isinstance(v, list) and k in ("kernel_size", "strides", "pool_size", "size",
+                                         "dilation_rate", "padding", "cropping"):
+            d[k] = tuple(tuple(x) if isinstance(x, list) else x for x in v)
+    try:
+        return cls(**d)
+    except (TypeError, ValueError) as e:
+        raise InputError(f"{where} ({cls_name}): {' '.join(str(e).split())}") from None
+
+
+def _sequential(ms: ModelSpec, name: str | None) -> keras.Model:
+    layers = [_layer_from_dict(d, f"model.layers[{i}]") for i, d in enumerate(ms.layers)]
+    seen = {}
+    for i, lay in enumerate(layers):
+        if lay.name in seen:
+            raise InputError(f"model.layers[{i}]: duplicate layer name {lay.name!r} (also "
+                             f"model.layers[{seen[lay.name]}])")
+        seen[lay.name] = i
+    inp = keras.Input(shape=tuple(ms.input_shape), dtype=ms.input_dtype, name="input")
+    x = inp
+    for i, lay in enumerate(layers):
+        try:
+            x = lay(x)
+        except Exception as e:
+            raise InputError(
+                f"model.layers[{i}] ({type(lay).__name__} {lay.name!r}) does not accept "
+                f"input of shape {tuple(x.shape)}: {' '.join(str(e).split())[:300]}") from None
+    return keras.Model(inp, x, name=ms.name or name or "transplanted")
+
+
+def _application(ms: ModelSpec) -> keras.Model:
+    app = ms.application
+    fn = getattr(keras.applications, app["name"], None)
+    if fn is None or not callable(fn) or app["name"].startswith("_"):
+        names = [n for n in dir(keras.applications) if n[:1].isupper()]
+        near = difflib.get_close_matches(app["name"], names, n=3)
+        raise InputError(f"model.application: {app['name']!r} is not a keras.applications "
+                         f"constructor" + (f" (did you mean {', '.join(near)}?)" if near else ""))
+    args = dict(app.get("args") or {})
+    if args.get("weights") not in (None, "none"):
+        raise InputError("model.application.args.weights must be null: wtransplant builds the "
+                         "architecture only and never downloads weights")
+    args["weights"] = None
+    for k in ("input_shape",):
+        if isinstance(args.get(k), list):
+            args[k] = tuple(args[k])
+    try:
+        return fn(**args)
+    except (TypeError, ValueError) as e:
+        raise InputError(f"model.application {app['name']}: {' '.join(str(e).split())}") \
+            from None
+
+
+def model_from_json_file(path: Path) -> keras.Model:
+    p = Path(path)
+    try:
+        if p.stat().st_size > _MAX_CONFIG_BYTES:
+            raise InputError("model JSON is implausibly large", path=str(p))
+        text = p.read_text(encoding="utf-8")
+        config = json.loads(text)
+    except FileNotFoundError:
+        raise InputError("model JSON file not found", path=str(p)) from None
+    except (OSError, ValueError) as e:
+        raise InputError(f"cannot read model JSON: {e}", path=str(p)) from None
+    return model_from_config(config, str(p))
+
+
+def model_from_config(config: dict, where: str) -> keras.Model:
+    """A Keras 3 model from a Keras 3 or Keras 2 model config (checked for code first)."""
+    if not isinstance(config, dict) or "class_name" not in config:
+        raise InputError(f"{where}: not a Keras model config (no 'class_name')")
+    check_config_safe(config, where)
+    if _is_keras3(config):
+        try:
+            return keras.models.model_from_json(json.dumps(config))
+        except Exception as e:
+            raise InputError(f"{where}: Keras could not build the model: "
+                             f"{' '.join(str(e).split())[:400]}") from None
+    model, _notes = model_from_keras2_config(config, where)
+    return model
+
+
+def _is_keras3(config) -> bool:
+    layers = (config.get("config") or {}).get("layers") or []
+    return bool(layers) and all(isinstance(x, dict) and "module" in x for x in layers) and \
+        not any("batch_input_shape" in (x.get("config") or {}) for x in layers)
+
+
+def model_from_keras2_config(config: dict, where: str) -> tuple[keras.Model, list[str]]:
+    """Keras 2's model_config through Keras' public legacy reader, after dropping the
+    Keras 2-only arguments Keras 3 layers refuse (when dropping them changes nothing).
+    Returns the model and the notes saying what was dropped."""
+    check_config_safe(config, where)
+    notes: list[str] = []
+    cfg = _clean_keras2(copy.deepcopy(config), notes, where)
+    objects = {**{k: v for k, v in vars(keras.layers).items() if isinstance(v, type)},
+               "Sequential": keras.Sequential, "Functional": keras.Model,
+               "Model": keras.Model}
+    for bad in FORBIDDEN:
+        objects.pop(bad, None)
+    try:
+        model = keras.legacy.saving.deserialize_keras_object(cfg, module_objects=objects)
+    except UnsafeInputError:
+        raise
+    except Exception as e:
+        raise InputError(f"{where}: the Keras 2 model config could not be rebuilt in Keras 3: "
+                         f"{' '.join(str(e).split())[:400]}") from None
+    if not isinstance(model, keras.Model):
+        raise InputError(f"{where}: model_config does not describe a model")
+    return model, notes
+
+
+def _init_params(cls) -> set[str] | None:
+    """Keyword arguments a Keras 3 layer class accepts (None: it takes **kwargs freely)."""
+    names: set[str] = {"name", "dtype", "trainable", "autocast", "input_shape", "input_dim",
+                       "batch_input_shape", "batch_size", "activity_regularizer", "batch_shape"}
+    for klass in cls.__mro__:
+        init = klass.__dict__.get("__init__")
+        if init is None:
+            continue
+        try:
+            sig = pyinspect.signature(init)
+        except (TypeError, ValueError):
+            return None
+        names |= {p.name for p in sig.parameters.values()
+                  if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)}
+        if klass is keras.layers.Layer:
+            break
+    return names
+
+
+def _clean_keras2(c, notes: list[str], where: str):
+    if isinstance(c, list):
+        return [_clean_keras2(x, notes, where) for x in c]
+    if not isinstance(c, dict):
+        return c
+    cls_name = c.get("class_name")
+    cfg = c.get("config")
+    if isinstance(cls_name, str) and isinstance(cfg, dict):
+        if "batch_input_shape" in cfg:
+            b = cfg.pop("batch_input_shape")
+            cfg["batch_shape" if cls_name == "InputLayer" else "batch_input_shape"] = b
+        if cls_name == "BatchNormalization" and isinstance(cfg.get("axis"), list) \
+                and len(cfg["axis"]) == 1:
+            cfg["axis"] = cfg["axis"][0]
+        cls = getattr(keras.layers, cls_name, None)
+        if isinstance(cls, type) and issubclass(cls, keras.layers.Layer):
+            accepted = _init_params(cls)
+            if accepted is not None:
+                for k in [k for k in cfg if k not in accepted]:
+                    v = cfg.pop(k)
+                    harmless = KERAS2_ONLY.get(k, "?")
+                    lname = cfg.get("name", cls_name)
+                    if k in KERAS2_ONLY and (harmless is None or v == harmless):
+                        notes.append(f"{lname}: dropped Keras 2 argument {k}={v!r} "
+                                     f"(no effect)")
+                    elif k in KERAS2_ONLY:
+                        raise InputError(
+                            f"{where}: layer {lname!r} ({cls_name}) has {k}={v!r}, which "
+                            f"Keras 3 cannot express; the rebuilt model would compute "
+                            f"something else")
+                    else:
+                        notes.append(f"{lname}: dropped argument {k}={v!r} that Keras 3's "
+                                     f"{cls_name} does not take")
+        c["config"] = {k: _clean_keras2(v, notes, where) for k, v in cfg.items()}
+        return {k: (c["config"] if k == "config" else _clean_keras2(v, notes, where))
+                for k, v in c.items()}
+    return {k: _clean_keras2(v, notes, where) for k, v in c.items()}
+
+
+# --------------------------------------------------------------------------------------
+# describing a model for the planner
+
+
+def _rel_var_name(var, layer) -> str:
+    """'kernel', or 'forward/kernel' for Bidirectional halves: the variable's path below
+    the layer, without RNN cell components."""
+    parts = var.path.split("/")
+    if layer.name in parts:
+        parts = parts[len(parts) - 1 - parts[::-1].index(layer.name) + 1:]
+    else:
+        parts = [var.name]
+    out = []
+    for p in parts[:-1]:
+        if p.startswith("forward_"):
+            out.append("forward")
+        elif p.startswith("backward_"):
+            out.append("backward")
+    out.append(parts[-1] if parts else var.name)
+    return "/".join(out)
+
+
+def _walk_layers(model) -> list:
+    out = []
+    for lay in model.layers:
+        if isinstance(lay, keras.Model) and not isinstance(lay, keras.layers.Bidirectional):
+            out.extend(_walk_layers(lay))
+        else:
+            out.append(lay)
+    return out
+
+
+def _parents(model) -> dict[str, str]:
+    """layer name -> the name of the layer feeding it (single-input layers only)."""
+    out = {}
+    try:
+        cfg = model.get_config()
+    except Exception:
+        return out
+    layers = cfg.get("layers") or []
+    prev = None
+    for entry in layers:
+        name = entry.get("name") or (entry.get("config") or {}).get("name")
+        nodes = entry.get("inbound_nodes")
+        if nodes:
+            node = nodes[0]
+            args = node.get("args") if isinstance(node, dict) else None
+            if args and isinstance(args[0], dict):
+                hist = (args[0].get("config") or {}).get("keras_history")
+                if hist:
+                    out[name] = hist[0]
+        elif isinstance(model, keras.Sequential) and prev is not None:
+            out[name] = prev
+        prev = name
+    return out
+
+
+def describe_targets(model: keras.Model) -> list[TargetLayer]:
+    """Every layer that owns variables, as plain data, in model order."""
+    parents = _parents(model)
+    by_name = {lay.name: lay for lay in _walk_layers(model)}
+    out: list[TargetLayer] = []
+    index = 0
+    for i, lay in enumerate(_walk_layers(model)):
+        if not lay.weights:
+            continue
+        try:
+            config = lay.get_config()
+        except Exception:
+            config = {}
+        vars_ = []
+        for v in lay.weights:
+            rel = _rel_var_name(v, lay)
+            vars_.append(TargetVar(key=f"{lay.name}/{rel}", layer=lay.name, var=rel,
+                                   shape=tuple(int(d) for d in v.shape),
+                                   dtype=str(v.dtype), path=v.path, index=index))
+            index += 1
+        t = TargetLayer(name=lay.name, class_name=type(lay).__name__, config=config,
+                        vars=vars_, index=i)
+        try:
+            t.input_shape = tuple(lay.input.shape[1:])
+        except Exception:
+            t.input_shape = None
+        inner = getattr(lay, "forward_layer", None) or getattr(lay, "layer", None)
+        if inner is not None and isinstance(inner, keras.layers.Layer):
+            t.inner_class = type(inner).__name__
+            try:
+                t.inner_config = inner.get_config()
+            except Exception:
+                t.inner_config = None
+        parent = by_name.get(parents.get(lay.name, ""))
+        hops = 0
+        while parent is not None and type(parent).__name__ in PASS_THROUGH and hops < 16:
+            parent = by_name.get(parents.get(parent.name, ""))
+            hops += 1
+        if parent is not None and type(parent).__name__ == "Flatten":
+            try:
+                fm = tuple(int(d) for d in parent.input.shape[1:])
+                if len(fm) >= 2:
+                    t.flatten_from = fm
+            except Exception:
+                pass
+        out.append(t)
+    return out
+
+
+def assign_layer(layer, values: dict[str, np.ndarray]) -> None:
+    """Set a layer's variables with ``set_weights`` (variables not in ``values`` keep their
+    current values)."""
+    current = None
+    arrays = []
+    for v in layer.weights:
+        rel = _rel_var_name(v, layer)
+        if rel in values:
+            arrays.append(values[rel])
+        else:
+            if current is None:
+                current = layer.get_weights()
+            arrays.append(current[len(arrays)])
+    layer.set_weights(arrays)
+
+
+def layers_by_name(model) -> dict:
+    return {lay.name: lay for lay in _walk_layers(model)}

@@ -1,0 +1,347 @@
+"""``wtransplant rebuild``: build the Keras model, map, convert, assign, verify, save.
+
+Library use::
+
+    spec = wtransplant.load_spec("net.yaml")
+    model, report = wtransplant.rebuild(spec, output="net.keras")
+    report.parity.passed
+
+Layer 2 (public Keras API). A parity failure raises :class:`ParityError` (exit 1) after the
+report is written; the model is then not saved unless ``force=True``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import platform
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from .atomic import atomic_path, write_json
+from .data import load_array, to_channels_last
+from .errors import InputError, ParityError
+from .h5io import OpenedSource, fmt_bytes, open_source
+from .hints import split_io
+from .inspect import LoadedSource, load_source
+from .parity import ParityResult, compare
+from .plan import Plan, make_plan, materialize, sha256_array
+from .spec import ModelSpec, Spec, VerifySpec, load_spec
+
+
+@dataclass
+class RebuildReport:
+    source: dict
+    spec: dict | None
+    model: dict
+    plan: Plan
+    checksums: list[dict] = field(default_factory=list)
+    parity: ParityResult | None = None
+    parity_note: str = ""
+    output: dict | None = None
+    notes: list[str] = field(default_factory=list)
+    versions: dict = field(default_factory=dict)
+    timings: dict = field(default_factory=dict)
+
+    @property
+    def ok(self) -> bool:
+        return self.parity is None or self.parity.passed
+
+    def to_dict(self) -> dict:
+        return {
+            "wtransplant_report": "rebuild",
+            "source": self.source,
+            "spec": self.spec,
+            "model": self.model,
+            "plan": self.plan.to_dict(),
+            "checksums": self.checksums,
+            "parity": self.parity.to_dict() if self.parity else None,
+            "parity_note": self.parity_note,
+            "output": self.output,
+            "notes": self.notes,
+            "versions": self.versions,
+            "timings": self.timings,
+        }
+
+
+def versions() -> dict:
+    import h5py
+    import keras
+
+    from . import __version__
+
+    out = {"wtransplant": __version__, "keras": keras.__version__,
+           "keras_backend": keras.backend.backend(), "h5py": h5py.__version__,
+           "hdf5": h5py.version.hdf5_version, "numpy": np.__version__,
+           "python": platform.python_version()}
+    tf = sys.modules.get("tensorflow")
+    if tf is not None:
+        out["tensorflow"] = tf.__version__
+    else:
+        try:
+            from importlib.metadata import version
+
+            out["tensorflow"] = version("tensorflow")
+        except Exception:
+            out["tensorflow"] = None
+    return out
+
+
+def file_sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        while chunk := fh.read(1 << 20):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+# --------------------------------------------------------------------------------------
+
+
+def rebuild(spec: Spec | str | os.PathLike, *, output: str | os.PathLike | None = None,
+            report_path: str | os.PathLike | None = None, force: bool = False,
+            progress: bool | None = None, checksums: bool = True):
+    """Build, map, convert, assign, verify and (if ``output``) save. Returns
+    ``(model, report)``."""
+    if not isinstance(spec, Spec):
+        spec = load_spec(spec)
+    t0 = time.perf_counter()
+    with open_source(spec.source, follow_links=spec.options.follow_links) as src:
+        loaded = load_source(src)
+        model, notes = _model_for(spec, loaded)
+        return _transplant(spec, src, loaded, model, notes, output=output,
+                           report_path=report_path, force=force, progress=progress,
+                           checksums=checksums, t0=t0)
+
+
+def rebuild_file(path: str | os.PathLike, *, output: str | os.PathLike | None = None,
+                 report_path: str | os.PathLike | None = None, force: bool = False,
+                 progress: bool | None = None, verify: VerifySpec | None = None):
+    """Rebuild a file that carries its own architecture (a Keras 2 full-model H5, a Keras 3
+    ``.keras`` archive), with no spec: weights are matched by layer name."""
+    spec = Spec(source=Path(path).resolve(), convention="keras", model=None, verify=verify)
+    spec.path = None
+    return rebuild(spec, output=output, report_path=report_path, force=force,
+                   progress=progress)
+
+
+def _model_for(spec: Spec, loaded: LoadedSource):
+    from .keras_model import build_model, model_from_config, model_from_keras2_config
+
+    notes: list[str] = []
+    if spec.model is not None:
+        return build_model(spec.model, name=spec.name), notes
+    where = f"{loaded.tree.display}"
+    if loaded.format == "keras-legacy-model":
+        cfg = loaded.tree.root_attrs.get("model_config")
+        try:
+            config = json.loads(cfg)
+        except (TypeError, ValueError) as e:
+            raise InputError(f"{where}: model_config attribute is not valid JSON: {e}") from None
+        model, notes = model_from_keras2_config(config, f"{where}: model_config")
+        return model, notes
+    if loaded.format == "keras3-archive" and loaded.tree.archive.config:
+        return model_from_config(loaded.tree.archive.config, f"{where}: config.json"), notes
+    raise InputError(
+        f"{where} ({loaded.format}) does not carry its own architecture: write a spec "
+        f"(`wtransplant spec {loaded.tree.path}` drafts one)")
+
+
+def _transplant(spec: Spec, src: OpenedSource, loaded: LoadedSource, model, notes, *, output,
+                report_path, force, progress, checksums, t0):
+    from .keras_model import assign_layer, describe_targets, layers_by_name
+
+    timings = {}
+    t = time.perf_counter()
+    targets = describe_targets(model)
+    refs = []
+    if spec.verify is not None:
+        refs += [r for r in (spec.verify.inputs, spec.verify.expected) if r]
+    _, io = split_io(loaded.tensors)
+    if io:
+        refs += [io["inputs"], io["expected"]]
+    plan = make_plan(spec, loaded, targets, reference_names=tuple(refs))
+    timings["plan_s"] = time.perf_counter() - t
+
+    t = time.perf_counter()
+    layers = layers_by_name(model)
+    sums = []
+    groups = plan.by_layer()
+    it = groups.items()
+    bar = _progress(len(groups), "assigning", progress)
+    for lname, assigns in it:
+        values = {}
+        for val in materialize(plan, src, assigns, checksums=checksums):
+            values[val.assignment.target.var] = val.array
+            sums.append({"target": val.assignment.target.key,
+                         "sources": [s.name for s in val.assignment.sources],
+                         "source_sha256": val.source_sha256,
+                         "value_sha256": val.value_sha256})
+        assign_layer(layers[lname], values)
+        del values
+        if bar:
+            bar.update(1)
+    if bar:
+        bar.close()
+    if checksums:
+        _assigned_checksums(model, targets, sums)
+    timings["assign_s"] = time.perf_counter() - t
+
+    n_params = int(sum(int(np.prod(v.shape)) for v in model.weights))
+    report = RebuildReport(
+        source={"path": str(spec.source), "sha256": file_sha256(spec.source),
+                "size": loaded.tree.file_size, "format": loaded.format,
+                "writer": loaded.detection.writer, "convention": plan.convention},
+        spec=spec.to_dict() if spec.model is not None or spec.weights else None,
+        model={"name": model.name, "class": type(model).__name__,
+               "layers_with_weights": len(targets),
+               "variables": sum(len(t.vars) for t in targets), "parameters": n_params,
+               "inputs": [list(x.shape) for x in model.inputs],
+               "outputs": [list(x.shape) for x in model.outputs]},
+        plan=plan, checksums=sums, notes=notes, versions=versions())
+
+    t = time.perf_counter()
+    if spec.verify is not None and spec.verify.reference in ("auto", "data") and \
+            spec.verify.inputs:
+        report.parity = _verify_with_data(model, spec, src, loaded)
+    elif spec.verify is not None and spec.verify.reference == "none":
+        report.parity_note = "parity check disabled by the spec (verify.reference: none)"
+    else:
+        report.parity_note = ("no reference outputs: add verify.inputs/expected to the spec "
+                              "to check parity")
+    timings["verify_s"] = time.perf_counter() - t
+
+    if output is not None and (report.ok or force):
+        t = time.perf_counter()
+        report.output = save_model(model, output)
+        timings["save_s"] = time.perf_counter() - t
+    timings["total_s"] = time.perf_counter() - t0
+    report.timings = timings
+    if report_path is not None:
+        write_json(report_path, report.to_dict())
+    if not report.ok:
+        raise ParityError(
+            f"parity failed for {spec.source.name}: {report.parity.summary()}"
+            + ("" if force else "; the model was not saved (use --force to save it anyway)"),
+            report=report)
+    return model, report
+
+
+def _progress(n: int, what: str, progress: bool | None):
+    if progress is False or n < 8:
+        return None
+    try:
+        from tqdm import tqdm
+    except ImportError:
+        return None
+    return tqdm(total=n, desc=what, unit="layer", disable=None if progress is None else False,
+                file=sys.stderr, leave=False)
+
+
+def _assigned_checksums(model, targets, sums) -> None:
+    """Read every assigned variable back from the model and checksum what it holds."""
+    import keras
+
+    by_key = {}
+    from .keras_model import layers_by_name
+
+    layers = layers_by_name(model)
+    for t in targets:
+        lay = layers[t.name]
+        for v, tv in zip(lay.weights, t.vars):
+            by_key[tv.key] = v
+    for row in sums:
+        v = by_key.get(row["target"])
+        if v is not None:
+            row["assigned_sha256"] = sha256_array(keras.ops.convert_to_numpy(v))
+            row["assigned_matches"] = row["assigned_sha256"] == row["value_sha256"]
+
+
+def load_reference(spec: Spec, src: OpenedSource, loaded: LoadedSource):
+    v = spec.verify
+    x = load_array(v.inputs, base_dir=spec.base_dir, loaded=loaded, src=src)
+    y = load_array(v.expected, base_dir=spec.base_dir, loaded=loaded, src=src)
+    if v.samples:
+        x, y = x[: v.samples], y[: v.samples]
+    x = to_channels_last(x, v.input_layout, f"verify.inputs {v.inputs}")
+    y = to_channels_last(y, v.output_layout, f"verify.expected {v.expected}")
+    return x, y
+
+
+def predict(model, x, batch_size: int = 256):
+    """Forward pass in batches, returning NumPy (one array, or a list for several outputs)."""
+    import keras
+
+    outs = []
+    for i in range(0, len(x), batch_size):
+        y = model(x[i:i + batch_size], training=False)
+        if isinstance(y, list | tuple):
+            outs.append([keras.ops.convert_to_numpy(t) for t in y])
+        elif isinstance(y, dict):
+            outs.append([keras.ops.convert_to_numpy(t) for t in y.values()])
+        else:
+            outs.append(keras.ops.convert_to_numpy(y))
+    if outs and isinstance(outs[0], list):
+        return [np.concatenate([o[j] for o in outs]) for j in range(len(outs[0]))]
+    return np.concatenate(outs) if outs else np.zeros((0,))
+
+
+def _verify_with_data(model, spec: Spec, src, loaded) -> ParityResult:
+    x, y = load_reference(spec, src, loaded)
+    want = tuple(int(d) if d is not None else -1 for d in model.inputs[0].shape[1:])
+    got = tuple(x.shape[1:])
+    if len(want) != len(got) or any(w not in (-1, g) for w, g in zip(want, got)):
+        hint = ""
+        if len(got) == len(want) and sorted(got) == sorted(w for w in want if w != -1):
+            hint = " (a channels-first layout? set verify.input_layout: nchw)"
+        raise InputError(f"verify.inputs {spec.verify.inputs}: shape {x.shape} does not fit "
+                         f"the model's input (None, {', '.join(map(str, want))}){hint}")
+    xdt = model.inputs[0].dtype
+    x = x.astype(str(xdt) if str(xdt) != "None" else np.float32, copy=False)
+    out = predict(model, x)
+    res = compare(out, y, atol=spec.verify.atol, rtol=spec.verify.rtol,
+                  method=f"reference data ({spec.verify.inputs} -> {spec.verify.expected})",
+                  what="verify.expected")
+    return res
+
+
+# --------------------------------------------------------------------------------------
+
+
+def save_model(model, output: str | os.PathLike) -> dict:
+    """Save as ``.keras`` (default) or legacy ``.h5``, to a temporary name first."""
+    out = Path(output)
+    suffix = out.suffix.lower()
+    if suffix not in (".keras", ".h5", ".hdf5"):
+        raise InputError(f"output {out}: use a .keras (Keras 3 archive) or .h5 (legacy HDF5) "
+                         f"file name; for SavedModel or ONNX use `wtransplant export`")
+    with atomic_path(out) as tmp:
+        _quiet_save(model, tmp)
+    return {"path": str(out), "format": "keras" if suffix == ".keras" else "h5",
+            "size": out.stat().st_size, "size_text": fmt_bytes(out.stat().st_size)}
+
+
+def _quiet_save(model, path: Path) -> None:
+    import warnings
+
+    with warnings.catch_warnings():
+        # Keras warns that HDF5 is a legacy format: the user asked for it by name
+        warnings.simplefilter("ignore")
+        import logging
+
+        logger = logging.getLogger("absl")
+        level = logger.level
+        logger.setLevel(logging.ERROR)
+        try:
+            model.save(str(path))
+        finally:
+            logger.setLevel(level)
+
+
+__all__ = ["RebuildReport", "rebuild", "rebuild_file", "save_model", "predict",
+           "ModelSpec"]
