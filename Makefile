@@ -31,6 +31,14 @@ demo: $(VENV)/.installed
 	$(WT) inspect fixtures/octave/octave_mlp.h5
 	$(WT) inspect --json fixtures/matlab/matlab73_mlp.mat > $(DEMO_OUT)/matlab73_mlp.inspect.json
 	$(WT) inspect --stats --filter '*kernel*' fixtures/keras2/k2_cnn_model.h5
+	@echo "== spec: draft a spec from what the file implies"
+	$(WT) spec fixtures/octave/octave_mlp.h5 -o $(DEMO_OUT)/octave_mlp.yaml
+	@echo "== rebuild: the Octave MLP from the draft, checked against Octave's own outputs"
+	$(WT) rebuild --spec $(DEMO_OUT)/octave_mlp.yaml -o $(DEMO_OUT)/octave_mlp.keras --report $(DEMO_OUT)/octave_mlp.report.json
+	@echo "== rebuild: a PyTorch CNN (NCHW, BatchNorm, Flatten into Linear)"
+	$(WT) rebuild --spec fixtures/specs/torch_cnn.yaml -o $(DEMO_OUT)/torch_cnn.keras --report $(DEMO_OUT)/torch_cnn.report.json
+	@echo "== rebuild: a Keras 2 GRU/LSTM model that Keras 3's load_model refuses, no spec"
+	$(WT) rebuild fixtures/keras2/k2_rnn_model.h5 -o $(DEMO_OUT)/k2_rnn_model.keras --inputs fixtures/keras2/k2_rnn_model.io.npz:x --expected fixtures/keras2/k2_rnn_model.io.npz:y
 	@echo "demo finished: outputs in $(DEMO_OUT)/"
 
 # Everything but the nightly-size fuzz run; `make test-fast` skips the slow tests too.
