@@ -195,7 +195,7 @@ def rebuild(file, spec_path, output, report_path, inputs, expected, input_layout
             s.verify.rtol = rtol
     out = None if no_save else (output or f"{s.source.stem}.keras")
     import_keras()
-    from wtransplant.rebuild import rebuild as do_rebuild
+    from wtransplant.transplant import rebuild as do_rebuild
 
     try:
         _model, report = do_rebuild(s, output=out, report_path=report_path, force=force)

@@ -155,6 +155,8 @@ def make_plan(spec: Spec, loaded: LoadedSource, layers: list[TargetLayer], *,
                 raise MappingError(f"weights: {key} <- {name}: no tensor {name!r} in "
                                    f"{loaded.tree.display}{_close(name, tensors)}")
             srcs.append(t)
+        layer, var = targets[key]
+        build_recipe(var, layer, srcs, conv, wref)  # a shape no rule explains fails here
         take(key, srcs, "explicit", ref=wref)
 
     # 2. rules
@@ -187,6 +189,7 @@ def make_plan(spec: Spec, loaded: LoadedSource, layers: list[TargetLayer], *,
     # 3. by name, 4. by order: whole units into whole layers
     units = [u for u in reader.units([t for t in pool if t.name not in used]) if u.tensors]
     names = _unit_aliases(units, loaded)
+    rejected: dict[str, str] = {}  # unit -> why its tensors could not feed a layer
     if spec.options.match_by_name:
         for lay in layers:
             open_vars = [v for v in lay.vars if v.key not in chosen]
@@ -195,12 +198,15 @@ def make_plan(spec: Spec, loaded: LoadedSource, layers: list[TargetLayer], *,
             u = names.get(lay.name) or names.get(lay.name.lower())
             if u is None:
                 continue
-            fit = _fit_unit(u, lay, open_vars, conv, used)
+            fit = _fit_unit(u, lay, open_vars, conv, used, rejected)
+            if fit is None and u.key in rejected:
+                raise MappingError(f"layer {lay.name} and the source unit of the same name "
+                                   f"{u.key}: {rejected[u.key][0]}")
             if fit is not None:
                 for key, srcs in fit.items():
                     take(key, srcs, "name", f"unit {u.key}")
     if spec.options.match_by_order:
-        _match_by_order(layers, units, chosen, used, conv, take)
+        _match_by_order(layers, units, chosen, used, conv, take, rejected)
 
     # completeness
     missing_allowed = []
@@ -211,6 +217,11 @@ def make_plan(spec: Spec, loaded: LoadedSource, layers: list[TargetLayer], *,
             missing_allowed.append(key)
             continue
         left = [t for t in pool if t.name not in used]
+        left_names = {t.name for t in left}
+        why = [f"{k}: {msg}" for k, (msg, names) in rejected.items() if names & left_names]
+        if why:
+            raise MappingError(f"{key} (Keras shape {tuple(var.shape)}) has no source; the "
+                               f"candidate {why[0]}")
         hint = ", ".join(f"{t.name} {tuple(t.shape)}" for t in left[:6]) or "none"
         raise MappingError(
             f"{key} (Keras shape {tuple(var.shape)}) has no source: no weights entry, rule, "
@@ -311,7 +322,8 @@ def _order_for_roles(srcs, layer, var, conv):
 
 
 def _fit_unit(u: Unit, lay: TargetLayer, open_vars: list[TargetVar], conv: str,
-              used: dict) -> dict[str, list[SourceTensor]] | None:
+              used: dict, rejected: dict | None = None
+              ) -> dict[str, list[SourceTensor]] | None:
     """Sources for each open variable of ``lay`` from unit ``u`` if every variable finds its
     roles there and the recipe fits the shapes; None otherwise."""
     out = {}
@@ -341,16 +353,28 @@ def _fit_unit(u: Unit, lay: TargetLayer, open_vars: list[TargetVar], conv: str,
         v = next(x for x in lay.vars if x.key == key)
         try:
             build_recipe(v, lay, srcs, conv, None)
-        except MappingError:
+        except MappingError as e:
+            # the roles fit but the layout does not: remember why, for the error message
+            if rejected is not None and _same_kind(u, lay):
+                rejected[u.key] = (str(e), set(u.names()))
             return None
     return out
+
+
+def _same_kind(u: Unit, lay: TargetLayer) -> bool:
+    """Would this unit be this layer if only the layout fitted? (same shapes, up to order)"""
+    import math
+
+    want = sorted(math.prod(v.shape) for v in lay.vars)
+    have = sorted(math.prod(t.shape) for t in u.tensors.values())
+    return want == have or (len(have) > len(want) and all(w in have for w in want))
 
 
 def _block(key: str) -> str:
     return re.sub(r"\d+", "#", key)
 
 
-def _match_by_order(layers, units, chosen, used, conv, take) -> None:
+def _match_by_order(layers, units, chosen, used, conv, take, rejected) -> None:
     for lay in layers:
         open_vars = [v for v in lay.vars if v.key not in chosen]
         if not open_vars:
@@ -359,7 +383,7 @@ def _match_by_order(layers, units, chosen, used, conv, take) -> None:
         for u in units:
             if any(t.name in used for t in u.tensors.values()):
                 continue
-            fit = _fit_unit(u, lay, open_vars, conv, used)
+            fit = _fit_unit(u, lay, open_vars, conv, used, rejected)
             if fit is not None:
                 cands.append((u, fit))
         if not cands:
@@ -415,7 +439,13 @@ def build_recipe(var: TargetVar, layer: TargetLayer, srcs: list[SourceTensor], c
                     f"spec's weights entry")
             more = []
         else:
-            more = layout.recipe(var.var, conv, shapes, lay, var)
+            try:
+                more = layout.recipe(var.var, conv, shapes, lay, var)
+            except MappingError as e:
+                # layouts know shapes, not names: say which source tensors were meant
+                why = str(e).removeprefix(f"{var.key}: ")
+                src = " + ".join(s.name for s in srcs)
+                raise MappingError(f"{var.key} <- {src}: {why}") from None
         ops += more
     try:
         out = run_shapes(ops, [tuple(s.stored_shape) for s in srcs])
