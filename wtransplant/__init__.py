@@ -25,6 +25,7 @@ _LAZY = {
     "draft_spec": "wtransplant.draft",
     "rebuild": "wtransplant.transplant",
     "rebuild_file": "wtransplant.transplant",
+    "transplant": "wtransplant.transplant",
     "RebuildReport": "wtransplant.transplant",
     "WTError": "wtransplant.errors",
     "InputError": "wtransplant.errors",

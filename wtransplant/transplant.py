@@ -113,8 +113,24 @@ def rebuild(spec: Spec | str | os.PathLike, *, output: str | os.PathLike | None 
     t0 = time.perf_counter()
     with open_source(spec.source, follow_links=spec.options.follow_links) as src:
         loaded = load_source(src)
+        t = time.perf_counter()
         model, notes = _model_for(spec, loaded)
+        build_s = time.perf_counter() - t
         return _transplant(spec, src, loaded, model, notes, output=output,
+                           report_path=report_path, force=force, progress=progress,
+                           checksums=checksums, t0=t0, build_s=build_s)
+
+
+def transplant(model, spec: Spec | str | os.PathLike, *, output=None, report_path=None,
+               force: bool = False, progress: bool | None = None, checksums: bool = True):
+    """Fill an existing Keras model from the spec's source file (the spec's ``model``
+    section, if any, is not used). Returns ``(model, report)``."""
+    if not isinstance(spec, Spec):
+        spec = load_spec(spec)
+    t0 = time.perf_counter()
+    with open_source(spec.source, follow_links=spec.options.follow_links) as src:
+        loaded = load_source(src)
+        return _transplant(spec, src, loaded, model, [], output=output,
                            report_path=report_path, force=force, progress=progress,
                            checksums=checksums, t0=t0)
 
@@ -153,10 +169,10 @@ def _model_for(spec: Spec, loaded: LoadedSource):
 
 
 def _transplant(spec: Spec, src: OpenedSource, loaded: LoadedSource, model, notes, *, output,
-                report_path, force, progress, checksums, t0):
+                report_path, force, progress, checksums, t0, build_s=None):
     from .keras_model import assign_layer, describe_targets, layers_by_name
 
-    timings = {}
+    timings = {} if build_s is None else {"build_s": build_s}
     t = time.perf_counter()
     targets = describe_targets(model)
     refs = []
@@ -343,5 +359,5 @@ def _quiet_save(model, path: Path) -> None:
             logger.setLevel(level)
 
 
-__all__ = ["RebuildReport", "rebuild", "rebuild_file", "save_model", "predict",
+__all__ = ["RebuildReport", "rebuild", "rebuild_file", "transplant", "save_model", "predict",
            "ModelSpec"]
