@@ -43,6 +43,7 @@ class RebuildReport:
     checksums: list[dict] = field(default_factory=list)
     parity: ParityResult | None = None
     parity_note: str = ""
+    diagnosis: dict | None = None
     output: dict | None = None
     notes: list[str] = field(default_factory=list)
     versions: dict = field(default_factory=dict)
@@ -62,6 +63,7 @@ class RebuildReport:
             "checksums": self.checksums,
             "parity": self.parity.to_dict() if self.parity else None,
             "parity_note": self.parity_note,
+            "diagnosis": self.diagnosis,
             "output": self.output,
             "notes": self.notes,
             "versions": self.versions,
@@ -222,14 +224,7 @@ def _transplant(spec: Spec, src: OpenedSource, loaded: LoadedSource, model, note
         plan=plan, checksums=sums, notes=notes, versions=versions())
 
     t = time.perf_counter()
-    if spec.verify is not None and spec.verify.reference in ("auto", "data") and \
-            spec.verify.inputs:
-        report.parity = _verify_with_data(model, spec, src, loaded)
-    elif spec.verify is not None and spec.verify.reference == "none":
-        report.parity_note = "parity check disabled by the spec (verify.reference: none)"
-    else:
-        report.parity_note = ("no reference outputs: add verify.inputs/expected to the spec "
-                              "to check parity")
+    check_parity(report, model, spec, src, loaded, plan)
     timings["verify_s"] = time.perf_counter() - t
 
     if output is not None and (report.ok or force):
@@ -241,11 +236,87 @@ def _transplant(spec: Spec, src: OpenedSource, loaded: LoadedSource, model, note
     if report_path is not None:
         write_json(report_path, report.to_dict())
     if not report.ok:
+        where = ""
+        if report.diagnosis and report.diagnosis.get("first_diverging_layer"):
+            d = report.diagnosis
+            where = f"; first diverging layer {d['first_diverging_layer']}"
+            if d.get("cause"):
+                where += f" ({d['cause']})"
         raise ParityError(
-            f"parity failed for {spec.source.name}: {report.parity.summary()}"
+            f"parity failed for {spec.source.name}: {report.parity.summary()}{where}"
             + ("" if force else "; the model was not saved (use --force to save it anyway)"),
             report=report)
     return model, report
+
+
+#: samples of seeded random input for the NumPy reference check
+REFERENCE_SAMPLES = 16
+
+
+def check_parity(report: RebuildReport, model, spec: Spec, src, loaded, plan) -> None:
+    """Parity by the spec's reference data if there is any, else by the NumPy reference of
+    the source's own semantics (when it covers every layer); a failure gets a per-layer
+    diagnosis."""
+    from .reference import NotCovered, build_reference
+
+    v = spec.verify
+    mode = v.reference if v is not None else "auto"
+    if mode == "none":
+        report.parity_note = "parity check disabled by the spec (verify.reference: none)"
+        return
+    has_data = v is not None and v.inputs is not None
+    ref = None
+    why_not = None
+    if mode in ("auto", "numpy"):
+        try:
+            ref = build_reference(model, plan, src, spec_layers=spec.model.layers
+                                  if spec.model is not None else None)
+        except NotCovered as e:
+            why_not = str(e)
+    x = None
+    if has_data and mode in ("auto", "data", "numpy"):
+        x, _ = load_reference(spec, src, loaded)
+        report.parity = _verify_with_data(model, spec, src, loaded)
+    if ref is not None and (mode == "numpy" or not has_data):
+        xr = reference_inputs(model, REFERENCE_SAMPLES, seed=0)
+        want, _ = ref.forward(xr, keep=False)
+        got = predict(model, xr)
+        atol = v.atol if v is not None else None
+        rtol = v.rtol if v is not None else None
+        res = compare(got, want, atol=atol, rtol=rtol, what="NumPy reference",
+                      method=f"numpy reference ({plan.convention} semantics, "
+                             f"{REFERENCE_SAMPLES} seeded random samples)")
+        if report.parity is None or not res.passed:
+            report.parity = res if report.parity is None or report.parity.passed else \
+                report.parity
+        if report.parity is not res:
+            report.parity_note = f"also checked against the {res.method}: {res.summary()}"
+        x = xr if x is None else x
+    if report.parity is None:
+        report.parity_note = ("no reference outputs and " + (
+            f"the NumPy reference does not cover this model ({why_not})" if why_not else
+            "no NumPy reference") + "; add verify.inputs/expected to check parity")
+        return
+    if not report.parity.passed and ref is not None and x is not None:
+        from .diagnose import diagnose
+
+        _, acts = ref.forward(x)
+        report.diagnosis = diagnose(model, acts, x, method="numpy reference").to_dict()
+    elif not report.parity.passed and why_not:
+        report.diagnosis = {"note": f"no per-layer diagnosis: {why_not}"}
+
+
+def reference_inputs(model, n: int, seed: int = 0) -> np.ndarray:
+    """Seeded inputs of realistic scale for the model's (single) input: standard normal
+    floats; integer ids in the first Embedding's range."""
+    rng = np.random.default_rng(seed)
+    inp = model.inputs[0]
+    shape = (n,) + tuple(8 if d is None else int(d) for d in inp.shape[1:])
+    if "int" in str(inp.dtype):
+        emb = next((lay for lay in model.layers if type(lay).__name__ == "Embedding"), None)
+        high = int(emb.input_dim) if emb is not None else 10
+        return rng.integers(0, high, size=shape).astype(str(inp.dtype))
+    return rng.standard_normal(shape).astype(str(inp.dtype))
 
 
 def _progress(n: int, what: str, progress: bool | None):
