@@ -1,0 +1,62 @@
+"""PNG figures for parity reports (matplotlib, Agg backend, imported only when asked)."""
+
+from __future__ import annotations
+
+import os
+
+import numpy as np
+
+from .atomic import atomic_path
+
+
+def parity_plot(path: str | os.PathLike, *, actual=None, expected=None, layers=None,
+                title: str = "") -> str:
+    """Per-layer error on a log axis (if ``layers``: dicts with name, max_rel, ok) and a
+    scatter of expected against actual outputs (if given). Written atomically."""
+    import matplotlib
+
+    matplotlib.use("Agg", force=True)
+    import matplotlib.pyplot as plt
+
+    panels = (1 if layers else 0) + (1 if actual is not None and expected is not None else 0)
+    if panels == 0:
+        raise ValueError("nothing to plot")
+    fig, axes = plt.subplots(1, panels, figsize=(6.5 * panels, 4.6), squeeze=False)
+    axes = list(axes[0])
+    if layers:
+        ax = axes.pop(0)
+        names = [d["name"] for d in layers]
+        errs = [max(float(d["max_rel"]), 1e-17) for d in layers]
+        colors = ["tab:green" if d["ok"] else "tab:red" for d in layers]
+        ax.bar(range(len(names)), errs, color=colors)
+        ax.set_yscale("log")
+        ax.set_xticks(range(len(names)))
+        ax.set_xticklabels(names, rotation=60, ha="right", fontsize=8)
+        ax.set_ylabel("max relative error")
+        ax.set_title("per-layer error against the reference")
+        ax.axhline(1e-4, color="gray", linestyle="--", linewidth=1, label="1e-4")
+        ax.legend(loc="upper left", fontsize=8)
+    if actual is not None and expected is not None:
+        ax = axes.pop(0)
+        a = np.concatenate([np.asarray(x, np.float64).ravel() for x in _as_list(actual)])
+        e = np.concatenate([np.asarray(x, np.float64).ravel() for x in _as_list(expected)])
+        if a.size > 20000:
+            idx = np.random.default_rng(0).choice(a.size, 20000, replace=False)
+            a, e = a[idx], e[idx]
+        ax.scatter(e, a, s=4, alpha=0.5)
+        lo, hi = float(min(e.min(), a.min())), float(max(e.max(), a.max()))
+        ax.plot([lo, hi], [lo, hi], color="gray", linewidth=1)
+        ax.set_xlabel("expected")
+        ax.set_ylabel("actual")
+        ax.set_title("outputs: actual against expected")
+    if title:
+        fig.suptitle(title, fontsize=10)
+    fig.tight_layout()
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, dpi=110, format="png")
+    plt.close(fig)
+    return str(path)
+
+
+def _as_list(x):
+    return list(x) if isinstance(x, list | tuple) else [x]
