@@ -34,7 +34,7 @@ def parity_plot(path: str | os.PathLike, *, actual=None, expected=None, layers=N
         ax.set_xticklabels(names, rotation=60, ha="right", fontsize=8)
         ax.set_ylabel("max relative error")
         ax.set_title("per-layer error against the reference")
-        ax.axhline(1e-4, color="gray", linestyle="--", linewidth=1, label="1e-4")
+        ax.axhline(1e-5, color="gray", linestyle="--", linewidth=1, label="divergence threshold 1e-5")
         ax.legend(loc="upper left", fontsize=8)
     if actual is not None and expected is not None:
         ax = axes.pop(0)
