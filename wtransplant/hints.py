@@ -245,7 +245,7 @@ def _numbered_chain(h: Hints, units: list[Unit], conv: str) -> None:
             else:
                 args["use_bias"] = False
             decide = ["activation"]
-            if n_in == n_out:
+            if n_in == n_out and conv == "plain":
                 decide.append(f"square {n_in}x{n_in} weight: stored {orientation} (from the "
                               f"chain); the spec must say transpose explicitly")
             lh.proposal = Proposal("Dense", args, slots,
