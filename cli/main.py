@@ -207,14 +207,74 @@ def rebuild(file, spec_path, output, report_path, inputs, expected, input_layout
 
 
 def _print_rebuild(report, as_json: bool, show_plan: bool) -> None:
+    _print_report(report, as_json, "print_rebuild", show_plan=show_plan)
+
+
+def _print_report(report, as_json: bool, printer: str, **kw) -> None:
+    """The report as JSON (``--json``), or through ``render.<printer>``."""
     if as_json:
         from wtransplant.atomic import dumps
 
         click.echo(dumps(report.to_dict()))
         return
-    from .render import print_rebuild
+    from . import render
 
-    print_rebuild(report, show_plan=show_plan)
+    getattr(render, printer)(report, **kw)
+
+
+@main.command()
+@click.argument("model", type=click.Path())
+@click.option("-f", "--format", "fmt", required=True, metavar="FORMAT",
+              help="keras (.keras archive), h5 (legacy HDF5), savedmodel (folder), onnx, "
+                   "tflite (LiteRT), or all: every format into the folder OUT.")
+@click.option("-o", "--output", required=True, type=click.Path(),
+              help="The file (or folder, for savedmodel and all) to write.")
+@click.option("--verify/--no-verify", default=True, show_default=True,
+              help="Reload the written file in its own runtime and compare it with MODEL "
+                   "before giving it its final name.")
+@click.option("--opset", type=int, help="ONNX opset (default: the highest tf2onnx writes, 18).")
+@click.option("--report", "rebuild_report", type=click.Path(dir_okay=False),
+              help="The rebuild report (JSON) of MODEL, to carry the source weights' sha256 "
+                   "and the spec into the exported file's provenance.")
+@click.option("--samples", type=click.IntRange(min=1), default=16, show_default=True,
+              help="Random samples in the first checked batch (and the timed batch).")
+@click.option("--second-batch", type=click.IntRange(min=1), default=3, show_default=True,
+              help="Size of the second checked batch (a batch size different from the "
+                   "first).")
+@click.option("--seed", type=int, default=0, show_default=True, help="Seed of the inputs.")
+@click.option("--rel-tol", type=float, default=1e-5, show_default=True,
+              help="Allowed max |exported - keras| / max |keras|, per output.")
+@click.option("--repeats", type=click.IntRange(min=1), default=20, show_default=True,
+              help="Timed runs per runtime (the median is reported).")
+@click.option("--save-report", type=click.Path(dir_okay=False),
+              help="Write the export report (JSON) here.")
+@click.option("--json", "as_json", is_flag=True, help="Print the report as JSON.")
+@handle_errors
+def export(model, fmt, output, verify, opset, rebuild_report, samples, second_batch, seed,
+           rel_tol, repeats, save_report, as_json):
+    """Write MODEL (.keras, Keras full-model .h5, or a spec) as FORMAT, reload the file in
+    its own runtime (Keras, tf.saved_model, onnxruntime, LiteRT), check it computes what
+    MODEL computes on seeded random inputs at two batch sizes, and report size and latency.
+    A file that fails the check is not kept (exit 1)."""
+    from wtransplant.errors import ParityError
+
+    import_keras()
+    from wtransplant.export import export_model
+
+    try:
+        report = export_model(model, fmt, output, verify=verify, opset=opset,
+                              rebuild_report=rebuild_report, samples=samples,
+                              second_batch=second_batch, seed=seed, rel_tol=rel_tol,
+                              repeats=repeats, report_path=save_report)
+    except ParityError as e:
+        if e.report is not None and hasattr(e.report, "results"):
+            _print_export(e.report, as_json)
+        raise
+    _print_export(report, as_json)
+
+
+def _print_export(report, as_json: bool) -> None:
+    _print_report(report, as_json, "print_export")
 
 
 if __name__ == "__main__":  # pragma: no cover
