@@ -257,9 +257,10 @@ def export(model, fmt, output, verify, opset, rebuild_report, samples, second_ba
     MODEL computes on seeded random inputs at two batch sizes, and report size and latency.
     A file that fails the check is not kept (exit 1)."""
     from wtransplant.errors import ParityError
+    from wtransplant.export import export_model, plan_outputs
 
+    plan_outputs(model, fmt, output)  # bad input fails fast, before TensorFlow starts
     import_keras()
-    from wtransplant.export import export_model
 
     try:
         report = export_model(model, fmt, output, verify=verify, opset=opset,

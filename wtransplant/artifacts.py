@@ -515,7 +515,7 @@ class LiteRTArtifact(Artifact):
         display = str(path)
         Interpreter = _litert_interpreter()
         try:
-            with quiet_stderr():
+            with quiet_stderr(), _quiet_warnings():  # tf.lite's deprecation notice
                 it = Interpreter(model_path=str(path))
                 sigs = it.get_signature_list()
         except Exception as e:

@@ -165,10 +165,7 @@ def export_model(model, fmt: str, output: str | os.PathLike, *, verify: bool = T
                  progress: bool | None = None) -> ExportReport:
     """Export ``model`` (a path wtransplant can load, a Keras model, or a KerasArtifact) to
     ``fmt`` (one of FORMATS, or ``all``: every format into the folder ``output``)."""
-    fmt = fmt.lower()
-    if fmt != "all" and fmt not in FORMATS:
-        raise InputError(f"unknown export format {fmt!r}: use one of {', '.join(FORMATS)} "
-                         f"or all")
+    fmt, targets = plan_outputs(model, fmt, output)
     opset = check_opset(opset) if fmt in ("onnx", "all") else opset
     if samples < 1 or second_batch < 1:
         raise InputError("--samples and the second batch size must be at least 1")
@@ -182,13 +179,6 @@ def export_model(model, fmt: str, output: str | os.PathLike, *, verify: bool = T
     report = ExportReport(model=prov["model"], provenance=prov, settings=settings,
                           notes=list(src.notes))
     out = Path(output)
-    if fmt == "all":
-        if out.exists() and not out.is_dir():
-            raise InputError("--format all writes a folder, but this is a file", path=str(out))
-        targets = [(f, out / ALL_NAMES[f]) for f in FORMATS]
-    else:
-        check_output_name(fmt, out)
-        targets = [(fmt, out)]
     check = None
     if verify:
         check = _Reference(src, samples, second_batch, seed, rel_tol, repeats)
@@ -225,6 +215,31 @@ def _finish(report: ExportReport, out: Path, fmt: str, report_path) -> None:
         write_json(out / ALL_REPORT, report.to_dict())
     if report_path is not None:
         write_json(report_path, report.to_dict())
+
+
+def plan_outputs(model, fmt: str, output) -> tuple[str, list[tuple[str, Path]]]:
+    """Check the request before anything heavy is imported: the format, the output name,
+    and (for a path) that MODEL is something export can read. Returns the normalised format
+    and the (format, path) pairs to write."""
+    fmt = str(fmt).lower()
+    if fmt != "all" and fmt not in FORMATS:
+        raise InputError(f"unknown export format {fmt!r}: use one of {', '.join(FORMATS)} "
+                         f"or all")
+    if isinstance(model, str | os.PathLike):
+        from .artifacts import artifact_kind
+
+        kind = artifact_kind(model)
+        if kind not in ("keras", "h5", "spec"):
+            raise InputError(f"{KIND_TEXT.get(kind, kind)}: export needs a Keras model "
+                             f"(.keras, .h5 or a spec); compare it with `wtransplant verify` "
+                             f"instead", path=str(model))
+    out = Path(output)
+    if fmt == "all":
+        if out.exists() and not out.is_dir():
+            raise InputError("--format all writes a folder, but this is a file", path=str(out))
+        return fmt, [(f, out / ALL_NAMES[f]) for f in FORMATS]
+    check_output_name(fmt, out)
+    return fmt, [(fmt, out)]
 
 
 def check_output_name(fmt: str, out: Path) -> None:
@@ -267,12 +282,8 @@ def source_artifact(model) -> KerasArtifact:
         raise InputError(f"{model.display} is {KIND_TEXT.get(model.kind, model.kind)}: export "
                          f"needs a Keras model (.keras, .h5 or a spec)")
     if isinstance(model, str | os.PathLike):
-        art = load_artifact(model)
-        if not isinstance(art, KerasArtifact):
-            raise InputError(f"{KIND_TEXT.get(art.kind, art.kind)}: export needs a Keras "
-                             f"model (.keras, .h5 or a spec); compare it with `wtransplant "
-                             f"verify` instead", path=str(model))
-        return art
+        plan_outputs(model, "keras", "x.keras")  # refuses SavedModel, ONNX, LiteRT
+        return load_artifact(model)
     from .artifacts import from_model
 
     return from_model(model)
