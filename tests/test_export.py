@@ -7,6 +7,7 @@ and run on a batch size (7) that neither the export nor its checks used (16 and 
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import subprocess
@@ -42,37 +43,67 @@ def keras_outputs(model, xs):
     return from_model(model).predict(xs)
 
 
+@contextlib.contextmanager
+def _locked(path: Path):
+    """An exclusive lock shared by the xdist workers of one run (fcntl: Linux/macOS)."""
+    import fcntl
+
+    with open(path, "w") as fh:
+        fcntl.flock(fh, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(fh, fcntl.LOCK_UN)
+
+
 @pytest.fixture(scope="module")
 def exported(tmp_path_factory):
-    """spec name -> (keras model, export folder, export report dict). Built lazily, once
-    per module (and per xdist worker)."""
+    """spec name -> (keras model, .keras file, export folder, export report dict).
+
+    Each fixture model is rebuilt, saved and exported to every format once per test run:
+    the first xdist worker that needs it does the work under a lock in the run's shared
+    temporary folder, the others load the result."""
+    import keras
+
+    shared = tmp_path_factory.getbasetemp()
+    if os.environ.get("PYTEST_XDIST_WORKER"):
+        shared = shared.parent  # .../pytest-N/popen-gwK -> .../pytest-N, shared by the run
     cache = {}
 
     def get(name: str):
         if name in cache:
             return cache[name]
-        from wtransplant.rebuild import rebuild
-
-        d = tmp_path_factory.mktemp(name)
+        d = shared / f"export-{name}"
         keras_file = d / f"{name}.keras"
-        rep = d / f"{name}.report.json"
-        model, _ = rebuild(FIX / "specs" / f"{name}.yaml", output=keras_file, report_path=rep,
-                           progress=False)
-        out = d / "export"
-        if name == "torch_cnn":  # through the CLI, as a user would
-            r = run_cli("export", keras_file, "--format", "all", "-o", out, "--report", rep,
-                        "--json")
-            assert r.returncode == 0, r.stderr
-            report = json.loads(r.stdout)
-        else:
-            from wtransplant.export import export_model
-
-            report = export_model(keras_file, "all", out, rebuild_report=rep,
-                                  progress=False).to_dict()
-        cache[name] = (model, keras_file, out, report)
+        done = d / "export-result.json"
+        with _locked(shared / f"export-{name}.lock"):
+            if not done.exists():
+                _build(name, d, keras_file, done)
+        model = keras.saving.load_model(keras_file)
+        cache[name] = (model, keras_file, d / "export", json.loads(done.read_text()))
         return cache[name]
 
     return get
+
+
+def _build(name: str, d: Path, keras_file: Path, done: Path) -> None:
+    from wtransplant.rebuild import rebuild
+
+    d.mkdir(exist_ok=True)
+    rep = d / f"{name}.report.json"
+    rebuild(FIX / "specs" / f"{name}.yaml", output=keras_file, report_path=rep, progress=False)
+    out = d / "export"
+    if name == "torch_cnn":  # through the CLI, as a user would
+        r = run_cli("export", keras_file, "--format", "all", "-o", out, "--report", rep,
+                    "--json")
+        assert r.returncode == 0, r.stderr
+        report = json.loads(r.stdout)
+    else:
+        from wtransplant.export import export_model
+
+        report = export_model(keras_file, "all", out, rebuild_report=rep,
+                              progress=False).to_dict()
+    done.write_text(json.dumps(report))
 
 
 @pytest.mark.slow
@@ -299,6 +330,56 @@ def test_parity_failure_exits_1_and_writes_nothing(tmp_path, monkeypatch):
     assert sorted(os.listdir(tmp_path)) == ["mlp.onnx"]
 
 
+def _area_resize_model():
+    import keras
+
+    inp = keras.Input((8, 8, 3), name="image")
+    out = keras.layers.Resizing(5, 5, interpolation="area", name="shrink")(inp)
+    return keras.Model(inp, out, name="area")
+
+
+@pytest.mark.slow
+def test_silently_wrong_conversion_is_caught_exit_1(tmp_path):
+    """tf2onnx 1.17 converts ResizeArea (Resizing with interpolation='area', 8 -> 5) without
+    complaint into an ONNX graph that computes something else: only the parity check in
+    onnxruntime shows it. Nothing may be kept under the final name."""
+    src = tmp_path / "area.keras"
+    _area_resize_model().save(src)
+    out = tmp_path / "area.onnx"
+    r = run_cli("export", src, "--format", "onnx", "-o", out)
+    assert_one_line_error(r, 1, "parity failed in onnxruntime", "was not written")
+    assert "FAILED" in r.stdout  # the report is still printed
+    assert sorted(os.listdir(tmp_path)) == ["area.keras"]
+
+
+@pytest.mark.slow
+def test_litert_without_builtin_op_is_refused_or_skipped(tmp_path, monkeypatch):
+    import wtransplant.export as ex
+    from wtransplant.errors import InputError
+
+    model = _area_resize_model()  # ResizeArea has no LiteRT built-in
+    with pytest.raises(InputError, match="ResizeArea"):
+        ex.export_model(model, "tflite", tmp_path / "a.tflite", progress=False)
+    assert os.listdir(tmp_path) == []
+
+    # with --format all, a format LiteRT cannot take is skipped and reported; the others
+    # are written (the MLP converts everywhere, so the refusal is simulated here)
+    def refuse(src, tmp, prov, **_):
+        raise ex.LiteRTUnsupported("simulated: op Foo has no LiteRT built-in")
+
+    monkeypatch.setitem(ex.WRITERS, "tflite", refuse)
+    rep = ex.export_model(FIX / "specs" / "octave_mlp.yaml", "all", tmp_path / "all",
+                          progress=False, repeats=3)
+    assert [r.format for r in rep.results] == ["keras", "h5", "savedmodel", "onnx"]
+    assert rep.skipped == [{"format": "tflite", "reason": "simulated: op Foo has no LiteRT "
+                                                          "built-in"}]
+    assert not (tmp_path / "all" / "model.tflite").exists()
+    saved = json.loads((tmp_path / "all" / "export-report.json").read_text())
+    assert saved["skipped"][0]["format"] == "tflite"
+    # a spec as MODEL: rebuilt (and checked against its reference data) first
+    assert rep.provenance["source"]["sha256"] == sha256(FIX / "octave" / "octave_mlp.h5")
+
+
 @pytest.mark.slow
 def test_keras2_h5_that_keras3_refuses_is_exported(tmp_path):
     from conftest import fx
@@ -339,6 +420,7 @@ def test_opset_is_selectable(tmp_path):
     (["{fix}/keras3/k3_mlp.keras", "--format", "onnx", "-o", "x.txt"], ["x.txt", ".onnx"]),
     (["{fix}/broken/zip_slip.keras", "--format", "onnx", "-o", "x.onnx"],
      ["zip_slip.keras", "escapes"]),
+    (["{fix}/broken", "--format", "onnx", "-o", "x.onnx"], ["broken", "not a SavedModel"]),
 ])
 def test_bad_input_one_line_exit_2(tmp_path, args, needles):
     args = [a.replace("{fix}", str(FIX)) for a in args]

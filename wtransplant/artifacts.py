@@ -316,10 +316,10 @@ def _all_layers(model) -> list:
     return out
 
 
-def load_keras_archive(path: Path):
-    """A ``.keras`` archive, checked (zip paths, config code) and loaded with safe_mode."""
+def keras_archive_config(path: Path) -> dict:
+    """The config of a ``.keras`` archive, after refusing member paths that escape it
+    (zip slip). h5py/zipfile only: cheap, and run before Keras starts."""
     from .h5io import read_archive_info
-    from .keras_model import check_config_safe
 
     display = str(path)
     try:
@@ -330,25 +330,14 @@ def load_keras_archive(path: Path):
     if info.config is None or "model.weights.h5" not in info.members:
         raise InputError("not a Keras archive (no config.json and model.weights.h5 inside)",
                          path=display)
-    check_config_safe(info.config, display)
-    import keras
-
-    try:
-        with _quiet_warnings():
-            return keras.saving.load_model(str(path), compile=False, safe_mode=True)
-    except Exception as e:
-        raise InputError(f"Keras cannot load this archive: {_one_line(e)}",
-                         path=display) from None
+    return info.config
 
 
-def load_keras_h5(path: Path, *, rebuild_fallback: bool = True):
-    """A full-model HDF5 file (Keras 2 or Keras 3 legacy format). Returns (model, note,
-    rebuild_report or None). Files Keras 3 refuses (Keras 2 RNNs: ``time_major``) are
-    rebuilt from their config and weights by ``rebuild_file`` unless ``rebuild_fallback``
-    is false."""
+def legacy_h5_config(path: Path) -> dict:
+    """The ``model_config`` of a full-model HDF5 file, after refusing files that point at
+    data in other files. h5py only: cheap, and run before Keras starts."""
     from .h5io import open_source
     from .inspect import load_source, outside_references
-    from .keras_model import check_config_safe
 
     display = str(path)
     with open_source(path) as src:
@@ -364,11 +353,48 @@ def load_keras_h5(path: Path, *, rebuild_fallback: bool = True):
                          f"only; rebuild it first (`wtransplant spec {path}` drafts a spec)",
                          path=display)
     try:
-        config = json.loads(cfg)
+        return json.loads(cfg)
     except (TypeError, ValueError) as e:
         raise InputError(f"model_config attribute is not valid JSON: {e}", path=display) \
             from None
-    check_config_safe(config, f"{display}: model_config")
+
+
+def precheck(path: str | os.PathLike) -> str:
+    """``artifact_kind`` plus the checks that need no Keras (archive paths, links out of
+    an HDF5 file, a model config present): lets a command refuse bad input at once."""
+    p = Path(path)
+    kind = artifact_kind(p)
+    if kind == "keras":
+        keras_archive_config(p)
+    elif kind == "h5":
+        legacy_h5_config(p)
+    return kind
+
+
+def load_keras_archive(path: Path):
+    """A ``.keras`` archive, checked (zip paths, config code) and loaded with safe_mode."""
+    from .keras_model import check_config_safe
+
+    check_config_safe(keras_archive_config(path), str(path))
+    import keras
+
+    try:
+        with _quiet_warnings():
+            return keras.saving.load_model(str(path), compile=False, safe_mode=True)
+    except Exception as e:
+        raise InputError(f"Keras cannot load this archive: {_one_line(e)}",
+                         path=str(path)) from None
+
+
+def load_keras_h5(path: Path, *, rebuild_fallback: bool = True):
+    """A full-model HDF5 file (Keras 2 or Keras 3 legacy format). Returns (model, note,
+    rebuild_report or None). Files Keras 3 refuses (Keras 2 RNNs: ``time_major``) are
+    rebuilt from their config and weights by ``rebuild_file`` unless ``rebuild_fallback``
+    is false."""
+    from .keras_model import check_config_safe
+
+    display = str(path)
+    check_config_safe(legacy_h5_config(path), f"{display}: model_config")
     import keras
 
     try:
@@ -465,11 +491,12 @@ class OnnxArtifact(Artifact):
             so = ort.SessionOptions()
             so.log_severity_level = 3
             try:
-                session = ort.InferenceSession(str(path), sess_options=so,
-                                               providers=["CPUExecutionProvider"])
+                with quiet_stderr():  # onnxruntime logs load errors from C++ too
+                    session = ort.InferenceSession(str(path), sess_options=so,
+                                                   providers=["CPUExecutionProvider"])
             except Exception as e:
                 raise InputError(f"onnxruntime cannot load this file: {_one_line(e)}",
-                                 path=display) from None
+                                 path=display, detail={"error": str(e)}) from None
         self.session = session
         ins = [TensorInfo(i.name, _ort_dims(i.shape), _ort_dtype(i.type, display))
                for i in session.get_inputs()]
@@ -745,4 +772,4 @@ def quiet_stderr():
 
 __all__ = ["Artifact", "KerasArtifact", "SavedModelArtifact", "OnnxArtifact",
            "LiteRTArtifact", "TensorInfo", "load_artifact", "artifact_kind", "from_model",
-           "random_inputs", "readable_name", "sidecar_path", "read_sidecar", "quiet_stderr"]
+           "random_inputs", "readable_name", "precheck", "sidecar_path", "read_sidecar", "quiet_stderr"]

@@ -226,9 +226,9 @@ def plan_outputs(model, fmt: str, output) -> tuple[str, list[tuple[str, Path]]]:
         raise InputError(f"unknown export format {fmt!r}: use one of {', '.join(FORMATS)} "
                          f"or all")
     if isinstance(model, str | os.PathLike):
-        from .artifacts import artifact_kind
+        from .artifacts import precheck
 
-        kind = artifact_kind(model)
+        kind = precheck(model)
         if kind not in ("keras", "h5", "spec"):
             raise InputError(f"{KIND_TEXT.get(kind, kind)}: export needs a Keras model "
                              f"(.keras, .h5 or a spec); compare it with `wtransplant verify` "
@@ -397,7 +397,15 @@ def export_one(src: KerasArtifact, fmt: str, out: Path, prov: dict, check,
             res.notes += info.get("notes", [])
             res.size = _size(tmp)
             if check is not None:
-                art = reload(fmt, tmp)
+                try:
+                    art = reload(fmt, tmp)
+                except InputError as e:
+                    why = str(e).replace(f"{tmp}: ", "").replace(str(tmp), str(out))
+                    full = e.detail.get("error", why)
+                    where = _onnx_culprits(tmp, full, src) if fmt == "onnx" else ""
+                    raise InputError(f"{src.display}: the {fmt} file converted for {out} does "
+                                     f"not load in {res.runtime}{where}, so it was not "
+                                     f"written: {why}") from None
                 check.verify(art, res)
                 if not res.passed:
                     worst = max(res.parity, key=lambda p: p.max_rel)
@@ -686,6 +694,26 @@ def _layer_names(model) -> set[str]:
     from .artifacts import _all_layers
 
     return {lay.name for lay in _all_layers(model)}
+
+
+def _onnx_culprits(path: Path, message: str, src: KerasArtifact) -> str:
+    """' (layer 'x', ONNX Resize)' when onnxruntime's message names an operator type and
+    the nodes of that type carry a layer's name scope; ' (ONNX Resize node 'Resize__10')'
+    when tf2onnx gave the node a name of its own (it does for the nodes it creates)."""
+    import onnx
+
+    types = set(re.findall(r"in the (\w+) operator|Op \((\w+)\)", message))
+    types = {t for pair in types for t in pair if t}
+    if not types:
+        return ""
+    names = _layer_names(src.keras_model)
+    found = []
+    for node in onnx.load(str(path)).graph.node:
+        if node.op_type in types:
+            lay = layer_of(node.name, names)
+            found.append(f"layer {lay!r}, ONNX {node.op_type}" if lay else
+                         f"ONNX {node.op_type} node {node.name!r}")
+    return "".join(f" ({x})" for x in dict.fromkeys(found))
 
 
 def _write_onnx(src: KerasArtifact, tmp: Path, prov: dict, *, opset: int | None = None,
