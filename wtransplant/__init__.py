@@ -24,6 +24,9 @@ _LAZY = {
     "InputError": "wtransplant.errors",
     "ParityError": "wtransplant.errors",
     "MappingError": "wtransplant.errors",
+    "export_model": "wtransplant.export",
+    "load_artifact": "wtransplant.artifacts",
+    "random_inputs": "wtransplant.artifacts",
 }
 
 __all__ = sorted(_LAZY) + ["__version__"]

@@ -379,10 +379,10 @@ def load_keras_archive(path: Path):
     import keras
 
     try:
-        with _quiet_warnings():
+        with quiet_logs():
             return keras.saving.load_model(str(path), compile=False, safe_mode=True)
     except Exception as e:
-        raise InputError(f"Keras cannot load this archive: {_one_line(e)}",
+        raise InputError(f"Keras cannot load this archive: {one_line(e)}",
                          path=str(path)) from None
 
 
@@ -398,11 +398,11 @@ def load_keras_h5(path: Path, *, rebuild_fallback: bool = True):
     import keras
 
     try:
-        with _quiet_warnings():
+        with quiet_logs():
             model = keras.models.load_model(str(path), compile=False, safe_mode=True)
         return model, None, None
     except Exception as e:
-        first = _one_line(e)[:160]
+        first = one_line(e)[:160]
         if not rebuild_fallback:
             raise InputError(f"Keras cannot load this file: {first}", path=display) from None
     from .rebuild import rebuild_file
@@ -412,24 +412,29 @@ def load_keras_h5(path: Path, *, rebuild_fallback: bool = True):
                    f"its config and weights with wtransplant rebuild"), report
 
 
-def _one_line(e: BaseException) -> str:
+def one_line(e: BaseException) -> str:
     return " ".join(str(e).split())[:400] or type(e).__name__
 
 
 @contextlib.contextmanager
-def _quiet_warnings():
+def quiet_logs(*names: str, level: int | None = None):
+    """Python warnings off, and the named loggers (default: absl) raised to ``level``
+    (default ERROR) while the block runs: Keras, TensorFlow and tf2onnx log what the CLI
+    reports itself, in one line."""
     import logging
     import warnings
 
-    absl = logging.getLogger("absl")
-    level = absl.level
-    absl.setLevel(logging.ERROR)
+    loggers = [logging.getLogger(n) for n in (names or ("absl",))]
+    levels = [lg.level for lg in loggers]
+    for lg in loggers:
+        lg.setLevel(logging.ERROR if level is None else level)
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             yield
     finally:
-        absl.setLevel(level)
+        for lg, lv in zip(loggers, levels):
+            lg.setLevel(lv)
 
 
 # --------------------------------------------------------------------------------------
@@ -451,7 +456,7 @@ class SavedModelArtifact(Artifact):
             with quiet_stderr():
                 obj = tf.saved_model.load(str(path))
         except Exception as e:
-            raise InputError(f"TensorFlow cannot load this SavedModel: {_one_line(e)}",
+            raise InputError(f"TensorFlow cannot load this SavedModel: {one_line(e)}",
                              path=display) from None
         self._obj = obj
         sig = obj.signatures.get("serving_default") if hasattr(obj, "signatures") else None
@@ -495,7 +500,7 @@ class OnnxArtifact(Artifact):
                     session = ort.InferenceSession(str(path), sess_options=so,
                                                    providers=["CPUExecutionProvider"])
             except Exception as e:
-                raise InputError(f"onnxruntime cannot load this file: {_one_line(e)}",
+                raise InputError(f"onnxruntime cannot load this file: {one_line(e)}",
                                  path=display, detail={"error": str(e)}) from None
         self.session = session
         ins = [TensorInfo(i.name, _ort_dims(i.shape), _ort_dtype(i.type, display))
@@ -542,11 +547,11 @@ class LiteRTArtifact(Artifact):
         display = str(path)
         Interpreter = _litert_interpreter()
         try:
-            with quiet_stderr(), _quiet_warnings():  # tf.lite's deprecation notice
+            with quiet_stderr(), quiet_logs():  # tf.lite's deprecation notice
                 it = Interpreter(model_path=str(path))
                 sigs = it.get_signature_list()
         except Exception as e:
-            raise InputError(f"the LiteRT interpreter cannot load this file: {_one_line(e)}",
+            raise InputError(f"the LiteRT interpreter cannot load this file: {one_line(e)}",
                              path=display) from None
         if not sigs:
             raise InputError("the .tflite file has no signature", path=display)
@@ -747,10 +752,10 @@ def random_inputs(obj, n: int, seed: int = 0) -> list[np.ndarray]:
 
 
 @contextlib.contextmanager
-def quiet_stderr():
+def quiet_stderr(replay: bool | None = None):
     """Send file descriptor 2 to a temporary file while the block runs (TensorFlow,
     LiteRT and onnxruntime log from C++ straight to it). What was captured is replayed if
-    the block raises and WTRANSPLANT_DEBUG is set."""
+    the block raises and ``replay`` is true (default: if WTRANSPLANT_DEBUG is set)."""
     import sys
 
     sys.stderr.flush()
@@ -761,7 +766,7 @@ def quiet_stderr():
             yield
         except BaseException:
             os.dup2(saved, 2)
-            if os.environ.get("WTRANSPLANT_DEBUG"):
+            if replay or (replay is None and os.environ.get("WTRANSPLANT_DEBUG")):
                 cap.seek(0)
                 sys.stderr.write(cap.read().decode("utf-8", "replace"))
             raise
@@ -772,4 +777,4 @@ def quiet_stderr():
 
 __all__ = ["Artifact", "KerasArtifact", "SavedModelArtifact", "OnnxArtifact",
            "LiteRTArtifact", "TensorInfo", "load_artifact", "artifact_kind", "from_model",
-           "random_inputs", "readable_name", "precheck", "sidecar_path", "read_sidecar", "quiet_stderr"]
+           "random_inputs", "readable_name", "precheck", "quiet_logs", "one_line", "sidecar_path", "read_sidecar", "quiet_stderr"]

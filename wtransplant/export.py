@@ -30,7 +30,6 @@ Layer 3: TensorFlow, tf2onnx, onnx and onnxruntime are imported inside the funct
 
 from __future__ import annotations
 
-import contextlib
 import json
 import logging
 import os
@@ -49,6 +48,8 @@ from .artifacts import (
     Artifact,
     KerasArtifact,
     load_artifact,
+    one_line,
+    quiet_logs,
     quiet_stderr,
     random_inputs,
     sidecar_path,
@@ -184,7 +185,7 @@ def export_model(model, fmt: str, output: str | os.PathLike, *, verify: bool = T
         check = _Reference(src, samples, second_batch, seed, rel_tol, repeats)
         report.keras_latency = check.keras_latency
     bar = _bar(len(targets), progress)
-    with _quiet_logs():
+    with quiet_logs("tf2onnx", "tensorflow", "absl", level=logging.CRITICAL):
         for f, path in targets:
             if bar is not None:
                 bar.set_description(f"exporting {f}")
@@ -594,7 +595,7 @@ def _write_savedmodel(src: KerasArtifact, tmp: Path, prov: dict, *, model=None, 
             archive.write_out(str(tmp), verbose=False)
     except Exception as e:
         raise InputError(f"TensorFlow could not write a SavedModel of {src.display}: "
-                         f"{_one_line(e)}") from None
+                         f"{one_line(e)}") from None
     return {}
 
 
@@ -640,7 +641,7 @@ def to_onnx(src: KerasArtifact, opset: int):
                                                        lower_control_flow=False)
     except Exception as e:
         raise InputError(f"{src.display}: TensorFlow could not trace the model for ONNX: "
-                         f"{_one_line(e)}") from None
+                         f"{one_line(e)}") from None
     in_names = [t.name for t in frozen.inputs if t.dtype != tf.resource]
     out_names = [t.name for t in frozen.outputs]
     rename = dict(zip(in_names, src.input_names))
@@ -743,7 +744,7 @@ def _write_onnx(src: KerasArtifact, tmp: Path, prov: dict, *, opset: int | None 
         onnx.checker.check_model(proto, full_check=True)
     except Exception as e:  # onnx.checker.ValidationError, shape inference errors
         raise InputError(f"{src.display}: the ONNX file tf2onnx wrote is not valid: "
-                         f"{_one_line(e)}") from None
+                         f"{one_line(e)}") from None
     onnx.save(proto, str(tmp))
     return {"opset": opset}
 
@@ -819,7 +820,7 @@ def _litert_reason(e: Exception) -> str:
     if ops:
         return (f"TensorFlow op(s) {', '.join(sorted(set(ops)))} have no LiteRT built-in "
                 f"and the installed interpreter has no Flex delegate")
-    return _one_line(e)[:300]
+    return one_line(e)[:300]
 
 
 WRITERS = {"keras": _write_keras, "h5": _write_keras, "savedmodel": _write_savedmodel,
@@ -828,29 +829,6 @@ WRITERS = {"keras": _write_keras, "h5": _write_keras, "savedmodel": _write_saved
 
 # --------------------------------------------------------------------------------------
 # plumbing
-
-
-def _one_line(e: BaseException) -> str:
-    return " ".join(str(e).split())[:400] or type(e).__name__
-
-
-@contextlib.contextmanager
-def _quiet_logs():
-    """tf2onnx logs every op it cannot convert and TensorFlow its deprecations; the CLI
-    reports those itself, in one line."""
-    import warnings
-
-    loggers = [logging.getLogger(n) for n in ("tf2onnx", "tensorflow", "absl")]
-    levels = [lg.level for lg in loggers]
-    for lg in loggers:
-        lg.setLevel(logging.CRITICAL)
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            yield
-    finally:
-        for lg, lv in zip(loggers, levels):
-            lg.setLevel(lv)
 
 
 def _bar(n: int, progress: bool | None):
