@@ -194,7 +194,10 @@ def export_model(model, fmt: str, output: str | os.PathLike, *, verify: bool = T
             except LiteRTUnsupported as e:
                 if fmt != "all":
                     raise
-                report.skipped.append({"format": f, "reason": str(e)})
+                reason = str(e)
+                if path.exists():
+                    reason += f"; an earlier {path} is left as it was, not from this export"
+                report.skipped.append({"format": f, "reason": reason})
             except ParityError as e:
                 if e.report is not None:
                     report.results.append(e.report)
@@ -251,6 +254,9 @@ def check_output_name(fmt: str, out: Path) -> None:
         if out.exists() and not out.is_dir():
             raise InputError("a file of this name exists; a SavedModel is a folder",
                              path=str(out))
+        if out.is_dir() and any(out.iterdir()) and not (out / "saved_model.pb").exists():
+            raise InputError("a folder that is not a SavedModel is in the way; it would be "
+                             "replaced: give a new folder name", path=str(out))
         return
     if out.suffix.lower() not in SUFFIXES[fmt]:
         raise InputError(f"the {fmt} format needs a file name ending in "
@@ -559,7 +565,11 @@ def median_ms(fn, repeats: int, budget_s: float = LATENCY_BUDGET_S) -> tuple[flo
 def _write_keras(src: KerasArtifact, tmp: Path, prov: dict, **_) -> dict:
     from .rebuild import _quiet_save
 
-    _quiet_save(src.keras_model, tmp)
+    try:
+        _quiet_save(src.keras_model, tmp)
+    except Exception as e:  # e.g. a layer the legacy HDF5 format cannot describe
+        raise InputError(f"{src.display}: Keras could not save the model as "
+                         f"{tmp.suffix}: {one_line(e)}") from None
     return {}
 
 
@@ -732,8 +742,8 @@ def _write_onnx(src: KerasArtifact, tmp: Path, prov: dict, *, opset: int | None 
             items.append(f"layer {lay!r} ({op})" if lay else f"op {node!r} ({op})")
         items = list(dict.fromkeys(items))
         raise InputError(f"{src.display}: tf2onnx {_version('tf2onnx')} cannot convert "
-                         f"{'; '.join(items)} to ONNX opset {opset}: no ONNX equivalent "
-                         f"for the TensorFlow op")
+                         f"{'; '.join(items)} to ONNX opset {opset}: tf2onnx has no "
+                         f"converter for that TensorFlow op")
     for vi in list(proto.graph.input) + list(proto.graph.output):
         dims = vi.type.tensor_type.shape.dim
         if dims and not dims[0].HasField("dim_value"):
