@@ -39,6 +39,10 @@ demo: $(VENV)/.installed
 	$(WT) rebuild --spec fixtures/specs/torch_cnn.yaml -o $(DEMO_OUT)/torch_cnn.keras --report $(DEMO_OUT)/torch_cnn.report.json
 	@echo "== rebuild: a Keras 2 GRU/LSTM model that Keras 3's load_model refuses, no spec"
 	$(WT) rebuild fixtures/keras2/k2_rnn_model.h5 -o $(DEMO_OUT)/k2_rnn_model.keras --inputs fixtures/keras2/k2_rnn_model.io.npz:x --expected fixtures/keras2/k2_rnn_model.io.npz:y
+	@echo "== export: the rebuilt CNN to ONNX, reloaded and checked in onnxruntime"
+	$(WT) export $(DEMO_OUT)/torch_cnn.keras --format onnx -o $(DEMO_OUT)/torch_cnn.onnx --report $(DEMO_OUT)/torch_cnn.report.json
+	@echo "== verify: the ONNX file against PyTorch's own outputs (inputs stored NCHW)"
+	$(WT) verify $(DEMO_OUT)/torch_cnn.onnx --inputs fixtures/torch/torch_cnn.io.npz:x --expected fixtures/torch/torch_cnn.io.npz:y --input-layout nchw --plot $(DEMO_OUT)/torch_cnn.verify.png
 	@echo "demo finished: outputs in $(DEMO_OUT)/"
 
 # Everything but the nightly-size fuzz run; `make test-fast` skips the slow tests too.

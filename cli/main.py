@@ -207,14 +207,137 @@ def rebuild(file, spec_path, output, report_path, inputs, expected, input_layout
 
 
 def _print_rebuild(report, as_json: bool, show_plan: bool) -> None:
+    _print_report(report, as_json, "print_rebuild", show_plan=show_plan)
+
+
+def _print_report(report, as_json: bool, printer: str, **kw) -> None:
+    """The report as JSON (``--json``), or through ``render.<printer>``."""
     if as_json:
         from wtransplant.atomic import dumps
 
         click.echo(dumps(report.to_dict()))
         return
-    from .render import print_rebuild
+    from . import render
 
-    print_rebuild(report, show_plan=show_plan)
+    getattr(render, printer)(report, **kw)
+
+
+@main.command()
+@click.argument("model", type=click.Path())
+@click.option("-f", "--format", "fmt", required=True, metavar="FORMAT",
+              help="keras (.keras archive), h5 (legacy HDF5), savedmodel (folder), onnx, "
+                   "tflite (LiteRT), or all: every format into the folder OUT.")
+@click.option("-o", "--output", required=True, type=click.Path(),
+              help="The file (or folder, for savedmodel and all) to write.")
+@click.option("--verify/--no-verify", default=True, show_default=True,
+              help="Reload the written file in its own runtime and compare it with MODEL "
+                   "before giving it its final name.")
+@click.option("--opset", type=int, help="ONNX opset (default: the highest tf2onnx writes, 18).")
+@click.option("--report", "rebuild_report", type=click.Path(dir_okay=False),
+              help="The rebuild report (JSON) of MODEL, to carry the source weights' sha256 "
+                   "and the spec into the exported file's provenance.")
+@click.option("--samples", type=click.IntRange(min=1), default=16, show_default=True,
+              help="Random samples in the first checked batch (and the timed batch).")
+@click.option("--second-batch", type=click.IntRange(min=1), default=3, show_default=True,
+              help="Size of the second checked batch (a batch size different from the "
+                   "first).")
+@click.option("--seed", type=int, default=0, show_default=True, help="Seed of the inputs.")
+@click.option("--rel-tol", type=float, default=1e-5, show_default=True,
+              help="Allowed max |exported - keras| / max |keras|, per output.")
+@click.option("--repeats", type=click.IntRange(min=1), default=20, show_default=True,
+              help="Timed runs per runtime (the median is reported).")
+@click.option("--save-report", type=click.Path(dir_okay=False),
+              help="Write the export report (JSON) here.")
+@click.option("--json", "as_json", is_flag=True, help="Print the report as JSON.")
+@handle_errors
+def export(model, fmt, output, verify, opset, rebuild_report, samples, second_batch, seed,
+           rel_tol, repeats, save_report, as_json):
+    """Write MODEL (.keras, Keras full-model .h5, or a spec) as FORMAT, reload the file in
+    its own runtime (Keras, tf.saved_model, onnxruntime, LiteRT), check it computes what
+    MODEL computes on seeded random inputs at two batch sizes, and report size and latency.
+    A file that fails the check is not kept (exit 1)."""
+    from wtransplant.errors import ParityError
+    from wtransplant.export import export_model, plan_outputs
+
+    plan_outputs(model, fmt, output)  # bad input fails fast, before TensorFlow starts
+    import_keras()
+
+    try:
+        report = export_model(model, fmt, output, verify=verify, opset=opset,
+                              rebuild_report=rebuild_report, samples=samples,
+                              second_batch=second_batch, seed=seed, rel_tol=rel_tol,
+                              repeats=repeats, report_path=save_report)
+    except ParityError as e:
+        if e.report is not None and hasattr(e.report, "results"):
+            _print_export(e.report, as_json)
+        raise
+    _print_export(report, as_json)
+
+
+def _print_export(report, as_json: bool) -> None:
+    _print_report(report, as_json, "print_export")
+
+
+@main.command()
+@click.argument("model", type=click.Path())
+@click.argument("other", required=False, type=click.Path())
+@click.option("--inputs", multiple=True, metavar="X",
+              help="Inputs: .npy, data.npz:key or data.h5:dataset (once per model input). "
+                   "Default: seeded random samples of a realistic scale.")
+@click.option("--expected", multiple=True, metavar="Y",
+              help="Expected outputs for --inputs (once per model output).")
+@click.option("--spec", "spec_path", type=click.Path(dir_okay=False),
+              help="The spec MODEL was rebuilt from: compare with the NumPy reference of its "
+                   "source, and diagnose layer by layer on failure.")
+@click.option("--activations", metavar="A",
+              help="Reference activations stored under the layers' names (.npz, or HDF5 "
+                   "with datasets named after the layers) for a per-layer diagnosis.")
+@click.option("--input-layout", type=click.Choice(["nchw", "ncl", "ncdhw", "none"]),
+              help="Layout of the stored inputs if not channels-last.")
+@click.option("--output-layout", type=click.Choice(["nchw", "ncl", "ncdhw", "none"]),
+              help="Layout of the expected outputs if not channels-last.")
+@click.option("--atol", type=float, help="Absolute tolerance (float32 default 1e-5).")
+@click.option("--rtol", type=float, help="Relative tolerance (float32 default 1e-4).")
+@click.option("--samples", type=click.IntRange(min=1), help="Use the first N samples.")
+@click.option("--random", "n_random", type=click.IntRange(min=1), default=16,
+              show_default=True, help="Random samples when no --inputs are given.")
+@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--plot", type=click.Path(dir_okay=False),
+              help="Write a PNG: per-layer error (log axis) and expected against actual.")
+@click.option("--report", "report_path", type=click.Path(dir_okay=False),
+              help="Write the JSON report here.")
+@click.option("--json", "as_json", is_flag=True, help="Print the report as JSON.")
+@handle_errors
+def verify(model, other, inputs, expected, spec_path, activations, input_layout,
+           output_layout, atol, rtol, samples, n_random, seed, plot, report_path, as_json):
+    """Check that MODEL computes what it should: its outputs on --inputs against
+    --expected, or against OTHER (another artifact of the same model: .keras, .h5,
+    SavedModel folder, .onnx, .tflite) on the same inputs, or against the NumPy reference of
+    the source in --spec. Exit 0 within tolerance, 1 outside it, 2 on bad input."""
+    from wtransplant.artifacts import precheck
+    from wtransplant.errors import InputError, ParityError
+
+    if expected and not inputs:
+        raise InputError("--expected needs --inputs (the inputs that produced it)")
+    if other and expected:
+        raise InputError("give either OTHER or --expected, not both")
+    for p in (model, other):
+        if p:
+            precheck(p)  # cheap checks before TensorFlow starts
+    import_keras()
+    from wtransplant.verification import verify as do_verify
+
+    try:
+        report = do_verify(model, other=other, inputs=list(inputs) or None,
+                           expected=list(expected) or None, spec=spec_path,
+                           activations=activations, input_layout=input_layout,
+                           output_layout=output_layout, atol=atol, rtol=rtol, samples=samples,
+                           seed=seed, n_random=n_random, plot=plot, report_path=report_path)
+    except ParityError as e:
+        if e.report is not None:
+            _print_report(e.report, as_json, "print_verify")
+        raise
+    _print_report(report, as_json, "print_verify")
 
 
 if __name__ == "__main__":  # pragma: no cover

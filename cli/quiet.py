@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import os
 import sys
-import tempfile
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
@@ -18,21 +17,11 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 def import_keras():
     if "keras" in sys.modules and getattr(import_keras, "_done", False):
         return sys.modules["keras"]
-    sys.stderr.flush()
-    saved = os.dup(2)
-    with tempfile.TemporaryFile() as cap:
-        os.dup2(cap.fileno(), 2)
-        try:
-            import keras
+    from wtransplant.artifacts import quiet_stderr
 
-            keras.ops.convert_to_numpy(keras.ops.zeros((1,)))  # device start-up logs too
-        except BaseException:
-            os.dup2(saved, 2)
-            cap.seek(0)
-            sys.stderr.write(cap.read().decode("utf-8", "replace"))
-            raise
-        finally:
-            os.dup2(saved, 2)
-            os.close(saved)
+    with quiet_stderr(replay=True):  # what TF said is shown only if the import fails
+        import keras
+
+        keras.ops.convert_to_numpy(keras.ops.zeros((1,)))  # device start-up logs too
     import_keras._done = True
     return keras

@@ -273,3 +273,101 @@ def print_diagnosis(con, d: dict) -> None:
     elif bad:
         con.print("  cause: none of the classic mistakes (transposed square kernel, gate "
                   "order, flatten order, normalisation epsilon) explains it", markup=False)
+
+
+def _short_sha(sha: str | None) -> str:
+    return f"{sha[:12]}…" if sha else "?"
+
+
+def print_export(report) -> None:
+    from rich.table import Table
+
+    con = _console()
+    if not con.is_terminal:
+        con.width = 120  # a pipe or a log: keep table rows on one line
+    m = report.model
+    prov = report.provenance
+    ins = ", ".join(f"{t['name']} {_shape(t['shape'])} {t['dtype']}" for t in m["inputs"])
+    outs = ", ".join(f"{t['name']} {_shape(t['shape'])} {t['dtype']}" for t in m["outputs"])
+    where = m["path"] or "<in-memory model>"
+    sha = f", sha256 {_short_sha(m['sha256'])}" if m.get("sha256") else ""
+    con.print(f"model: {where} ({m['kind']}{sha}), {m['parameters']:,} parameters",
+              markup=False)
+    con.print(f"  inputs: {ins}", markup=False)
+    con.print(f"  outputs: {outs}", markup=False)
+    src = prov.get("source")
+    if src:
+        via = (f" (from {prov['rebuild_report']['path']})" if prov.get("rebuild_report")
+               else "")
+        con.print(f"source weights: {src.get('path')} sha256 {_short_sha(src.get('sha256'))}"
+                  f"{', spec recorded' if prov.get('spec') else ''}{via}", markup=False)
+    else:
+        con.print("source weights: not known (pass --report R.json, the rebuild report, to "
+                  "record them)", markup=False)
+    for w in prov.get("warnings", []):
+        con.print(f"[yellow]warning:[/] {w}")
+    for n in report.notes:
+        con.print(f"note: {n}", markup=False)
+    s = report.settings
+    verified = any(r.verified for r in report.results)
+    if verified:
+        sizes = f"{s['samples']}" + (f" and {s['second_batch']}"
+                                     if s["second_batch"] != s["samples"] else "")
+        con.print(f"checked: batches of {sizes} seeded random samples (seed {s['seed']}); "
+                  f"pass: max |exported - keras| <= {s['rel_tol']:g} x max |keras|, per output",
+                  markup=False)
+    table = Table(show_lines=False, expand=False)
+    batches = " / ".join(str(p.batch) for p in next((r.parity for r in report.results
+                                                     if r.parity), []))
+    for col, just in (("format", "left"), ("size", "right"),
+                      (f"max rel err ({batches})" if batches else "max rel err", "left"),
+                      ("runtime", "left"), ("median ms", "right"), ("keras ms", "right")):
+        table.add_column(col, justify=just, no_wrap=True)
+    for r in report.results:
+        if r.parity:
+            errs = " / ".join(f"{p.max_rel:.2g}" for p in r.parity)
+            style = "green" if r.passed else "bold red"
+            parity = f"{errs} [{style}]{'OK' if r.passed else 'FAILED'}[/]"
+        else:
+            parity = "not checked"
+        lat = r.latency or {}
+        ms = f"{lat['median_ms']:.3g}" if lat else ""
+        kms = f"{lat['keras_median_ms']:.3g}" if lat else ""
+        fmt = r.format + (f" (opset {r.opset})" if r.opset else "")
+        table.add_row(fmt, fmt_bytes(r.size), parity, r.runtime, ms, kms)
+    con.print(table)
+    if any(r.latency for r in report.results):
+        lat = next(r.latency for r in report.results if r.latency)
+        con.print(f"latency: median of up to {report.settings['repeats']} runs on the same "
+                  f"batch of {lat['batch']}; keras = predict_on_batch", markup=False)
+    for r in report.results:
+        con.print(f"wrote {r.format}: {r.path}", markup=False)
+        for n in r.notes:
+            con.print(f"  note: {n}", markup=False)
+        if r.provenance_file:
+            con.print(f"  provenance: {r.provenance_file}", markup=False)
+    for sk in report.skipped:
+        con.print(f"[yellow]skipped {sk['format']}:[/] {sk['reason']}")
+
+
+def print_verify(report) -> None:
+    con = _console()
+    m = report.model
+    con.print(f"model: {m.get('path') or '<in-memory model>'} ({m.get('kind')}, runtime "
+              f"{m.get('runtime')})", markup=False)
+    if report.other:
+        o = report.other
+        con.print(f"other: {o.get('path')} ({o.get('kind')}, runtime {o.get('runtime')})",
+                  markup=False)
+    con.print(f"inputs: {report.inputs}", markup=False)
+    con.print(f"against: {report.against}", markup=False)
+    style = "green" if report.parity.passed else "bold red"
+    con.print(f"parity: [{style}]{report.parity.summary()}[/]")
+    for i, o in enumerate(report.parity.outputs):
+        con.print(f"  output {i}: {o.summary()}", markup=False)
+    if report.diagnosis:
+        print_diagnosis(con, report.diagnosis)
+    if report.plot:
+        con.print(f"plot: {report.plot}", markup=False)
+    for n in report.notes:
+        con.print(f"note: {n}", markup=False)

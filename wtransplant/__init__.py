@@ -31,6 +31,11 @@ _LAZY = {
     "InputError": "wtransplant.errors",
     "ParityError": "wtransplant.errors",
     "MappingError": "wtransplant.errors",
+    "export_model": "wtransplant.export",
+    "verify": "wtransplant.verification",
+    "VerifyReport": "wtransplant.verification",
+    "load_artifact": "wtransplant.artifacts",
+    "random_inputs": "wtransplant.artifacts",
 }
 
 __all__ = sorted(_LAZY) + ["__version__"]

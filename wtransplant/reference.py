@@ -121,10 +121,10 @@ def build_reference(model, plan, src: OpenedSource, *, spec_layers: list[dict] |
         # an explicit transpose/reshape in the spec is the user's claim about conversion;
         # the reference reads the raw tensor with the convention's own semantics regardless
         by_target[a.target.key] = a.sources
-    explicit = {}
+    explicit: dict[str, dict] = {}
     for d in spec_layers or []:
         if isinstance(d, dict) and d.get("name"):
-            explicit[d["name"]] = set(d)
+            explicit[d["name"]] = d
     refs = []
     for lay in layers:
         cls = type(lay).__name__
@@ -132,7 +132,14 @@ def build_reference(model, plan, src: OpenedSource, *, spec_layers: list[dict] |
             raise NotCovered(f"layer {lay.name} ({cls}) is not covered by the NumPy "
                              f"reference")
         cfg = lay.get_config()
-        exp = explicit.get(lay.name, set(cfg) if spec_layers is None else set())
+        stated = explicit.get(lay.name)
+        if stated is not None:
+            # what the spec states about the source wins over the model's own settings:
+            # a model that disagrees with its spec is what verify --spec must catch
+            cfg = {**cfg, **{k: v for k, v in stated.items() if k not in ("class", "layer")}}
+            exp = set(stated)
+        else:
+            exp = set(cfg) if spec_layers is None else set()
         r = RefLayer(lay.name, cls, cfg, exp)
         if cls == "Bidirectional":
             inner_cfg = lay.forward_layer.get_config()

@@ -1,0 +1,250 @@
+"""``wtransplant verify``: does a model compute what it should?
+
+Three ways to say "what it should":
+
+* reference data: ``verify(MODEL, inputs=X, expected=Y)``;
+* another artifact of the same model: ``verify(MODEL, other=OTHER)`` (``.keras``, ``.h5``,
+  SavedModel folder, ``.onnx``, ``.tflite``), on the same inputs, generated if none are
+  given (seeded random of a realistic scale, never zeros or ones); MODEL is the reference;
+* the source's own semantics: ``verify(MODEL, spec=SPEC)`` runs wtransplant's NumPy
+  reference of the source named in the spec (the spec MODEL was rebuilt from).
+
+When the check fails and intermediate activations are available (the NumPy reference with
+``spec``, or ``activations``: arrays stored under the layers' names) the report names the
+first diverging layer and, for the classic mistakes, the cause. Figures and the verdict
+come from :func:`wtransplant.parity.compare`; ``plot`` writes a PNG.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from .atomic import write_json
+from .data import load_array, split_ref, to_channels_last
+from .errors import InputError, ParityError
+from .parity import ParityResult, compare
+
+RANDOM_SAMPLES = 16
+
+
+@dataclass
+class VerifyReport:
+    model: dict
+    against: str  # what the outputs were compared with
+    inputs: str  # where the inputs came from
+    parity: ParityResult
+    other: dict | None = None
+    diagnosis: dict | None = None
+    plot: str | None = None
+    notes: list = field(default_factory=list)
+
+    @property
+    def ok(self) -> bool:
+        return self.parity.passed
+
+    def to_dict(self) -> dict:
+        return {"wtransplant_report": "verify", "model": self.model, "other": self.other,
+                "against": self.against, "inputs": self.inputs,
+                "parity": self.parity.to_dict(), "diagnosis": self.diagnosis,
+                "plot": self.plot, "notes": self.notes}
+
+
+def _load(obj):
+    from .artifacts import Artifact, from_model, load_artifact
+
+    if isinstance(obj, Artifact):
+        return obj
+    if isinstance(obj, str | os.PathLike):
+        return load_artifact(obj)
+    return from_model(obj)  # an in-memory Keras model
+
+
+def _arrays(refs, layout, what: str, base_dir=None) -> list[np.ndarray]:
+    if refs is None:
+        return []
+    refs = [refs] if isinstance(refs, str | os.PathLike | np.ndarray) else list(refs)
+    out = []
+    for r in refs:
+        a = r if isinstance(r, np.ndarray) else load_array(str(r), base_dir=base_dir)
+        if a.dtype.kind not in "fiub":
+            raise InputError(f"{what} {r}: not numeric ({a.dtype})")
+        out.append(to_channels_last(a, layout, f"{what} {r}"))
+    return out
+
+
+def verify(model, *, other=None, inputs=None, expected=None, spec=None, activations=None,
+           input_layout: str | None = None, output_layout: str | None = None,
+           atol: float | None = None, rtol: float | None = None, samples: int | None = None,
+           seed: int = 0, n_random: int = RANDOM_SAMPLES, plot=None, report_path=None,
+           raise_on_failure: bool = True) -> VerifyReport:
+    """Check MODEL (a path or a Keras model) against reference data, another artifact or
+    the NumPy reference of a spec's source. Raises ParityError (exit 1) when outside the
+    tolerance (after writing the report and the plot), InputError (exit 2) on bad input."""
+    from .artifacts import random_inputs
+
+    art = _load(model)
+    xs = _arrays(inputs, input_layout, "inputs")
+    if samples:
+        xs = [x[:samples] for x in xs]
+    in_desc = _desc(inputs) if inputs is not None else ""
+    if not xs:
+        if expected is not None:
+            raise InputError("--expected needs --inputs (the inputs that produced it)")
+        xs = random_inputs(art, n_random, seed=seed)
+        in_desc = f"{n_random} seeded random samples (seed {seed}, standard normal floats)"
+    xs = art.check_inputs(xs)
+    notes: list[str] = []
+    other_desc = None
+    ref_acts = None
+    if other is not None:
+        art2 = _load(other)
+        want = art.predict(xs)
+        got = art2.predict(xs)
+        against = f"{art.display} ({art.kind})"
+        other_desc = art2.describe()
+        method = f"artifact ({art2.kind} vs {art.kind})"
+    elif expected is not None:
+        want = _arrays(expected, output_layout, "expected")
+        if samples:
+            want = [y[:samples] for y in want]
+        got = art.predict(xs)
+        if len(want[0]) != len(xs[0]):
+            raise InputError(f"expected {expected}: {len(want[0])} samples, but the inputs "
+                             f"have {len(xs[0])}")
+        against = f"reference data {_desc(expected)}"
+        method = "reference data"
+    elif spec is not None:
+        ref, ref_why = _spec_reference(art, spec)
+        if ref is None:
+            raise InputError(f"no NumPy reference for this model: {ref_why}")
+        if len(xs) != 1:
+            raise InputError("the NumPy reference covers single-input models")
+        y_ref, ref_acts = ref.forward(xs[0])
+        want = [y_ref]
+        got = art.predict(xs)
+        against = f"the NumPy reference of {Path(str(_spec_source(spec))).name} " \
+                  f"({ref.convention} semantics)"
+        method = f"numpy reference ({ref.convention} semantics)"
+    else:
+        raise InputError("give reference outputs (--expected Y), another artifact (OTHER), "
+                         "or the rebuild spec (--spec S) to verify against")
+    res = compare(got if len(got) > 1 else got[0], want if len(want) > 1 else want[0],
+                  atol=atol, rtol=rtol, method=method, what="outputs")
+    report = VerifyReport(art.describe(), against, in_desc, res, other=other_desc, notes=notes)
+    if not res.passed:
+        report.diagnosis = _diagnose(art, xs, spec, activations, ref_acts)
+    if plot is not None:
+        from .plots import parity_plot
+
+        layers = (report.diagnosis or {}).get("layers") if report.diagnosis else None
+        report.plot = parity_plot(plot, actual=got, expected=want, layers=layers,
+                                  title=f"{art.display}: {res.summary()}")
+    if report_path is not None:
+        write_json(report_path, report.to_dict())
+    if raise_on_failure and not res.passed:
+        where = ""
+        d = report.diagnosis or {}
+        if d.get("first_diverging_layer"):
+            where = f"; first diverging layer {d['first_diverging_layer']}"
+            if d.get("cause"):
+                where += f" ({d['cause']})"
+        raise ParityError(f"{art.display}: outputs differ from {against}: "
+                          f"{res.summary()}{where}", report=report)
+    return report
+
+
+def _desc(ref) -> str:
+    if isinstance(ref, str | os.PathLike):
+        return str(ref)
+    if isinstance(ref, list | tuple):
+        return ", ".join(_desc(r) for r in ref)
+    if isinstance(ref, np.ndarray):
+        return f"an array of shape {ref.shape}"
+    return str(ref)
+
+
+def _spec_source(spec):
+    from .spec import Spec, load_spec
+
+    s = spec if isinstance(spec, Spec) else load_spec(spec)
+    return s.source
+
+
+def _spec_reference(art, spec):
+    """The NumPy reference of the spec's source, for the model in ``art``."""
+    from .h5io import open_source
+    from .inspect import load_source
+    from .keras_model import describe_targets
+    from .plan import make_plan
+    from .reference import NotCovered, build_reference
+    from .spec import Spec, load_spec
+
+    model = art.keras_model
+    if model is None:
+        return None, f"{art.kind} artifacts have no Keras layers to compare layer by layer"
+    s = spec if isinstance(spec, Spec) else load_spec(spec)
+    with open_source(s.source, follow_links=s.options.follow_links) as src:
+        loaded = load_source(src)
+        plan = make_plan(s, loaded, describe_targets(model))
+        try:
+            return build_reference(model, plan, src, spec_layers=s.model.layers
+                                   if s.model is not None else None), None
+        except NotCovered as e:
+            return None, str(e)
+
+
+def _diagnose(art, xs, spec, activations, ref_acts) -> dict | None:
+    from .diagnose import diagnose
+
+    model = art.keras_model
+    if model is None:
+        return {"note": f"no per-layer diagnosis: a {art.kind} artifact has no Keras layers; "
+                        f"verify the .keras model it came from"}
+    if len(xs) != 1:
+        return {"note": "per-layer diagnosis covers single-input models"}
+    if activations is not None:
+        acts = load_activations(activations)
+        return diagnose(model, acts, xs[0], method="stored activations").to_dict()
+    if ref_acts is None and spec is not None:
+        ref, why = _spec_reference(art, spec)
+        if ref is None:
+            return {"note": f"no per-layer diagnosis: {why}"}
+        _, ref_acts = ref.forward(xs[0])
+    if ref_acts is not None:
+        return diagnose(model, ref_acts, xs[0], method="numpy reference").to_dict()
+    return {"note": "no per-layer diagnosis: give --spec (the rebuild spec) for the NumPy "
+                    "reference, or --activations with reference activations stored under "
+                    "the layers' names"}
+
+
+def load_activations(ref) -> dict[str, np.ndarray]:
+    """Reference activations stored under layer names: a .npz (keys = layer names) or an
+    HDF5 file (datasets named after the layers, optionally under a group: file.h5:group)."""
+    if isinstance(ref, dict):
+        return {k: np.asarray(v) for k, v in ref.items()}
+    path, group = split_ref(str(ref))
+    p = Path(path)
+    if not p.exists():
+        raise InputError("activations file not found", path=str(p))
+    if p.suffix.lower() == ".npz":
+        with np.load(p, allow_pickle=False) as z:
+            return {k: z[k] for k in z.files}
+    import h5py
+
+    from .h5io import open_source, read_dataset
+
+    out = {}
+    with open_source(p) as src:
+        g = src.h5[group] if group else src.h5["/"]
+        for name in g:
+            full = f"{g.name.rstrip('/')}/{name}"
+            if g.get(name, getclass=True) is not h5py.Dataset:
+                continue
+            out[name] = read_dataset(src, full)
+    if not out:
+        raise InputError(f"no activations found in {ref}")
+    return out
