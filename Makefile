@@ -52,6 +52,12 @@ test: $(VENV)/.installed-test
 test-fast: $(VENV)/.installed-test
 	$(BIN)/python -m pytest -q -n 2 -m "not nightly and not slow" $(PYTEST_ARGS)
 
+# Nightly-style fuzzing: thousands of mutated fixture files through inspect, spec, rebuild.
+FUZZ_CASES ?= 5000
+fuzz: $(VENV)/.installed-test
+	WT_FUZZ_NIGHTLY=1 WT_FUZZ_CASES=$(FUZZ_CASES) WT_FUZZ_REBUILD_CASES=500 \
+		$(BIN)/python -m pytest -q -p no:cacheprovider tests/test_fuzz.py
+
 lint: $(VENV)/.installed-test
 	$(BIN)/ruff check .
 

@@ -15,6 +15,7 @@ import click
 from wtransplant.errors import EXIT_INTERNAL, UnsafeInputError, WTError
 
 from .quiet import import_keras
+from .watchdog import DEFAULT_TIMEOUT, guarded
 
 DEBUG = bool(os.environ.get("WTRANSPLANT_DEBUG"))
 
@@ -91,8 +92,12 @@ def main():
               help="Show groups down to depth N only.")
 @click.option("--follow-links", is_flag=True,
               help="Follow external links and virtual datasets into other files.")
+@click.option("--timeout", type=click.FloatRange(min=0), metavar="SECONDS",
+              help=f"Give up after this long (default {DEFAULT_TIMEOUT}; 0: no limit). A "
+                   f"damaged file can make the HDF5 library loop forever.")
+@guarded("reading the file")
 @handle_errors
-def inspect(file, as_json, stats, pattern, depth, follow_links):
+def inspect(file, as_json, stats, pattern, depth, follow_links, timeout):
     """Show FILE's tree, shapes, dtypes, attributes, the program that wrote it and the
     architecture its tensors imply. Never imports TensorFlow or Keras."""
     from wtransplant.inspect import inspect_file
@@ -114,8 +119,11 @@ def inspect(file, as_json, stats, pattern, depth, follow_links):
 @click.argument("file", type=click.Path())
 @click.option("-o", "--output", type=click.Path(dir_okay=False),
               help="Write the draft here (default: print it).")
+@click.option("--timeout", type=click.FloatRange(min=0), metavar="SECONDS",
+              help=f"Give up after this long (default {DEFAULT_TIMEOUT}; 0: no limit).")
+@guarded("reading the file")
 @handle_errors
-def spec(file, output):
+def spec(file, output, timeout):
     """Write a draft spec (YAML) for FILE: the implied layer stack, the weights mapping, the
     convention, and verify entries if FILE holds reference data. What the tensors cannot
     tell is marked '# TODO'."""
@@ -160,9 +168,12 @@ def spec(file, output):
 @click.option("--show-plan", is_flag=True, help="Print the whole mapping ledger.")
 @click.option("--json", "as_json", is_flag=True, help="Print the report as JSON.")
 @click.option("--no-save", is_flag=True, help="Check only; write no model.")
+@click.option("--timeout", type=click.FloatRange(min=0), metavar="SECONDS",
+              help=f"Give up reading the source's metadata after this long (default "
+                   f"{DEFAULT_TIMEOUT}; 0: no limit).")
 @handle_errors
 def rebuild(file, spec_path, output, report_path, inputs, expected, input_layout, atol, rtol,
-            force, show_plan, as_json, no_save):
+            force, show_plan, as_json, no_save, timeout):
     """Build the Keras model, map every source tensor to a Keras variable, convert layouts,
     assign, check parity and save. Give --spec SPEC, or a FILE that carries its own
     architecture (a Keras 2 full-model H5, a .keras archive)."""
@@ -194,6 +205,9 @@ def rebuild(file, spec_path, output, report_path, inputs, expected, input_layout
         if rtol is not None:
             s.verify.rtol = rtol
     out = None if no_save else (output or f"{s.source.stem}.keras")
+    from .watchdog import preflight
+
+    preflight(s.source, timeout)  # a file that makes HDF5 loop is refused before TF starts
     import_keras()
     from wtransplant.transplant import rebuild as do_rebuild
 

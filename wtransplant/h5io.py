@@ -23,6 +23,7 @@ import os
 import stat
 import tempfile
 import zipfile
+import zlib
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -200,6 +201,13 @@ def _safe_member(name: str) -> bool:
 
 def read_archive_info(zf: zipfile.ZipFile, display: str) -> ArchiveInfo:
     """Validate a ``.keras`` zip's member list and read its JSON config and metadata."""
+    try:
+        return _read_archive_info(zf, display)
+    except (zipfile.BadZipFile, zlib.error, EOFError, OSError, NotImplementedError) as e:
+        raise InputError(f"corrupt zip archive: {e}", path=display) from None
+
+
+def _read_archive_info(zf: zipfile.ZipFile, display: str) -> ArchiveInfo:
     names = zf.namelist()
     bad = [n for n in names if not _safe_member(n)]
     if bad:
@@ -226,8 +234,15 @@ def _open_keras_archive(p: Path, size: int, *, follow_links: bool) -> OpenedSour
     display = str(p)
     try:
         zf = zipfile.ZipFile(p, "r")
-    except zipfile.BadZipFile as e:
+    except (zipfile.BadZipFile, OSError, ValueError, EOFError) as e:
         raise InputError(f"a zip archive that cannot be read ({e})", path=display) from None
+    try:
+        return _open_inner(zf, p, size, display, follow_links)
+    except (zipfile.BadZipFile, zlib.error, EOFError, NotImplementedError) as e:
+        raise InputError(f"corrupt zip archive: {e}", path=display) from None
+
+
+def _open_inner(zf, p: Path, size: int, display: str, follow_links: bool) -> OpenedSource:
     try:
         info = read_archive_info(zf, display)
         if KERAS_ARCHIVE_WEIGHTS not in info.members:
@@ -238,6 +253,12 @@ def _open_keras_archive(p: Path, size: int, *, follow_links: bool) -> OpenedSour
                 path=display,
             )
         zi = zf.getinfo(KERAS_ARCHIVE_WEIGHTS)
+        if zi.file_size > BOMB_FLOOR_BYTES and zi.file_size > MAX_EXPANSION * max(
+                zi.compress_size, 1):
+            raise UnsafeInputError(
+                f"{KERAS_ARCHIVE_WEIGHTS} inside the archive declares {fmt_bytes(zi.file_size)}"
+                f" but compresses to {fmt_bytes(zi.compress_size)}; refusing a possible zip "
+                f"bomb", path=display)
         cleanup = []
         if zi.file_size <= _INMEMORY_LIMIT:
             target = io.BytesIO(zf.read(KERAS_ARCHIVE_WEIGHTS))
@@ -299,7 +320,11 @@ def resolve_dataset(src: OpenedSource, path: str) -> h5py.Dataset:
                 f"(pass --follow-links to allow it)",
                 path=src.display,
             )
-        obj = node[part]
+        try:
+            obj = node[part]
+        except (OSError, RuntimeError, KeyError, ValueError) as e:
+            raise InputError(f"cannot open {where}: {str(e).split('(')[0].strip()}",
+                             path=src.display) from None
         if i < len(parts) - 1:
             if not isinstance(obj, h5py.Group):
                 raise InputError(f"{where} is not a group", path=src.display)
@@ -334,7 +359,11 @@ def check_dataset_safe(ds: h5py.Dataset, src: OpenedSource) -> None:
 
 
 def declared_nbytes(ds: h5py.Dataset) -> int:
-    return int(math.prod(ds.shape or ())) * int(ds.dtype.itemsize)
+    try:
+        itemsize = int(ds.dtype.itemsize)
+    except (ValueError, TypeError) as e:  # a datatype h5py cannot map (corrupt or exotic)
+        raise InputError(f"{ds.name}: unsupported datatype: {e}") from None
+    return int(math.prod(ds.shape or ())) * itemsize
 
 
 def check_not_bomb(ds: h5py.Dataset, display: str, limit: int = MAX_TENSOR_BYTES) -> None:
@@ -363,7 +392,7 @@ def read_dataset(src: OpenedSource, path: str, *, limit: int = MAX_TENSOR_BYTES)
         check_not_bomb(ds, src.display, limit)
     try:
         return ds[()]
-    except (OSError, TypeError, ValueError) as e:
+    except (OSError, TypeError, ValueError, RuntimeError, KeyError) as e:
         raise InputError(f"cannot read dataset {ds.name}: {str(e).split('(')[0].strip()}",
                          path=src.display) from None
 

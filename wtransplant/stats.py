@@ -76,7 +76,10 @@ def tensor_stats(src: OpenedSource, path: str, *, block_bytes: int = BLOCK_BYTES
     lo, hi = math.inf, -math.inf
     finite_n = 0
     for sel in _blocks(ds, block_bytes):
-        block = np.asarray(ds[sel])
+        try:
+            block = np.asarray(ds[sel])
+        except (OSError, RuntimeError, ValueError, TypeError, KeyError) as e:
+            return TensorStats(skipped=f"unreadable data: {str(e).split('(')[0].strip()}")
         if block.dtype.kind == "b":
             block = block.astype(np.uint8)
         st.count += block.size

@@ -314,8 +314,30 @@ def describe_type(tid) -> tuple[str, str]:
 # the walk
 
 
+#: what h5py raises when the file's metadata is damaged (HDF5 errors surface as these)
+CORRUPT_ERRORS = (OSError, RuntimeError, KeyError, ValueError, TypeError, IndexError,
+                  OverflowError, UnicodeDecodeError)
+
+
 def walk(src: OpenedSource) -> FileTree:
-    """Walk every link of the file once. Metadata only; no dataset value is read."""
+    """Walk every link of the file once. Metadata only; no dataset value is read. A file
+    whose metadata is damaged is an InputError naming the object being read."""
+    where = ["/"]
+    try:
+        return _walk(src, where)
+    except InputError:
+        raise
+    except CORRUPT_ERRORS as e:
+        raise InputError(f"corrupt HDF5 metadata at {where[0]}: {_h5msg(e)}",
+                         path=src.display) from None
+
+
+def _h5msg(e: BaseException) -> str:
+    msg = str(e).strip("'\"") or type(e).__name__
+    return " ".join(msg.split())[:200]
+
+
+def _walk(src: OpenedSource, where: list) -> FileTree:
     h5 = src.h5
     fid = h5.id
     groups: dict[str, GroupNode] = {}
@@ -340,7 +362,8 @@ def walk(src: OpenedSource) -> FileTree:
                          path=src.display) from None
 
     with Prober(h5) as prober:
-        _walk_entries(entries, prober, src, h5, fid, groups, datasets, links, seen_addr)
+        _walk_entries(entries, prober, src, h5, fid, groups, datasets, links, seen_addr,
+                      where)
     return FileTree(path=str(src.path), display=src.display, file_size=src.file_size,
                     groups=groups, datasets=datasets, links=links, userblock=src.userblock,
                     archive=src.archive, comment=root_comment(h5))
@@ -364,10 +387,12 @@ def _add_fast(fast, path, alias, groups, datasets, fid, bname, h5) -> None:
                                  alias_of=alias)
 
 
-def _walk_entries(entries, prober, src, h5, fid, groups, datasets, links, seen_addr) -> None:
+def _walk_entries(entries, prober, src, h5, fid, groups, datasets, links, seen_addr,
+                  where) -> None:
     for bname, ltype, addr in entries:
         name = bname.decode("utf-8", "replace")
         path = "/" + name
+        where[0] = path
         parent_path, _, base = path.rpartition("/")
         parent = groups.get(parent_path or "/")
         if parent is not None:
