@@ -205,9 +205,10 @@ def rebuild(file, spec_path, output, report_path, inputs, expected, input_layout
         if rtol is not None:
             s.verify.rtol = rtol
     out = None if no_save else (output or f"{s.source.stem}.keras")
-    from .watchdog import preflight
+    from .watchdog import DEFAULT_TIMEOUT, preflight
 
-    preflight(s.source, timeout)  # a file that makes HDF5 loop is refused before TF starts
+    # a damaged file that makes the HDF5 library loop or crash is refused before TF starts
+    preflight(s.source, DEFAULT_TIMEOUT if timeout is None else timeout)
     import_keras()
     from wtransplant.transplant import rebuild as do_rebuild
 

@@ -367,6 +367,9 @@ def precheck(path: str | os.PathLike) -> str:
     if kind == "keras":
         keras_archive_config(p)
     elif kind == "h5":
+        from .isolation import preflight
+
+        preflight(p)  # in a child process: a damaged file may make HDF5 loop or crash
         legacy_h5_config(p)
     return kind
 
