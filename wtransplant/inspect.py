@@ -49,6 +49,8 @@ class LoadedSource:
 
 def load_source(src: OpenedSource) -> LoadedSource:
     tree = walk(src)
+    if src.follow_links and tree.archive is None:
+        tree.follow_warnings = _follow_external(tree, src.path)
     det, reader = detect(tree)
     return LoadedSource(tree, det, reader, reader.tensors(tree))
 
@@ -118,8 +120,7 @@ def inspect_file(path: str | os.PathLike, *, stats: bool = False, follow_links: 
         loaded = load_source(src)
         tree = loaded.tree
         warnings = safety_warnings(tree, follow_links)
-        if follow_links:
-            warnings += _follow_external(tree, Path(path))
+        warnings += getattr(tree, "follow_warnings", [])
         hints = build_hints(loaded.tensors, loaded.detection, loaded.reader)
         st = None
         if stats:

@@ -26,7 +26,7 @@ from dataclasses import dataclass, field, replace
 
 import numpy as np
 
-from .errors import MappingError
+from .errors import MappingError, UnsafeInputError
 from .formats import SourceTensor, keras3_group_names
 from .h5io import OpenedSource, read_dataset
 from .inspect import LoadedSource
@@ -152,6 +152,12 @@ def make_plan(spec: Spec, loaded: LoadedSource, layers: list[TargetLayer], *,
         for name in wref.sources:
             t = loaded.tensor(name)
             if t is None:
+                link = loaded.tree.links.get("/" + name.lstrip("/"))
+                if link is not None and link.kind == "external":
+                    raise UnsafeInputError(
+                        f"weights: {key} <- {name}: an external link to {link.target_file}:"
+                        f"{link.target}; not followed (options.follow_links: true allows it)",
+                        path=loaded.tree.display)
                 raise MappingError(f"weights: {key} <- {name}: no tensor {name!r} in "
                                    f"{loaded.tree.display}{_close(name, tensors)}")
             srcs.append(t)
