@@ -24,6 +24,9 @@ _LAZY = {
     "InputError": "wtransplant.errors",
     "ParityError": "wtransplant.errors",
     "MappingError": "wtransplant.errors",
+    "TrainingError": "wtransplant.errors",
+    "finetune": "wtransplant.finetuning.train",
+    "FinetuneHistory": "wtransplant.finetuning.train",
 }
 
 __all__ = sorted(_LAZY) + ["__version__"]
