@@ -14,7 +14,7 @@ import click
 
 from wtransplant.errors import EXIT_INTERNAL, UnsafeInputError, WTError
 
-from .quiet import import_keras
+from .quiet import import_keras, quiet_stderr
 
 DEBUG = bool(os.environ.get("WTRANSPLANT_DEBUG"))
 
@@ -312,15 +312,14 @@ def finetune(model, data, output, cpu_devices, metrics, no_plot, quiet, as_json,
     checkpoints every epoch, a final evaluation; writes OUT, history.csv/json and a PNG of
     the learning curves. Exit 0; 1 if training diverged (NaN loss; OUT not written); 2 on
     bad input."""
-    if cpu_devices:
-        from wtransplant.finetuning.distribute import split_cpu
+    if cpu_devices or kw.get("strategy") == "multiworker":
+        from wtransplant.finetuning.distribute import get_strategy, split_cpu
 
-        split_cpu(cpu_devices)
-    if kw.get("strategy") == "multiworker":
-        # MultiWorkerMirroredStrategy must exist before TensorFlow runs any operation
-        from wtransplant.finetuning.distribute import get_strategy
-
-        get_strategy("multiworker")
+        with quiet_stderr():  # TensorFlow's start-up chatter
+            if cpu_devices:  # before TensorFlow starts its devices
+                split_cpu(cpu_devices)
+            if kw.get("strategy") == "multiworker":  # before TensorFlow runs any operation
+                get_strategy("multiworker")
     import_keras()
     from wtransplant.finetuning.train import finetune as do_finetune
 

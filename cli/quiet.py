@@ -8,6 +8,7 @@ start; what was captured is replayed only if the import fails.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import sys
 import tempfile
@@ -15,17 +16,21 @@ import tempfile
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
 
-def import_keras():
-    if "keras" in sys.modules and getattr(import_keras, "_done", False):
-        return sys.modules["keras"]
+@contextlib.contextmanager
+def quiet_stderr():
+    """File descriptor 2 goes to a temporary file inside the block; what was captured is
+    replayed if the block fails with anything but a user error (a WTError prints its own
+    one line)."""
+    from wtransplant.errors import WTError
+
     sys.stderr.flush()
     saved = os.dup(2)
     with tempfile.TemporaryFile() as cap:
         os.dup2(cap.fileno(), 2)
         try:
-            import keras
-
-            keras.ops.convert_to_numpy(keras.ops.zeros((1,)))  # device start-up logs too
+            yield
+        except WTError:
+            raise
         except BaseException:
             os.dup2(saved, 2)
             cap.seek(0)
@@ -34,5 +39,14 @@ def import_keras():
         finally:
             os.dup2(saved, 2)
             os.close(saved)
+
+
+def import_keras():
+    if "keras" in sys.modules and getattr(import_keras, "_done", False):
+        return sys.modules["keras"]
+    with quiet_stderr():
+        import keras
+
+        keras.ops.convert_to_numpy(keras.ops.zeros((1,)))  # device start-up logs too
     import_keras._done = True
     return keras

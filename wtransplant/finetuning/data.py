@@ -289,10 +289,10 @@ def find_pairs(names: dict[str, int]) -> list[Pair]:
             if tok.lower() not in X_WORDS:
                 continue
             for yw in Y_WORDS:
-                yt = yw.upper() if tok.isupper() and len(yw) == 1 else yw
-                cand = "".join(tokens[:i] + [yt] + tokens[i + 1:])
-                if cand in names and cand != name and names[cand] == n:
-                    pairs.append(Pair(name, cand, _split_of(tokens)))
+                for yt in dict.fromkeys((yw, yw.upper(), yw.capitalize())):
+                    cand = "".join(tokens[:i] + [yt] + tokens[i + 1:])
+                    if cand in names and cand != name and names[cand] == n:
+                        pairs.append(Pair(name, cand, _split_of(tokens)))
     seen, out = set(), []
     for p in pairs:
         if (p.x, p.y) not in seen:

@@ -329,8 +329,6 @@ class _Run:
             o.seed if o.seed is not None else int(np.random.SeedSequence().entropy % 2**31))
         self.deterministic = (state or {}).get("deterministic", o.seed is not None)
         self._seed_everything()
-        self._progress(f"fine-tuning on {keras.backend.backend()} "
-                       f"({', '.join(devices())}), seed {self.seed}")
 
         from .distribute import get_strategy  # imports TensorFlow only for a strategy
 
@@ -352,6 +350,8 @@ class _Run:
         self._check_resume(state)
         self._make_feeds()
         frozen_before = self._frozen_digest()
+        self._progress(f"fine-tuning on {keras.backend.backend()} ({', '.join(devices())}), "
+                       f"{len(self.bundle.train)} samples, seed {self.seed}")
         self.evaluation = {}
         if state is None:
             self._compile(self.phases[0])
@@ -605,7 +605,7 @@ class _Run:
         by = {lay.name: lay for lay in compute_layers(self.model)}
         for name in self._frozen_names():
             for v in by[name].weights:
-                h.update(np.ascontiguousarray(keras.ops.convert_to_numpy(v)).tobytes())
+                h.update(np.ascontiguousarray(v.numpy()).tobytes())
         return h.hexdigest()
 
     def _schedule(self, phase: Phase):
@@ -629,6 +629,8 @@ class _Run:
         scope = self.strategy.scope() if self.strategy is not None else _nullscope()
         with scope:
             opt = cls(learning_rate=sched, **kw)
+            if self.policy == "mixed_float16":  # compile wraps only when the model-level
+                opt = keras.optimizers.LossScaleOptimizer(opt)  # policy says so
             metrics = [m if isinstance(m, str) else m.__class__.from_config(m.get_config())
                        for m in self.metric_objs]
             self.model.compile(optimizer=opt, loss=self.loss, metrics=metrics,
@@ -742,9 +744,9 @@ class _Run:
     def _arrays(self) -> dict[str, np.ndarray]:
         out = {}
         for i, v in enumerate(self.model.variables):
-            out[f"model/{i}"] = keras.ops.convert_to_numpy(v)
+            out[f"model/{i}"] = v.numpy()
         for i, v in enumerate(self.model.optimizer.variables):
-            out[f"optimizer/{i}"] = keras.ops.convert_to_numpy(v)
+            out[f"optimizer/{i}"] = v.numpy()
         return out
 
     def _restore(self, arrays: dict, *, optimizer: bool) -> None:
@@ -803,7 +805,7 @@ class _Run:
         records.save_checkpoint(self.ckpt_dir, epochs_done, self._arrays(), state)
         if self.opts.restore_best and self._best.get("epoch") == epochs_done - 1:
             records.save_arrays(self.ckpt_dir / "best.npz", {
-                f"model/{i}": keras.ops.convert_to_numpy(v)
+                f"model/{i}": v.numpy()
                 for i, v in enumerate(self.model.variables)})
         crash = os.environ.get(CRASH_ENV)
         if crash and int(crash) == epochs_done:
@@ -965,7 +967,7 @@ class _Bookkeeper(keras.callbacks.Callback):
             n = run.steps_per_epoch * run.opts.batch_size
         lr = self.model.optimizer.learning_rate
         row = {"epoch": epoch, "phase": self.phase.name,
-               "lr": float(keras.ops.convert_to_numpy(lr)), "logs": logs,
+               "lr": float(lr.numpy() if hasattr(lr, "numpy") else lr), "logs": logs,
                "seconds": round(secs, 4), "samples_per_s": round(n / secs, 1) if secs else None}
         run.rows.append(row)
         mon = run._monitor()
@@ -974,8 +976,7 @@ class _Bookkeeper(keras.callbacks.Callback):
             if run._best["value"] is None or value < run._best["value"]:
                 run._best = {"value": value, "epoch": epoch}
                 if run.opts.restore_best:
-                    run._best_weights = [keras.ops.convert_to_numpy(v)
-                                         for v in self.model.variables]
+                    run._best_weights = [v.numpy() for v in self.model.variables]
             if run.opts.patience:
                 if self.best is None or value < self.best:
                     self.best, self.wait = value, 0
