@@ -289,6 +289,9 @@ def _print_rebuild(report, as_json: bool, show_plan: bool) -> None:
                    "GPUs; for testing, not speed).")
 @click.option("--workers", type=int, help="Data loader threads (default: 1 under TensorFlow, "
                                           "whose tf.data prefetches; 2 otherwise).")
+@click.option("--multiprocessing", is_flag=True,
+              help="With --workers N: load batches in N processes instead of threads (each "
+                   "opens the data file itself).")
 @click.option("--patience", type=int, default=0, show_default=True,
               help="Early stopping: epochs without a better validation loss (0: off).")
 @click.option("--restore-best", is_flag=True, help="End with the weights of the best epoch.")

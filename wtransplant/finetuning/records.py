@@ -117,6 +117,7 @@ def plot_curves(path: Path, rows: list[dict], title: str) -> str | None:
 
     matplotlib.use("Agg", force=False)
     import matplotlib.pyplot as plt
+    from matplotlib.ticker import MaxNLocator
 
     hist = history_dict(rows)
     metric = next((k for k in hist if not k.startswith("val_") and k != "loss"), None)
@@ -131,7 +132,11 @@ def plot_curves(path: Path, rows: list[dict], title: str) -> str | None:
                         label=k, markersize=3)
         for s in switch:
             ax.axvline(s - 0.5, color="grey", lw=0.8, ls=":")
+            ax.annotate("unfrozen", (s - 0.5, 1), xycoords=("data", "axes fraction"),
+                        xytext=(3, -12), textcoords="offset points", fontsize=8,
+                        color="grey")
         ax.set_xlabel("epoch")
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         ax.set_title(key)
         ax.grid(alpha=0.3)
         ax.legend()

@@ -864,8 +864,10 @@ class _Run:
         from ..rebuild import versions
         from .distribute import describe
 
-        speeds = [r["samples_per_s"] for r in self.rows if r.get("samples_per_s")]
-        steady = speeds[1:] if len(speeds) > 1 else speeds
+        # steady state: leave out each phase's first epoch (it traces and compiles)
+        speeds = [r["samples_per_s"] for i, r in enumerate(self.rows) if r.get("samples_per_s")
+                  and i > 0 and self.rows[i - 1]["phase"] == r["phase"]]
+        steady = speeds or [r["samples_per_s"] for r in self.rows if r.get("samples_per_s")]
         layers = compute_layers(self.model)
         return {
             "wtransplant_report": "finetune",
