@@ -316,7 +316,7 @@ def finetune(model, data, output, cpu_devices, metrics, no_plot, quiet, as_json,
     the learning curves. Exit 0; 1 if training diverged (NaN loss; OUT not written); 2 on
     bad input."""
     if cpu_devices or kw.get("strategy") == "multiworker":
-        from wtransplant.finetuning.distribute import get_strategy, split_cpu
+        from wtransplant.finetuning.tfextras import get_strategy, split_cpu
 
         with quiet_stderr():  # TensorFlow's start-up chatter
             if cpu_devices:  # before TensorFlow starts its devices

@@ -189,7 +189,7 @@ def test_checkpoint_and_history_files(tmp_path):
 
 def test_finetune_package_imports_no_keras():
     code = ("import sys, wtransplant, wtransplant.finetuning.data, wtransplant.finetuning.records,"
-            " wtransplant.finetuning.options, wtransplant.finetuning.distribute\n"
+            " wtransplant.finetuning.options, wtransplant.finetuning.tfextras\n"
             "assert callable(wtransplant.__getattr__)\n"
             "print(','.join(m for m in ('tensorflow', 'keras', 'jax') if m in sys.modules)"
             " or 'none')")
@@ -389,7 +389,7 @@ def test_mirrored_on_two_logical_cpus_computes_what_one_device_computes(tmp_path
 def test_multiworker_with_two_local_workers_computes_what_one_device_computes(
         tmp_path, one_device_run):
     """Two worker processes on this machine from TF_CONFIG (Keras' fit patched as
-    distribute.multiworker_patches says); each reads half of every batch."""
+    tfextras.multiworker_patches says); each reads half of every batch."""
     data, ref = one_device_run
     ports = _free_ports(2)
     exe = Path(sys.executable).parent / "wtransplant"

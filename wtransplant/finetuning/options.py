@@ -68,6 +68,7 @@ class FinetuneOptions:
     tensorboard: str | None = None
     plot: bool = True
     progress: bool | None = None  # None: per-epoch lines on stderr, bars when a terminal
+    callbacks: list | None = None  # more keras.callbacks.Callback objects (library only)
     extra: dict = field(default_factory=dict)
 
     def validate(self) -> FinetuneOptions:

@@ -14,9 +14,11 @@ frozen, hence in inference mode, unless ``train_bn`` (``base(x, training=False)`
 ignored by ``fit`` in Keras 3), and the model is compiled again after every change of
 trainable flags.
 
-Data arrive through :class:`keras.utils.PyDataset` (no tf.data), so the same loop runs
-under KERAS_BACKEND=tensorflow, jax or torch; only ``strategy`` and TensorBoard need
-TensorFlow and import it when asked (:mod:`.distribute`).
+Batches come from :class:`~.data.BatchReader`, a pure function of (seed, epoch, index);
+under JAX and torch they reach Keras through a :class:`keras.utils.PyDataset`, so the same
+loop runs under KERAS_BACKEND=tensorflow, jax or torch. Under TensorFlow the same batches
+go through ``tf.data`` (:mod:`.tfextras`, cheaper per batch); ``strategy`` and TensorBoard
+need TensorFlow and import it when asked.
 """
 
 from __future__ import annotations
@@ -330,7 +332,7 @@ class _Run:
         self.deterministic = (state or {}).get("deterministic", o.seed is not None)
         self._seed_everything()
 
-        from .distribute import get_strategy  # imports TensorFlow only for a strategy
+        from .tfextras import get_strategy  # imports TensorFlow only for a strategy
 
         self.strategy = get_strategy(o.strategy) if o.strategy not in (None, "none") else None
         original, self.model_info = load_model(self.model_arg)
@@ -647,12 +649,18 @@ class _Run:
         workers = o.workers if o.workers is not None else (
             1 if keras.backend.backend() == "tensorflow" else 2)
         self.workers = workers
-        from .distribute import is_multiworker
+        if keras.backend.backend() == "tensorflow" and o.workers is None and \
+                not o.multiprocessing:
+            self.loader = "tf.data"
+        else:
+            kind = "processes" if o.multiprocessing else "threads"
+            self.loader = f"PyDataset, {workers} loader {kind}"
+        from .tfextras import is_multiworker
 
         self.multiworker = is_multiworker(self.strategy)
         b = self.bundle
         if self.multiworker:
-            from .distribute import multiworker_dataset
+            from .tfextras import multiworker_dataset
 
             def reader_for(ds, shuffle):
                 return lambda shard: BatchReader(ds, o.batch_size, shuffle=shuffle,
@@ -669,14 +677,24 @@ class _Run:
             return
         tr = BatchReader(b.train, o.batch_size, shuffle=True, seed=self.seed, pre=self.pre,
                          augment=True, y_dtype=y_dtype)
+        vr = None if b.val is None else BatchReader(b.val, o.batch_size, shuffle=False,
+                                                    seed=self.seed, pre=self.pre,
+                                                    y_dtype=y_dtype)
+        self.steps_per_epoch = len(tr)
+        self.train_feed = None
+        if self.loader == "tf.data":
+            # TensorFlow: the same batches through a tf.data pipeline that takes them from
+            # Python a chunk at a time (PyDataset's per-batch hand-over costs about as much
+            # CPU as a training step of a small model)
+            from .tfextras import stream_dataset
+
+            self.train_input = stream_dataset([tr], lambda: self.epoch)
+            self.val_input = None if vr is None else stream_dataset([vr], lambda: 0)
+            return
         self.train_feed = Feed(tr, workers=workers, use_multiprocessing=o.multiprocessing)
         self.train_input = self.train_feed
-        self.steps_per_epoch = len(tr)
-        self.val_input = None
-        if b.val is not None:
-            vr = BatchReader(b.val, o.batch_size, shuffle=False, seed=self.seed, pre=self.pre,
-                             y_dtype=y_dtype)
-            self.val_input = Feed(vr, workers=workers, use_multiprocessing=o.multiprocessing)
+        self.val_input = None if vr is None else Feed(vr, workers=workers,
+                                                      use_multiprocessing=o.multiprocessing)
 
     def _evaluate(self) -> dict:
         data = self.val_input
@@ -695,13 +713,13 @@ class _Run:
         return out
 
     def _patches(self):
-        from .distribute import multiworker_patches
+        from .tfextras import multiworker_patches
 
         return multiworker_patches(self.strategy) if self.strategy is not None else _nullscope()
 
     def _fit(self, phase: Phase, p_index: int, start: int, early: dict) -> bool:
         cb = _Bookkeeper(self, phase, p_index, early)
-        callbacks = [cb]
+        callbacks = [cb, *(self.opts.callbacks or [])]
         tb = self._tensorboard()
         if tb is not None:
             callbacks.append(tb)
@@ -737,7 +755,7 @@ class _Run:
     def _chief(self) -> bool:
         if self.strategy is None:
             return True
-        from .distribute import is_chief
+        from .tfextras import is_chief
 
         return is_chief(self.strategy)
 
@@ -862,7 +880,7 @@ class _Run:
 
     def _report(self, output) -> dict:
         from ..rebuild import versions
-        from .distribute import describe
+        from .tfextras import describe
 
         # steady state: leave out each phase's first epoch (it traces and compiles)
         speeds = [r["samples_per_s"] for i, r in enumerate(self.rows) if r.get("samples_per_s")
@@ -885,6 +903,7 @@ class _Run:
             "frozen": self._frozen_names(),
             "frozen_unchanged": getattr(self, "frozen_unchanged", None),
             "batchnorm": "trained" if self.opts.train_bn else "frozen (inference mode)",
+            "loader": self.loader,
             "optimizer": self.opts.optimizer, "schedule": self.opts.schedule,
             "batch_size": self.opts.batch_size,
             "precision": {"policy": self.policy, "why": self.policy_why},
@@ -910,7 +929,15 @@ class _Run:
 class _Bookkeeper(keras.callbacks.Callback):
     """Per epoch: sets the feed's epoch, times the training batches, stops on a NaN/Inf
     loss, keeps the history rows, early stopping and the best epoch, writes the checkpoint
-    and prints one progress line."""
+    and prints one progress line.
+
+    ``async_safe``: the per-batch hook (NaN check, progress bar) only reads the logs and
+    sets ``stop_training``, so Keras may run it in its callback thread instead of waiting
+    for every step's results (Keras flushes those calls before ``on_epoch_end``). The
+    training time of an epoch ends where validation begins (``on_test_begin``), without a
+    per-batch clock."""
+
+    async_safe = True
 
     def __init__(self, run: _Run, phase: Phase, p_index: int, early: dict):
         super().__init__()
@@ -926,6 +953,7 @@ class _Bookkeeper(keras.callbacks.Callback):
             self.run.train_feed.epoch = epoch
         self.t = time.perf_counter()
         self.t_last = None
+        self.in_epoch = True
         if self.run.opts.progress is not False:
             from tqdm.auto import tqdm
 
@@ -933,8 +961,12 @@ class _Bookkeeper(keras.callbacks.Callback):
                             desc=f"epoch {epoch + 1}", disable=None if
                             self.run.opts.progress is None else False)
 
+    def on_test_begin(self, logs=None):
+        if getattr(self, "in_epoch", False):  # validation inside fit: training time ends
+            self.t_last = time.perf_counter()
+            self.in_epoch = False
+
     def on_train_batch_end(self, batch, logs=None):
-        self.t_last = time.perf_counter()
         if self.bar is not None:
             self.bar.update(self.bar.total - self.bar.n if batch + 1 >= self.bar.total else
                             batch + 1 - self.bar.n)
@@ -963,6 +995,7 @@ class _Bookkeeper(keras.callbacks.Callback):
                 self._diverged(f"{bad[0]} became {logs[bad[0]]} at epoch {epoch + 1}")
         if run.status != "ok":
             return
+        self.in_epoch = False
         secs = (self.t_last or time.perf_counter()) - self.t
         n = len(run.bundle.train)
         if run.multiworker:

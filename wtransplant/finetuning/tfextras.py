@@ -1,17 +1,23 @@
-"""Layer 3 (TensorFlow only, imported only when ``--strategy`` asks for it): tf.distribute
-strategies for ``wtransplant finetune``.
+"""Layer 3 (TensorFlow only, imported when the backend is TensorFlow or ``--strategy``
+asks for it): what ``wtransplant finetune`` does with TensorFlow that the public Keras API
+does not.
 
-* ``mirrored``: :class:`tf.distribute.MirroredStrategy` over every GPU, or over the logical
-  CPU devices when there is no GPU (``split_cpu(n)`` splits one CPU into ``n``, which is how
-  the distributed path is tested on a CPU-only machine). Trainable BatchNormalization layers
-  are rebuilt with ``synchronized=True`` (otherwise their moving statistics diverge between
-  replicas); frozen ones run in inference mode and need nothing.
-* ``multiworker``: :class:`tf.distribute.MultiWorkerMirroredStrategy` from ``TF_CONFIG``.
-  Keras 3's ``fit`` fails under it (keras-team/keras #20585, #20329) in two private
-  functions of its TensorFlow trainer; :func:`multiworker_patches` replaces them for the
-  duration of the run (see the function for what each patch changes). The input pipeline is
-  sharded by worker here (each worker reads only its share of every batch) and handed to
-  Keras as a distributed dataset.
+* The input pipeline under TensorFlow (:func:`stream_dataset`): the reader's batches
+  through ``tf.data``, handed over from Python a chunk at a time.
+* ``--strategy mirrored``: :class:`tf.distribute.MirroredStrategy` over every GPU, or over
+  the logical CPU devices when there is no GPU (``split_cpu(n)`` splits one CPU into
+  ``n``, which is how the distributed path is tested on a CPU-only machine). Trainable
+  BatchNormalization layers are rebuilt with ``synchronized=True`` (otherwise their moving
+  statistics diverge between replicas); frozen ones run in inference mode and need nothing.
+* ``--strategy multiworker``: :class:`tf.distribute.MultiWorkerMirroredStrategy` from
+  ``TF_CONFIG``. Keras 3's ``fit`` fails under it (keras-team/keras #20585, #20329) in two
+  private functions of its TensorFlow trainer; :func:`multiworker_patches` replaces them
+  for the duration of the run (see the function for what each patch changes). The input
+  pipeline is sharded by worker here (each worker reads only its share of every batch)
+  and handed to Keras as a distributed dataset.
+
+Only this package's own modules are imported at import time; TensorFlow is imported inside
+the functions.
 """
 
 from __future__ import annotations
@@ -178,35 +184,58 @@ def multiworker_patches(strategy):
         tft.TensorFlowTrainer._maybe_symbolic_build = orig_build
 
 
-def multiworker_dataset(strategy, make_reader, get_epoch):
-    """A distributed dataset for multi-worker training. Every global batch is cut into one
-    contiguous piece per replica; worker ``w`` reads only the pieces of its own replicas
-    (``make_reader((piece, pieces))`` gives the
-    :class:`~wtransplant.finetuning.data.BatchReader` of one piece). ``get_epoch()`` says
-    which epoch the next pass over the data is (it sets the shuffle). Returns the dataset
-    and the number of steps per epoch."""
+def stream_dataset(readers, get_epoch, *, chunk: int = 16):
+    """A tf.data pipeline of the readers' batches: for each step, one batch from each
+    reader in turn (several readers: the pieces of one global batch, one per local
+    replica). ``get_epoch()`` is read when an epoch's pass starts (it sets the shuffle).
+
+    The Python generator hands over ``chunk`` batches at a time, stacked, and tf.data
+    splits them again (``unbatch``) in C++: the per-batch cost of crossing from Python
+    into TensorFlow is paid once per chunk. The batches and their order are those of
+    ``BatchReader.batch(epoch, i)``, exactly as through a ``keras.utils.PyDataset``.
+    """
+    import numpy as np
+
     tf = _tf()
-    w, nw = worker(strategy)
-    local = max(1, strategy.num_replicas_in_sync // nw)
-    readers = [make_reader((w * local + r, nw * local)) for r in range(local)]
     steps = len(readers[0])
     x0, y0 = readers[0].batch(0, 0)
 
     def gen():
         epoch = get_epoch()
+        xs, ys = [], []
         for i in range(steps):
-            for rd in readers:  # consecutive elements go to consecutive local replicas
-                yield rd.batch(epoch, i)
+            for rd in readers:
+                xb, yb = rd.batch(epoch, i)
+                if xs and (len(xs) == chunk or xb.shape != xs[0].shape):
+                    yield np.stack(xs), np.stack(ys)
+                    xs, ys = [], []
+                xs.append(xb)
+                ys.append(yb)
+        if xs:
+            yield np.stack(xs), np.stack(ys)
 
-    sig = (tf.TensorSpec((None, *x0.shape[1:]), tf.as_dtype(x0.dtype)),
-           tf.TensorSpec((None, *y0.shape[1:]), tf.as_dtype(y0.dtype)))
+    sig = (tf.TensorSpec((None, None, *x0.shape[1:]), tf.as_dtype(x0.dtype)),
+           tf.TensorSpec((None, None, *y0.shape[1:]), tf.as_dtype(y0.dtype)))
+    ds = tf.data.Dataset.from_generator(gen, output_signature=sig).unbatch()
+    ds = ds.apply(tf.data.experimental.assert_cardinality(steps * len(readers)))
+    return ds.prefetch(tf.data.AUTOTUNE)
+
+
+def multiworker_dataset(strategy, make_reader, get_epoch):
+    """A distributed dataset for multi-worker training. Every global batch is cut into one
+    contiguous piece per replica; worker ``w`` reads only the pieces of its own replicas
+    (``make_reader((piece, pieces))`` gives the
+    :class:`~wtransplant.finetuning.data.BatchReader` of one piece). Returns the dataset
+    and the number of steps per epoch."""
+    tf = _tf()
+    w, nw = worker(strategy)
+    local = max(1, strategy.num_replicas_in_sync // nw)
+    readers = [make_reader((w * local + r, nw * local)) for r in range(local)]
 
     def dataset_fn(ctx):
-        ds = tf.data.Dataset.from_generator(gen, output_signature=sig)
-        ds = ds.apply(tf.data.experimental.assert_cardinality(steps * local))
         opts = tf.data.Options()
         opts.experimental_distribute.auto_shard_policy = \
             tf.data.experimental.AutoShardPolicy.OFF  # sharded by the readers already
-        return ds.with_options(opts).prefetch(2)
+        return stream_dataset(readers, get_epoch).with_options(opts)
 
-    return strategy.distribute_datasets_from_function(dataset_fn), steps
+    return strategy.distribute_datasets_from_function(dataset_fn), len(readers[0])
