@@ -504,6 +504,31 @@ def test_library_csv_image_folder_and_keras_archive_inputs(tmp_path, k2_model):
 
 
 @pytest.mark.slow
+def test_early_stopping_and_restore_best(k2_model):
+    """Labels that carry no signal: the validation loss gets worse once the head starts
+    fitting noise, early stopping ends the run, and --restore-best ends on the best epoch's
+    weights (their validation loss is the best one of the history)."""
+    import wtransplant
+
+    rng = np.random.default_rng(0)
+    with h5py.File(fx(DIGITS), "r") as f:
+        x, xv = f["train_set_x"][:300], f["test_set_x"][:200]
+    y, yv = rng.integers(0, 10, 300), rng.integers(0, 10, 200)
+    _m, hist = wtransplant.finetune(k2_model(), (x, y), val_data=(xv, yv), new_head=10,
+                                    trainable_from="features", head_epochs=0, epochs=30,
+                                    lr=1e-2, batch_size=16, patience=2, restore_best=True,
+                                    seed=4, progress=False)
+    rep = hist.report
+    val = hist.history["val_loss"]
+    assert 3 <= rep["epochs_run"] < 30
+    assert any("early stopping after epoch" in n for n in rep["notes"])
+    best = int(np.argmin(val))
+    assert best == len(val) - 3  # two epochs without improvement, then stop
+    assert any(f"restored the weights of epoch {best + 1}" in n for n in rep["notes"])
+    assert rep["evaluation"]["after"]["loss"] == pytest.approx(val[best], rel=1e-5)
+
+
+@pytest.mark.slow
 def test_library_input_errors(k2_model):
     import wtransplant
 

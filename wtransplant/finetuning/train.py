@@ -422,6 +422,12 @@ class _Run:
         pre = Preprocess(rescale=o.rescale, flip=o.flip, rotation=o.rotation)
         if pre.rescale is None and self.bundle.kind == "images":
             pre.rescale = 1.0 / 255
+        in_dtype = str(model.inputs[0].dtype)
+        if "int" in in_dtype:  # token ids and the like: passed as they are
+            if o.rescale is not None or o.standardize or pre.augments:
+                raise InputError(f"model {model.name!r} takes {in_dtype} inputs: --rescale, "
+                                 f"--standardize, --flip and --rotation do not apply")
+            pre.dtype = in_dtype
         if None not in shape and got != shape:
             if math.prod(got) == math.prod(shape):
                 pre.reshape = shape
