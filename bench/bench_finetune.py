@@ -4,18 +4,21 @@ memory, measured in the same run; and peak memory as the data set grows 10x.
 
 The model is the transplanted Keras 2 digits CNN (fixtures/keras2/k2_digits_model.h5) with
 a new 10-way head, trainable from layer `features` (the same layers in both cases, one
-phase). The data are scikit-learn's digits (fixtures/data/digits.h5) tiled with a little
-noise to BASE samples, and to GROW x BASE for the memory test, written to a temporary HDF5
-file (contiguous layout).
+phase, Adam, batch 64). The data are scikit-learn's digits (fixtures/data/digits.h5)
+tiled with a little noise to BASE samples, and to GROW x BASE for the memory test, written
+to a temporary HDF5 file (contiguous layout).
 
-Every measurement runs in a fresh process (so peak RSS is its own), streamed and in-memory
-alternately, REPEAT times; throughput is samples/s over the training batches of an epoch
-(from the epoch's start to its last batch, validation excluded), the median over the
-epochs after the first. Goals: streamed >= 0.9x in-memory throughput; streamed peak RSS
-flat as the data grow 10x.
+Throughput: one process alternates the two, ROUNDS times (memory then streamed, streamed
+then memory, ...), each a fresh `fit` or `wtransplant.finetune` call of EPOCHS epochs; an
+epoch's speed is training samples / its wall time (no validation), the same callback
+timing both; each call's speed is the median of its epochs after the first (which traces
+the step function). Pairs run seconds apart, so a machine shared with other work slows
+both alike; the figure is the median of the per-round ratios, and the process CPU time
+per sample is reported too. Memory: each case in a fresh process (1 epoch), peak RSS.
+Goals: streamed >= 0.9x in-memory throughput; streamed peak RSS flat as the data grow.
 
     .venv/bin/python bench/bench_finetune.py [--base 28740] [--grow 10] [--batch-size 64]
-        [--epochs 3] [--repeat 3] [--json]
+        [--epochs 3] [--rounds 6] [--json]
 """
 
 from __future__ import annotations
@@ -123,18 +126,32 @@ def child_memory(data: str, epochs: int, batch_size: int) -> dict:
     return {"speeds": t.speeds, "cpu_us_per_sample": t.cpu}
 
 
-def run_child(mode: str, data: Path, epochs: int, batch_size: int) -> dict:
+def child_paired(data: str, epochs: int, batch_size: int, rounds: int) -> dict:
+    out = {"memory": [], "stream": [], "memory_cpu": [], "stream_cpu": []}
+    for r in range(rounds):
+        for mode in (("memory", "stream") if r % 2 == 0 else ("stream", "memory")):
+            fn = child_memory if mode == "memory" else child_stream
+            res = fn(data, epochs, batch_size)
+            out[mode].append(statistics.median(res["speeds"][1:]))
+            out[f"{mode}_cpu"].append(statistics.median(res["cpu_us_per_sample"][1:]))
+            print(f"  round {r + 1} {mode:6s}: {out[mode][-1]:8.0f} samples/s, "
+                  f"{out[f'{mode}_cpu'][-1]:.1f} us CPU/sample", file=sys.stderr, flush=True)
+    return out
+
+
+def run_child(mode: str, data: Path, epochs: int, batch_size: int, rounds: int = 0) -> dict:
     cmd = [sys.executable, __file__, "--child", mode, "--data", str(data), "--epochs",
-           str(epochs), "--batch-size", str(batch_size)]
+           str(epochs), "--batch-size", str(batch_size), "--rounds", str(rounds)]
     env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3")
     t = time.perf_counter()
     r = subprocess.run(cmd, capture_output=True, text=True, env=env)
     if r.returncode != 0:
         raise SystemExit(f"{mode} child failed:\n{r.stderr[-3000:]}")
+    for line in r.stderr.splitlines():  # the rounds' lines, not TensorFlow's start-up chatter
+        if line.startswith("  round"):
+            print(line, file=sys.stderr)
     out = json.loads(r.stdout.strip().splitlines()[-1])
     out["wall_s"] = time.perf_counter() - t
-    out["samples_per_s"] = statistics.median(out["speeds"][1:] or out["speeds"])
-    out["cpu_us"] = statistics.median(out["cpu_us_per_sample"][1:] or out["cpu_us_per_sample"])
     return out
 
 
@@ -148,11 +165,15 @@ def main(argv=None) -> dict:
     ap.add_argument("--grow", type=int, default=10)
     ap.add_argument("--batch-size", type=int, default=64)
     ap.add_argument("--epochs", type=int, default=3)
-    ap.add_argument("--repeat", type=int, default=3)
+    ap.add_argument("--rounds", type=int, default=6)
     ap.add_argument("--json", action="store_true")
-    ap.add_argument("--child", choices=["stream", "memory"], help=argparse.SUPPRESS)
+    ap.add_argument("--child", choices=["stream", "memory", "paired"], help=argparse.SUPPRESS)
     ap.add_argument("--data", help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
+    if args.child == "paired":
+        out = child_paired(args.data, args.epochs, args.batch_size, args.rounds)
+        print(json.dumps(out))
+        return out
     if args.child:
         fn = child_stream if args.child == "stream" else child_memory
         out = fn(args.data, args.epochs, args.batch_size)
@@ -163,26 +184,21 @@ def main(argv=None) -> dict:
     res: dict = {"machine": {"python": platform.python_version(), "cpus": os.cpu_count(),
                              "platform": platform.platform()},
                  "base_samples": args.base, "grow": args.grow, "batch_size": args.batch_size,
-                 "epochs": args.epochs, "repeat": args.repeat}
+                 "epochs": args.epochs, "rounds": args.rounds}
     with tempfile.TemporaryDirectory() as d:
         small, big = Path(d) / "small.h5", Path(d) / "big.h5"
         make_data(small, args.base)
         make_data(big, args.base * args.grow)
         res["files_mib"] = {"small": small.stat().st_size / 2**20,
                             "big": big.stat().st_size / 2**20}
-        rows = {"stream": [], "memory": []}
-        for i in range(args.repeat):
-            for mode in (("stream", "memory") if i % 2 == 0 else ("memory", "stream")):
-                r = run_child(mode, small, args.epochs, args.batch_size)
-                rows[mode].append(r)
-                print(f"  {mode:6s} run {i + 1}: {r['samples_per_s']:8.0f} samples/s "
-                      f"(epochs: {', '.join(f'{s:.0f}' for s in r['speeds'])}), "
-                      f"{r['cpu_us']:.1f} us CPU/sample, peak RSS {r['peak_rss_mib']:.0f} MiB",
-                      file=sys.stderr)
-        thr = {m: statistics.median(r["samples_per_s"] for r in rows[m]) for m in rows}
-        cpu = {m: statistics.median(r["cpu_us"] for r in rows[m]) for m in rows}
+        p = run_child("paired", small, args.epochs, args.batch_size, args.rounds)
+        ratios = [s_ / m for s_, m in zip(p["stream"], p["memory"])]
+        thr = {m: statistics.median(p[m]) for m in ("stream", "memory")}
+        cpu = {m: statistics.median(p[f"{m}_cpu"]) for m in ("stream", "memory")}
+        res["rounds_samples_per_s"] = {"stream": p["stream"], "memory": p["memory"]}
         res["throughput_samples_per_s"] = thr
-        res["throughput_ratio_stream_over_memory"] = thr["stream"] / thr["memory"]
+        res["throughput_ratio_stream_over_memory"] = statistics.median(ratios)
+        res["round_ratios"] = ratios
         res["cpu_us_per_sample"] = cpu
         res["cpu_ratio_stream_over_memory"] = cpu["stream"] / cpu["memory"]
         res["load_average_after"] = os.getloadavg()
@@ -206,10 +222,11 @@ def main(argv=None) -> dict:
     if args.json:
         print(json.dumps(res, indent=2))
     else:
-        print(f"throughput (median samples/s, batch {args.batch_size}, {args.base} samples): "
-              f"HDF5-streamed {thr['stream']:.0f}, in-memory fit {thr['memory']:.0f}, "
-              f"ratio {ratio:.2f}x (goal >= 0.9x); CPU time per sample {cpu['stream']:.1f} vs "
-              f"{cpu['memory']:.1f} us ({res['cpu_ratio_stream_over_memory']:.2f}x); load "
+        print(f"throughput (median samples/s, batch {args.batch_size}, {args.base} samples, "
+              f"{args.rounds} rounds): HDF5-streamed {thr['stream']:.0f}, in-memory fit "
+              f"{thr['memory']:.0f}, median ratio {ratio:.2f}x (goal >= 0.9x; rounds "
+              f"{', '.join(f'{q:.2f}' for q in res['round_ratios'])}); CPU time per sample "
+              f"{cpu['stream']:.1f} vs {cpu['memory']:.1f} us ({res['cpu_ratio_stream_over_memory']:.2f}x); load "
               f"average {res['load_average_after'][0]:.1f} on {os.cpu_count()} CPUs")
         print(f"peak RSS, data {args.base} -> {args.base * args.grow} samples "
               f"(+{res['data_growth_mib']:.0f} MiB on disk): streamed "

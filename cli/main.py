@@ -287,8 +287,9 @@ def _print_rebuild(report, as_json: bool, show_plan: bool) -> None:
 @click.option("--cpu-devices", type=int, metavar="N",
               help="Split the CPU into N logical devices (to run --strategy mirrored without "
                    "GPUs; for testing, not speed).")
-@click.option("--workers", type=int, help="Data loader threads (default: 1 under TensorFlow, "
-                                          "whose tf.data prefetches; 2 otherwise).")
+@click.option("--workers", type=int,
+              help="Feed Keras through a keras.utils.PyDataset with N loader threads (default: "
+                   "a chunked tf.data pipeline under TensorFlow, 2 threads otherwise).")
 @click.option("--multiprocessing", is_flag=True,
               help="With --workers N: load batches in N processes instead of threads (each "
                    "opens the data file itself).")
