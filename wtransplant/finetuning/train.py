@@ -23,6 +23,7 @@ need TensorFlow and import it when asked.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import math
 import os
@@ -186,19 +187,11 @@ def materialize(model, policy: str, strategy, sync_bn: bool, keep_float32: str):
 
     rewrite(cfg.get("layers"))
     cfg["dtype"] = policy
-    scope = strategy.scope() if strategy is not None else _nullscope()
+    scope = strategy.scope() if strategy is not None else contextlib.nullcontext()
     with scope:
         new = type(model).from_config(cfg)
         new.set_weights(model.get_weights())
     return new
-
-
-class _nullscope:
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc):
-        return False
 
 
 def resolve_precision(precision: str) -> tuple[str, str]:
@@ -634,8 +627,7 @@ class _Run:
         cls = {"adam": keras.optimizers.Adam, "adamw": keras.optimizers.AdamW,
                "sgd": keras.optimizers.SGD, "rmsprop": keras.optimizers.RMSprop}[o.optimizer]
         kw = {"momentum": 0.9} if o.optimizer == "sgd" else {}
-        scope = self.strategy.scope() if self.strategy is not None else _nullscope()
-        with scope:
+        with self._scope():
             opt = cls(learning_rate=sched, **kw)
             if self.policy == "mixed_float16":  # compile wraps only when the model-level
                 opt = keras.optimizers.LossScaleOptimizer(opt)  # policy says so
@@ -721,7 +713,8 @@ class _Run:
     def _patches(self):
         from .tfextras import multiworker_patches
 
-        return multiworker_patches(self.strategy) if self.strategy is not None else _nullscope()
+        return multiworker_patches(self.strategy) if self.strategy is not None else \
+            contextlib.nullcontext()
 
     def _fit(self, phase: Phase, p_index: int, start: int, early: dict) -> bool:
         cb = _Bookkeeper(self, phase, p_index, early)
@@ -765,38 +758,21 @@ class _Run:
 
         return is_chief(self.strategy)
 
+    def _scope(self):
+        return self.strategy.scope() if self.strategy is not None else \
+            contextlib.nullcontext()
+
     def _arrays(self) -> dict[str, np.ndarray]:
-        out = {}
-        for i, v in enumerate(self.model.variables):
-            out[f"model/{i}"] = v.numpy()
-        for i, v in enumerate(self.model.optimizer.variables):
-            out[f"optimizer/{i}"] = v.numpy()
-        return out
+        return {**_snapshot(self.model.variables, "model"),
+                **_snapshot(self.model.optimizer.variables, "optimizer")}
 
     def _restore(self, arrays: dict, *, optimizer: bool) -> None:
-        mv = self.model.variables
-        scope = self.strategy.scope() if self.strategy is not None else _nullscope()
-        with scope:
-            n = sum(1 for k in arrays if k.startswith("model/"))
-            if n != len(mv):
-                raise InputError(f"--resume: the checkpoint holds {n} model variables, the "
-                                 f"model has {len(mv)}")
-            for i, v in enumerate(mv):
-                a = arrays[f"model/{i}"]
-                if tuple(a.shape) != tuple(v.shape):
-                    raise InputError(f"--resume: checkpoint variable {i} has shape {a.shape}, "
-                                     f"{v.path} has {tuple(v.shape)}")
-                v.assign(a)
+        with self._scope():
+            _assign(self.model.variables, arrays, "model")
             if optimizer:
                 opt = self.model.optimizer
                 opt.build(self.model.trainable_variables)
-                ov = opt.variables
-                k = sum(1 for key in arrays if key.startswith("optimizer/"))
-                if k != len(ov):
-                    raise InputError(f"--resume: the checkpoint holds {k} optimizer variables, "
-                                     f"the optimizer has {len(ov)}")
-                for i, v in enumerate(ov):
-                    v.assign(arrays[f"optimizer/{i}"])
+                _assign(opt.variables, arrays, "optimizer")
 
     def _fingerprint(self) -> dict:
         fp = self.opts.fingerprint()
@@ -828,9 +804,7 @@ class _Run:
                  "best": self._best, "evaluation": self.evaluation}
         records.save_checkpoint(self.ckpt_dir, epochs_done, self._arrays(), state)
         if self.opts.restore_best and self._best.get("epoch") == epochs_done - 1:
-            records.save_arrays(self.ckpt_dir / "best.npz", {
-                f"model/{i}": v.numpy()
-                for i, v in enumerate(self.model.variables)})
+            records.save_arrays(self.ckpt_dir / "best.npz", self._best_weights)
         crash = os.environ.get(CRASH_ENV)
         if crash and int(crash) == epochs_done:
             sys.stderr.write(f"wtransplant: {CRASH_ENV}={crash}: exiting after epoch "
@@ -840,19 +814,18 @@ class _Run:
 
     def _restore_best(self):
         best = self._best_weights
-        if best is None and self.ckpt_dir is not None and (self.ckpt_dir / "best.npz").exists():
-            import numpy as _np
-
-            with _np.load(self.ckpt_dir / "best.npz", allow_pickle=False) as z:
-                best = [z[f"model/{i}"] for i in range(len(z.files))]
+        path = self.ckpt_dir / "best.npz" if self.ckpt_dir is not None else None
+        if best is None and path is not None and path.exists():  # a resumed run
+            with np.load(path, allow_pickle=False) as z:
+                best = {k: z[k] for k in z.files}
         if best is None:
             return
-        for v, a in zip(self.model.variables, best):
-            v.assign(a)
+        with self._scope():
+            _assign(self.model.variables, best, "model")
         self.notes.append(f"restored the weights of epoch {self._best['epoch'] + 1} (best "
                           f"{self._monitor()} {self._best['value']:.4g})")
 
-    _best_weights = None
+    _best_weights: dict | None = None
 
     def _monitor(self) -> str:
         return "val_loss" if self.val_input is not None else "loss"
@@ -930,6 +903,25 @@ class _Run:
     def _progress(self, msg: str) -> None:
         if self.opts.progress is not False:
             print(f"wtransplant: {msg}", file=sys.stderr, flush=True)
+
+
+def _snapshot(variables, prefix: str) -> dict[str, np.ndarray]:
+    return {f"{prefix}/{i}": v.numpy() for i, v in enumerate(variables)}
+
+
+def _assign(variables, arrays: dict, prefix: str) -> None:
+    """Assign ``arrays[f"{prefix}/{i}"]`` to the i-th variable, after checking that the
+    checkpoint holds as many arrays as there are variables, of the same shapes."""
+    n = sum(1 for k in arrays if k.startswith(prefix + "/"))
+    if n != len(variables):
+        raise InputError(f"--resume: the checkpoint holds {n} {prefix} variables, the run has "
+                         f"{len(variables)}")
+    for i, v in enumerate(variables):
+        a = arrays[f"{prefix}/{i}"]
+        if tuple(a.shape) != tuple(v.shape):
+            raise InputError(f"--resume: checkpoint {prefix} variable {i} has shape "
+                             f"{tuple(a.shape)}, {v.path} has {tuple(v.shape)}")
+        v.assign(a)
 
 
 class _Bookkeeper(keras.callbacks.Callback):
@@ -1017,7 +1009,7 @@ class _Bookkeeper(keras.callbacks.Callback):
             if run._best["value"] is None or value < run._best["value"]:
                 run._best = {"value": value, "epoch": epoch}
                 if run.opts.restore_best:
-                    run._best_weights = [v.numpy() for v in self.model.variables]
+                    run._best_weights = _snapshot(self.model.variables, "model")
             if run.opts.patience:
                 if self.best is None or value < self.best:
                     self.best, self.wait = value, 0
