@@ -34,7 +34,7 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import InputError
-from ..h5io import fmt_bytes, open_source, resolve_dataset
+from ..h5io import open_source, resolve_dataset
 
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff"}
 #: seed of the fixed shuffle of an image folder's file list (so that --val-split takes a
@@ -827,8 +827,3 @@ class BatchReader:
         if self.y_dtype is not None:
             yb = np.asarray(yb, dtype=self.y_dtype)
         return xb, yb
-
-
-def describe_size(ds: Dataset) -> str:
-    itemsize = np.dtype(ds.x.dtype).itemsize
-    return fmt_bytes(len(ds) * int(np.prod(ds.x.sample_shape or (1,))) * itemsize)

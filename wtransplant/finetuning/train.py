@@ -333,9 +333,7 @@ class _Run:
         self.labels = label_info(self.bundle.train.y)
         model = self._shape_model(original)
         self.policy, self.policy_why = resolve_precision(o.precision)
-        if self.policy != "float32" and self.strategy is None and \
-                keras.backend.backend() == "tensorflow" and not capable_gpu() and \
-                self.policy == "mixed_float16":
+        if self.policy == "mixed_float16" and not capable_gpu():
             self.notes.append("mixed_float16 on a CPU is slow: it is meant for GPUs")
         head_name = model.layers[-1].name
         self.model = materialize(model, self.policy, self.strategy,
@@ -379,14 +377,14 @@ class _Run:
             self._compile(self.phases[-1])
             self._restore(arrays, optimizer=False)
         if self.status == "diverged":
-            self._write_records(final=False)
+            self._write_records()
             raise TrainingError(self.failure)
         if o.restore_best and self._best.get("epoch") is not None:
             self._restore_best()
         self.evaluation["after"] = self._evaluate()
         self.frozen_unchanged = self._frozen_digest() == frozen_before
         out = self._save()
-        self._write_records(final=True, output=out)
+        self._write_records(output=out)
         if self.ckpt_dir is not None and not o.keep_checkpoints and self._chief():
             shutil.rmtree(self.ckpt_dir, ignore_errors=True)
         hist = FinetuneHistory(records.history_dict(self.rows), self.rows, self.report)
@@ -460,7 +458,7 @@ class _Run:
             self.task = self._task(units)
             act = o.head_activation or {"classification": "softmax" if units > 1 else "sigmoid",
                                         "binary": "sigmoid", "regression": "linear"}[self.task]
-            model, head, self.replaced = replace_head(original, units, act)
+            model, _head, self.replaced = replace_head(original, units, act)
             if self.task in ("classification", "binary") and self.bundle.val is not None:
                 self.original_accuracy = self._argmax_accuracy(original)
         else:
@@ -840,7 +838,7 @@ class _Run:
 
         return save_model(self.model, self.output)
 
-    def _write_records(self, *, final: bool, output: dict | None = None) -> None:
+    def _write_records(self, output: dict | None = None) -> None:
         self.report = self._report(output)
         if self.run_dir is None or not self._chief():
             return
