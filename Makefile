@@ -39,10 +39,15 @@ demo: $(VENV)/.installed
 	$(WT) rebuild --spec fixtures/specs/torch_cnn.yaml -o $(DEMO_OUT)/torch_cnn.keras --report $(DEMO_OUT)/torch_cnn.report.json
 	@echo "== rebuild: a Keras 2 GRU/LSTM model that Keras 3's load_model refuses, no spec"
 	$(WT) rebuild fixtures/keras2/k2_rnn_model.h5 -o $(DEMO_OUT)/k2_rnn_model.keras --inputs fixtures/keras2/k2_rnn_model.io.npz:x --expected fixtures/keras2/k2_rnn_model.io.npz:y
+	@echo "== finetune: the Keras 2 digits CNN (trained on digits 0-4), rebuilt, gets a new 10-way head for all ten digits"
+	$(WT) rebuild fixtures/keras2/k2_digits_model.h5 -o $(DEMO_OUT)/k2_digits_model.keras
+	$(WT) finetune $(DEMO_OUT)/k2_digits_model.keras --data fixtures/data/digits.h5 --new-head 10 --trainable-from features --epochs 4 --lr 3e-3 --seed 1 -o $(DEMO_OUT)/digits10.keras
 	@echo "== export: the rebuilt CNN to ONNX, reloaded and checked in onnxruntime"
 	$(WT) export $(DEMO_OUT)/torch_cnn.keras --format onnx -o $(DEMO_OUT)/torch_cnn.onnx --report $(DEMO_OUT)/torch_cnn.report.json
 	@echo "== verify: the ONNX file against PyTorch's own outputs (inputs stored NCHW)"
 	$(WT) verify $(DEMO_OUT)/torch_cnn.onnx --inputs fixtures/torch/torch_cnn.io.npz:x --expected fixtures/torch/torch_cnn.io.npz:y --input-layout nchw --plot $(DEMO_OUT)/torch_cnn.verify.png
+	@echo "== export: the fine-tuned digits model to ONNX, checked in onnxruntime"
+	$(WT) export $(DEMO_OUT)/digits10.keras --format onnx -o $(DEMO_OUT)/digits10.onnx
 	@echo "demo finished: outputs in $(DEMO_OUT)/"
 
 # Everything but the nightly-size fuzz run; `make test-fast` skips the slow tests too.

@@ -221,6 +221,15 @@ def rebuild(file, spec_path, output, report_path, inputs, expected, input_layout
     _print_rebuild(report, as_json, show_plan)
 
 
+def _is_hdf5(path: str, signature: bytes) -> bool:
+    try:
+        with open(path, "rb") as fh:
+            head = fh.read(1024 + len(signature))
+    except OSError:
+        return False
+    return any(head[o:o + len(signature)] == signature for o in (0, 512, 1024))
+
+
 def _print_rebuild(report, as_json: bool, show_plan: bool) -> None:
     _print_report(report, as_json, "print_rebuild", show_plan=show_plan)
 
@@ -353,6 +362,140 @@ def verify(model, other, inputs, expected, spec_path, activations, input_layout,
             _print_report(e.report, as_json, "print_verify")
         raise
     _print_report(report, as_json, "print_verify")
+
+
+@main.command()
+@click.argument("model", type=click.Path())
+@click.option("--data", "data", required=True, type=click.Path(),
+              help="Training data: HDF5 (named datasets, streamed), .npz, CSV, or an image "
+                   "folder with one subfolder per class.")
+@click.option("-o", "--output", required=True, type=click.Path(dir_okay=False),
+              help="Where to save the fine-tuned model (.keras or .h5). Written only when "
+                   "the run ends well; history, curves and report go to OUT's run folder "
+                   "(<OUT stem>.finetune/).")
+@click.option("--x", "x", metavar="NAME", help="Training inputs: dataset/array name (CSV: "
+              "comma-separated feature columns). Default: found by name (train_set_x, x...).")
+@click.option("--y", "y", metavar="NAME", help="Training targets (CSV: the target column). "
+              "Default: the array paired with --x by name.")
+@click.option("--val-data", type=click.Path(), help="Validation data in another file/folder.")
+@click.option("--val-x", metavar="NAME", help="Validation inputs in --val-data.")
+@click.option("--val-y", metavar="NAME", help="Validation targets in --val-data.")
+@click.option("--val-split", type=float, metavar="F",
+              help="Keep the last fraction F of the training data for validation. Default "
+                   "validation: the matching val_/test_ pair in the same file.")
+@click.option("--epochs", type=int, default=5, show_default=True)
+@click.option("--batch-size", type=int, default=32, show_default=True,
+              help="Global batch size (split across replicas by --strategy).")
+@click.option("--lr", type=float, default=1e-3, show_default=True, help="Learning rate.")
+@click.option("--optimizer", type=click.Choice(["adam", "adamw", "sgd", "rmsprop"]),
+              default="adam", show_default=True)
+@click.option("--schedule", type=click.Choice(["constant", "cosine", "exponential"]),
+              default="constant", show_default=True, help="Learning-rate schedule per phase.")
+@click.option("--decay-rate", type=float, default=0.5, show_default=True,
+              help="--schedule exponential: factor per epoch.")
+@click.option("--trainable-from", metavar="LAYER",
+              help="Name or index (negative from the end) of the first trainable layer; "
+                   "every layer before it stays frozen.")
+@click.option("--trainable", metavar="REGEX",
+              help="Also train the layers whose name matches REGEX.")
+@click.option("--new-head", type=int, metavar="N",
+              help="Replace the last layer by a new N-unit head (softmax for classes, "
+                   "linear for regression).")
+@click.option("--head-activation", metavar="NAME", help="Activation of the new head.")
+@click.option("--head-epochs", type=int, metavar="N",
+              help="Epochs that train the new head alone before unfreezing (default: half "
+                   "of --epochs when layers are unfrozen).")
+@click.option("--lr-scale", type=float, default=0.1, show_default=True,
+              help="Learning rate factor after unfreezing (second phase).")
+@click.option("--train-bn", is_flag=True,
+              help="Let unfrozen BatchNormalization layers train (default: frozen, in "
+                   "inference mode).")
+@click.option("--task", type=click.Choice(["auto", "classification", "binary", "regression"]),
+              default="auto", show_default=True)
+@click.option("--loss", help="Keras loss name (default: from the task).")
+@click.option("--metrics", help="Comma-separated Keras metric names (default: from the task).")
+@click.option("--rescale", type=float, help="Multiply inputs by F (default 1/255 for image "
+                                            "folders).")
+@click.option("--standardize", is_flag=True,
+              help="Subtract the per-channel mean and divide by the std of the training data.")
+@click.option("--flip", type=click.Choice(["horizontal", "vertical", "both"]),
+              help="Random flips of training images.")
+@click.option("--rotation", type=float, default=0.0, metavar="DEG",
+              help="Random rotations of training images within +-DEG degrees.")
+@click.option("--precision", type=click.Choice(["auto", "float32", "mixed", "mixed_bfloat16"]),
+              default="auto", show_default=True,
+              help="auto: mixed float16 on a GPU with compute capability >= 7.0, else float32.")
+@click.option("--jit/--no-jit", default=None, help="XLA compilation (default: Keras' auto).")
+@click.option("--steps-per-execution", type=int, default=1, show_default=True)
+@click.option("--strategy", type=click.Choice(["none", "mirrored", "multiworker"]),
+              default="none", show_default=True,
+              help="tf.distribute strategy (TensorFlow backend): several GPUs, or several "
+                   "machines from TF_CONFIG.")
+@click.option("--cpu-devices", type=int, metavar="N",
+              help="Split the CPU into N logical devices (to run --strategy mirrored without "
+                   "GPUs; for testing, not speed).")
+@click.option("--workers", type=int,
+              help="Feed Keras through a keras.utils.PyDataset with N loader threads (default: "
+                   "a chunked tf.data pipeline under TensorFlow, 2 threads otherwise).")
+@click.option("--multiprocessing", is_flag=True,
+              help="With --workers N: load batches in N processes instead of threads (each "
+                   "opens the data file itself).")
+@click.option("--patience", type=int, default=0, show_default=True,
+              help="Early stopping: epochs without a better validation loss (0: off).")
+@click.option("--restore-best", is_flag=True, help="End with the weights of the best epoch.")
+@click.option("--seed", type=int, help="Seed everything; on TensorFlow CPU runs repeat "
+                                       "bit for bit.")
+@click.option("--resume", is_flag=True,
+              help="Continue an interrupted run from its last checkpoint (same options).")
+@click.option("--run-dir", type=click.Path(file_okay=False),
+              help="Folder for checkpoints, history, curves, report (default: "
+                   "<OUT stem>.finetune/ next to OUT).")
+@click.option("--keep-checkpoints", is_flag=True, help="Keep the checkpoints after success.")
+@click.option("--tensorboard", type=click.Path(file_okay=False), metavar="DIR",
+              help="Write a TensorBoard log (needs the tensorboard package).")
+@click.option("--no-plot", is_flag=True, help="Do not draw the learning curves PNG.")
+@click.option("--quiet", is_flag=True, help="No progress lines.")
+@click.option("--json", "as_json", is_flag=True, help="Print the report as JSON.")
+@handle_errors
+def finetune(model, data, output, cpu_devices, metrics, no_plot, quiet, as_json, **kw):
+    """Fine-tune MODEL (.keras, or a Keras 2 full-model .h5) on new data: optionally a new
+    head, frozen layers, two phases (head first, then unfrozen at a lower learning rate),
+    checkpoints every epoch, a final evaluation; writes OUT, history.csv/json and a PNG of
+    the learning curves. Exit 0; 1 if training diverged (NaN loss; OUT not written); 2 on
+    bad input."""
+    from wtransplant.h5io import HDF5_SIGNATURE
+
+    from .watchdog import preflight
+
+    for p in (model, data, kw.get("val_data")):
+        # HDF5 model/data files are walked in a child first: a damaged file that makes the
+        # HDF5 library loop or crash is refused before TensorFlow starts
+        if p and os.path.isfile(p) and _is_hdf5(p, HDF5_SIGNATURE):
+            preflight(p)
+    if cpu_devices or kw.get("strategy") == "multiworker":
+        from wtransplant.artifacts import quiet_stderr
+        from wtransplant.finetuning.tfextras import get_strategy, split_cpu
+
+        with quiet_stderr(replay=True):  # TensorFlow's start-up chatter
+            if cpu_devices:  # before TensorFlow starts its devices
+                split_cpu(cpu_devices)
+            if kw.get("strategy") == "multiworker":  # before TensorFlow runs any operation
+                get_strategy("multiworker")
+    import_keras()
+    from wtransplant.finetuning.train import finetune as do_finetune
+
+    kw["metrics"] = [m.strip() for m in metrics.split(",") if m.strip()] if metrics else None
+    _model, hist = do_finetune(model, data, output=output, plot=not no_plot,
+                               progress=False if quiet else None, **kw)
+    report = hist.report
+    if as_json:
+        from wtransplant.atomic import dumps
+
+        click.echo(dumps(report))
+        return
+    from .render import print_finetune
+
+    print_finetune(report)
 
 
 if __name__ == "__main__":  # pragma: no cover

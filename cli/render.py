@@ -371,3 +371,51 @@ def print_verify(report) -> None:
         con.print(f"plot: {report.plot}", markup=False)
     for n in report.notes:
         con.print(f"note: {n}", markup=False)
+
+
+def _metrics_text(ev: dict | None) -> str:
+    if not ev:
+        return "n/a"
+    return "  ".join(f"{k} {v:.4f}" for k, v in ev.items() if isinstance(v, float))
+
+
+def print_finetune(report: dict) -> None:
+    con = _console()
+    m, d = report["model"], report["data"]
+    head = m["head"]
+    new = f" (new, replaces {', '.join(m['replaced_head'])})" if m.get("replaced_head") else ""
+    con.print(f"model: {m.get('source')}  head {head['name']!r}: {head['units']} units, "
+              f"{head['activation']}{new}", markup=False)
+    val = d.get("val")
+    con.print(f"data: {d['train']['x']} ({d['train']['samples']} samples); validation: "
+              + (f"{val['x']} ({val['samples']}, {val['from']})" if val else "none"),
+              markup=False)
+    con.print(f"task: {report['task']}, loss {report['loss']}, metrics "
+              f"{', '.join(report['metrics'])}; precision {report['precision']['policy']}; "
+              f"BatchNorm {report['batchnorm']}", markup=False)
+    for p in report["phases"]:
+        con.print(f"phase {p['name']}: epochs {p['epochs'][0]}..{p['epochs'][1]}, lr {p['lr']:g}, "
+                  f"trainable: {', '.join(p['trainable'])}", markup=False)
+    if report["frozen"]:
+        ok = report.get("frozen_unchanged")
+        state = "" if ok is None else ("  (weights unchanged)" if ok else "  (CHANGED!)")
+        con.print(f"frozen: {', '.join(report['frozen'])}{state}", markup=False)
+    ev = report["evaluation"]
+    if "before_original_model" in ev:
+        con.print(f"before (original model, argmax): accuracy "
+                  f"{ev['before_original_model']['accuracy']:.4f}", markup=False)
+    con.print(f"before ({(ev.get('before') or {}).get('data', '-')}): "
+              f"{_metrics_text(ev.get('before'))}", markup=False)
+    con.print(f"after  ({(ev.get('after') or {}).get('data', '-')}): "
+              f"{_metrics_text(ev.get('after'))}", markup=False)
+    if report.get("throughput_samples_per_s"):
+        con.print(f"throughput: {report['throughput_samples_per_s']:.0f} samples/s "
+                  f"({report['epochs_run']} epochs, {report['seconds']:.1f} s in all)",
+                  markup=False)
+    for n in report.get("notes") or []:
+        con.print(f"note: {n}", markup=False)
+    if report.get("output"):
+        o = report["output"]
+        con.print(f"saved: {o['path']} ({o['size_text']})", markup=False)
+    for k, v in (report.get("files") or {}).items():
+        con.print(f"{k.replace('_', ' ')}: {v}", markup=False)

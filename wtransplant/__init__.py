@@ -36,6 +36,9 @@ _LAZY = {
     "VerifyReport": "wtransplant.verification",
     "load_artifact": "wtransplant.artifacts",
     "random_inputs": "wtransplant.artifacts",
+    "TrainingError": "wtransplant.errors",
+    "finetune": "wtransplant.finetuning.train",
+    "FinetuneHistory": "wtransplant.finetuning.train",
 }
 
 __all__ = sorted(_LAZY) + ["__version__"]

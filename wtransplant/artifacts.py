@@ -758,8 +758,11 @@ def random_inputs(obj, n: int, seed: int = 0) -> list[np.ndarray]:
 def quiet_stderr(replay: bool | None = None):
     """Send file descriptor 2 to a temporary file while the block runs (TensorFlow,
     LiteRT and onnxruntime log from C++ straight to it). What was captured is replayed if
-    the block raises and ``replay`` is true (default: if WTRANSPLANT_DEBUG is set)."""
+    the block raises something other than a WTError (which says its own one line) and
+    ``replay`` is true (default: if WTRANSPLANT_DEBUG is set)."""
     import sys
+
+    from .errors import WTError
 
     sys.stderr.flush()
     saved = os.dup(2)
@@ -767,6 +770,9 @@ def quiet_stderr(replay: bool | None = None):
         os.dup2(cap.fileno(), 2)
         try:
             yield
+        except WTError:
+            os.dup2(saved, 2)
+            raise
         except BaseException:
             os.dup2(saved, 2)
             if replay or (replay is None and os.environ.get("WTRANSPLANT_DEBUG")):

@@ -8,6 +8,7 @@ Anything else reaching the CLI is a bug in wtransplant and is reported as such.
 from __future__ import annotations
 
 EXIT_OK = 0
+#: the run finished but its result is not right: parity failed, or training diverged
 EXIT_PARITY = 1
 EXIT_INPUT = 2
 EXIT_INTERNAL = 3
@@ -49,3 +50,10 @@ class ParityError(WTError):
     def __init__(self, message: str, *, report=None, **kw):
         super().__init__(message, **kw)
         self.report = report
+
+
+class TrainingError(WTError):
+    """Training failed (the loss became NaN or Inf): nothing is written under the output
+    name. Exit code 1, like a parity failure: the input was fine, the result is not."""
+
+    exit_code = EXIT_PARITY

@@ -1,0 +1,240 @@
+"""Benchmark: fine-tuning throughput with the training data streamed from HDF5 (what
+`wtransplant finetune` does) against a plain `model.fit(x, y)` on the same data held in
+memory, measured in the same run; and peak memory as the data set grows 10x.
+
+The model is the transplanted Keras 2 digits CNN (fixtures/keras2/k2_digits_model.h5) with
+a new 10-way head, trainable from layer `features` (the same layers in both cases, one
+phase, Adam, batch 64). The data are scikit-learn's digits (fixtures/data/digits.h5)
+tiled with a little noise to BASE samples, and to GROW x BASE for the memory test, written
+to a temporary HDF5 file (contiguous layout).
+
+Throughput: one process alternates the two, ROUNDS times (memory then streamed, streamed
+then memory, ...), each a fresh `fit` or `wtransplant.finetune` call of EPOCHS epochs; an
+epoch's speed is training samples / its wall time (no validation), the same callback
+timing both; each call's speed is the median of its epochs after the first (which traces
+the step function). Pairs run seconds apart, so a machine shared with other work slows
+both alike; the figure is the median of the per-round ratios, and the process CPU time
+per sample is reported too. Memory: each case in a fresh process (1 epoch), peak RSS.
+Goals: streamed >= 0.9x in-memory throughput; streamed peak RSS flat as the data grow.
+
+    .venv/bin/python bench/bench_finetune.py [--base 28740] [--grow 10] [--batch-size 64]
+        [--epochs 3] [--rounds 6] [--json]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import resource
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import h5py
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[1]
+MODEL = ROOT / "fixtures" / "keras2" / "k2_digits_model.h5"
+DIGITS = ROOT / "fixtures" / "data" / "digits.h5"
+TRAINABLE_FROM = "features"
+
+
+def make_data(path: Path, n: int, seed: int = 0) -> None:
+    """digits' training set tiled to n samples, plus noise, written chunk by chunk."""
+    with h5py.File(DIGITS, "r") as f:
+        x0, y0 = f["train_set_x"][()], f["train_set_y"][()]
+    rng = np.random.default_rng(seed)
+    with h5py.File(path, "w") as g:
+        dx = g.create_dataset("train_set_x", (n, *x0.shape[1:]), np.float32)
+        dy = g.create_dataset("train_set_y", (n,), np.int64)
+        for a in range(0, n, 50000):
+            b = min(n, a + 50000)
+            idx = np.arange(a, b) % len(x0)
+            noise = rng.normal(0, 0.05, (b - a, *x0.shape[1:])).astype(np.float32)
+            dx[a:b] = np.clip(x0[idx] + noise, 0, 1)
+            dy[a:b] = y0[idx]
+
+
+def peak_rss_mib() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
+
+
+# --------------------------------------------------------------------------------------
+# children
+
+
+def make_timer(n: int):
+    """Samples/s and process CPU time per sample of each epoch, from the epoch's start to
+    its end (no validation in this benchmark). Epoch boundaries only: a per-batch hook
+    would make Keras wait for every step. The same callback times both children."""
+    import keras
+
+    class Timer(keras.callbacks.Callback):
+        def __init__(self):
+            super().__init__()
+            self.speeds, self.cpu = [], []
+
+        def on_epoch_begin(self, epoch, logs=None):
+            self.t, self.c = time.perf_counter(), time.process_time()
+
+        def on_epoch_end(self, epoch, logs=None):
+            self.speeds.append(n / (time.perf_counter() - self.t))
+            self.cpu.append((time.process_time() - self.c) / n * 1e6)
+
+    return Timer()
+
+
+def child_stream(data: str, epochs: int, batch_size: int) -> dict:
+    import wtransplant
+
+    with h5py.File(data, "r") as f:
+        n = len(f["train_set_y"])
+    t = make_timer(n)
+    wtransplant.finetune(
+        str(MODEL), data, new_head=10, trainable_from=TRAINABLE_FROM, head_epochs=0,
+        epochs=epochs, batch_size=batch_size, lr=1e-3, checkpoints=False, plot=False,
+        progress=False, callbacks=[t])
+    return {"speeds": t.speeds, "cpu_us_per_sample": t.cpu}
+
+
+def child_memory(data: str, epochs: int, batch_size: int) -> dict:
+    import keras
+    from wtransplant.transplant import rebuild_file
+
+    from wtransplant.finetuning.train import compute_layers, replace_head
+
+    with h5py.File(data, "r") as f:
+        x, y = f["train_set_x"][()], f["train_set_y"][()].astype(np.int32)
+    original, _ = rebuild_file(MODEL, progress=False)
+    model, _head, _ = replace_head(original, 10, "softmax")
+    names = [lay.name for lay in compute_layers(model)]
+    first = names.index(TRAINABLE_FROM)
+    for i, lay in enumerate(compute_layers(model)):
+        lay.trainable = i >= first and not isinstance(lay, keras.layers.BatchNormalization)
+    model.compile(optimizer=keras.optimizers.Adam(1e-3),
+                  loss=keras.losses.SparseCategoricalCrossentropy(),
+                  metrics=[keras.metrics.SparseCategoricalAccuracy(name="accuracy")])
+
+    t = make_timer(len(x))
+    model.fit(x, y, batch_size=batch_size, epochs=epochs, shuffle=True, verbose=0,
+              callbacks=[t])
+    return {"speeds": t.speeds, "cpu_us_per_sample": t.cpu}
+
+
+def child_paired(data: str, epochs: int, batch_size: int, rounds: int) -> dict:
+    out = {"memory": [], "stream": [], "memory_cpu": [], "stream_cpu": []}
+    for r in range(rounds):
+        for mode in (("memory", "stream") if r % 2 == 0 else ("stream", "memory")):
+            fn = child_memory if mode == "memory" else child_stream
+            res = fn(data, epochs, batch_size)
+            out[mode].append(statistics.median(res["speeds"][1:]))
+            out[f"{mode}_cpu"].append(statistics.median(res["cpu_us_per_sample"][1:]))
+            print(f"  round {r + 1} {mode:6s}: {out[mode][-1]:8.0f} samples/s, "
+                  f"{out[f'{mode}_cpu'][-1]:.1f} us CPU/sample", file=sys.stderr, flush=True)
+    return out
+
+
+def run_child(mode: str, data: Path, epochs: int, batch_size: int, rounds: int = 0) -> dict:
+    cmd = [sys.executable, __file__, "--child", mode, "--data", str(data), "--epochs",
+           str(epochs), "--batch-size", str(batch_size), "--rounds", str(rounds)]
+    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3")
+    t = time.perf_counter()
+    r = subprocess.run(cmd, capture_output=True, text=True, env=env)
+    if r.returncode != 0:
+        raise SystemExit(f"{mode} child failed:\n{r.stderr[-3000:]}")
+    for line in r.stderr.splitlines():  # the rounds' lines, not TensorFlow's start-up chatter
+        if line.startswith("  round"):
+            print(line, file=sys.stderr)
+    out = json.loads(r.stdout.strip().splitlines()[-1])
+    out["wall_s"] = time.perf_counter() - t
+    return out
+
+
+# --------------------------------------------------------------------------------------
+
+
+def main(argv=None) -> dict:
+    ap = argparse.ArgumentParser(description=__doc__,
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--base", type=int, default=28740, help="samples (20x digits' train set)")
+    ap.add_argument("--grow", type=int, default=10)
+    ap.add_argument("--batch-size", type=int, default=64)
+    ap.add_argument("--epochs", type=int, default=3)
+    ap.add_argument("--rounds", type=int, default=6)
+    ap.add_argument("--json", action="store_true")
+    ap.add_argument("--child", choices=["stream", "memory", "paired"], help=argparse.SUPPRESS)
+    ap.add_argument("--data", help=argparse.SUPPRESS)
+    args = ap.parse_args(argv)
+    if args.child == "paired":
+        out = child_paired(args.data, args.epochs, args.batch_size, args.rounds)
+        print(json.dumps(out))
+        return out
+    if args.child:
+        fn = child_stream if args.child == "stream" else child_memory
+        out = fn(args.data, args.epochs, args.batch_size)
+        out["peak_rss_mib"] = peak_rss_mib()
+        print(json.dumps(out))
+        return out
+
+    res: dict = {"machine": {"python": platform.python_version(), "cpus": os.cpu_count(),
+                             "platform": platform.platform()},
+                 "base_samples": args.base, "grow": args.grow, "batch_size": args.batch_size,
+                 "epochs": args.epochs, "rounds": args.rounds}
+    with tempfile.TemporaryDirectory() as d:
+        small, big = Path(d) / "small.h5", Path(d) / "big.h5"
+        make_data(small, args.base)
+        make_data(big, args.base * args.grow)
+        res["files_mib"] = {"small": small.stat().st_size / 2**20,
+                            "big": big.stat().st_size / 2**20}
+        p = run_child("paired", small, args.epochs, args.batch_size, args.rounds)
+        ratios = [s_ / m for s_, m in zip(p["stream"], p["memory"])]
+        thr = {m: statistics.median(p[m]) for m in ("stream", "memory")}
+        cpu = {m: statistics.median(p[f"{m}_cpu"]) for m in ("stream", "memory")}
+        res["rounds_samples_per_s"] = {"stream": p["stream"], "memory": p["memory"]}
+        res["throughput_samples_per_s"] = thr
+        res["throughput_ratio_stream_over_memory"] = statistics.median(ratios)
+        res["round_ratios"] = ratios
+        res["cpu_us_per_sample"] = cpu
+        res["cpu_ratio_stream_over_memory"] = cpu["stream"] / cpu["memory"]
+        res["load_average_after"] = os.getloadavg()
+        mem = {}
+        for mode in ("stream", "memory"):
+            for name, path in (("1x", small), (f"{args.grow}x", big)):
+                r = run_child(mode, path, 1, args.batch_size)
+                mem[f"{mode}_{name}"] = r["peak_rss_mib"]
+                print(f"  {mode:6s} {name:>4s} data: peak RSS {r['peak_rss_mib']:.0f} MiB",
+                      file=sys.stderr)
+        res["peak_rss_mib"] = mem
+        g = f"{args.grow}x"
+        res["rss_growth_mib"] = {"stream": mem[f"stream_{g}"] - mem["stream_1x"],
+                                 "memory": mem[f"memory_{g}"] - mem["memory_1x"]}
+        res["data_growth_mib"] = res["files_mib"]["big"] - res["files_mib"]["small"]
+    ratio = res["throughput_ratio_stream_over_memory"]
+    growth = res["rss_growth_mib"]
+    res["goals"] = {"throughput_ratio>=0.9": ratio >= 0.9,
+                    "stream_memory_flat(<10% of data growth)":
+                        growth["stream"] < 0.1 * res["data_growth_mib"]}
+    if args.json:
+        print(json.dumps(res, indent=2))
+    else:
+        print(f"throughput (median samples/s, batch {args.batch_size}, {args.base} samples, "
+              f"{args.rounds} rounds): HDF5-streamed {thr['stream']:.0f}, in-memory fit "
+              f"{thr['memory']:.0f}, median ratio {ratio:.2f}x (goal >= 0.9x; rounds "
+              f"{', '.join(f'{q:.2f}' for q in res['round_ratios'])}); CPU time per sample "
+              f"{cpu['stream']:.1f} vs {cpu['memory']:.1f} us ({res['cpu_ratio_stream_over_memory']:.2f}x); load "
+              f"average {res['load_average_after'][0]:.1f} on {os.cpu_count()} CPUs")
+        print(f"peak RSS, data {args.base} -> {args.base * args.grow} samples "
+              f"(+{res['data_growth_mib']:.0f} MiB on disk): streamed "
+              f"{mem['stream_1x']:.0f} -> {mem[f'stream_{g}']:.0f} MiB "
+              f"({growth['stream']:+.0f}), in-memory {mem['memory_1x']:.0f} -> "
+              f"{mem[f'memory_{g}']:.0f} MiB ({growth['memory']:+.0f})")
+    return res
+
+
+if __name__ == "__main__":
+    main()
