@@ -57,6 +57,10 @@ test: $(VENV)/.installed-test
 test-fast: $(VENV)/.installed-test
 	$(BIN)/python -m pytest -q -n 2 -m "not nightly and not slow" $(PYTEST_ARGS)
 
+# Every benchmark, each against a baseline measured in the same run -> bench/RESULTS.md
+bench: $(VENV)/.installed
+	$(BIN)/python bench/run_all.py
+
 # Nightly-style fuzzing: thousands of mutated fixture files through inspect, spec, rebuild.
 FUZZ_CASES ?= 5000
 fuzz: $(VENV)/.installed-test

@@ -465,9 +465,9 @@ def test_library_call_with_arrays_returns_model_and_history(tmp_path, k2_model):
 def test_library_csv_image_folder_and_keras_archive_inputs(tmp_path, k2_model):
     import keras
     from PIL import Image
-    from wtransplant.transplant import rebuild_file
 
     import wtransplant
+    from wtransplant.transplant import rebuild_file
 
     # CSV: 64 feature columns reshaped to the model's (8, 8, 1); the tail for validation
     _m, hist = wtransplant.finetune(k2_model(), str(fx("data/digits_train.csv")), new_head=10,

@@ -55,6 +55,11 @@ class Hints:
                 "io": self.io, "ignored": self.ignored, "notes": list(self.notes)}
 
 
+#: files with more groups of tensors than this are not a model's layer list; hints are
+#: computed for the first ones only (keeps inspect fast on huge files)
+MAX_UNITS = 4096
+
+
 def split_io(tensors: list[SourceTensor]) -> tuple[list[SourceTensor], dict | None]:
     """Separate reference inputs/outputs stored in the file (X/Y, io/x, inputs/outputs)
     from the weights."""
@@ -80,12 +85,19 @@ def build_hints(tensors: list[SourceTensor], det: Detection, reader: FormatReade
     ignored = [t.name for t in weights if t.role == "num_batches_tracked"]
     weights = [t for t in weights if t.name not in ignored]
     units = [u for u in reader.units(weights) if u.tensors]
+    skipped = 0
+    if len(units) > MAX_UNITS:  # not a model's layer list: hints for the first ones only
+        skipped = len(units) - MAX_UNITS
+        units = units[:MAX_UNITS]
     layers = []
     for u in units:
         p = recognize(u, conv)
         layers.append(LayerHint(u.key, u.names(), {r: t.shape for r, t in u.tensors.items()},
                                 p))
     hints = Hints(layers=layers, io=io, ignored=ignored)
+    if skipped:
+        hints.notes.append(f"{skipped + MAX_UNITS} groups of tensors: hints cover the first "
+                           f"{MAX_UNITS} only")
     if conv in ("plain", "matlab"):
         _numbered_chain(hints, units, conv)
     else:

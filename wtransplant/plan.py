@@ -490,12 +490,15 @@ def materialize(plan: Plan, src: OpenedSource, assignments: list[Assignment] | N
             arr = apply(a.ops, raw)
         except (OpShapeError, ValueError) as e:
             raise MappingError(_shape_msg(a.target, a.sources, str(e))) from None
+        identity = not a.ops and len(raw) == 1 and raw[0].dtype == np.dtype(a.target.dtype)
         del raw
         arr = arr.astype(a.target.dtype, copy=False)
         if not np.all(np.isfinite(arr)) and arr.dtype.kind == "f":
             bad = int(np.count_nonzero(~np.isfinite(arr)))
             plan.warnings.append(f"{a.target.key}: {bad} NaN/Inf values in the source")
-        yield Value(a, arr, sums, sha256_array(arr) if checksums else "")
+        # the converted value is the source itself when nothing was done to it
+        value_sum = (sums[0] if identity else sha256_array(arr)) if checksums else ""
+        yield Value(a, arr, sums, value_sum)
 
 
 def sha256_array(a: np.ndarray) -> str:

@@ -251,12 +251,41 @@ def _transplant(spec: Spec, src: OpenedSource, loaded: LoadedSource, model, note
 
 #: samples of seeded random input for the NumPy reference check
 REFERENCE_SAMPLES = 16
+#: the automatic reference check runs only within these budgets (float64 NumPy is ~100x
+#: slower than the framework): total multiply-adds, and bytes of the largest activation
+REFERENCE_MACS = 2e9
+REFERENCE_ACT_BYTES = 256 << 20
+
+
+def reference_budget(model) -> int:
+    """How many samples the automatic NumPy reference may use (0: too large to run by
+    default), from the multiply-adds and activation sizes of one sample."""
+    macs = 0
+    biggest = 0
+    for lay in model.layers:
+        try:
+            out = [int(d) for d in lay.output.shape[1:] if d is not None]
+        except Exception:
+            continue
+        n_out = int(np.prod(out)) if out else 1
+        biggest = max(biggest, n_out)
+        for w in lay.weights:
+            if len(w.shape) >= 2:  # a kernel: each output element costs prod(kernel[:-1])
+                macs += n_out * int(np.prod(w.shape[:-1]))
+                break
+    per_sample_bytes = biggest * 8 * 10  # float64, and windows for the convolutions
+    if macs == 0:
+        return REFERENCE_SAMPLES
+    n = min(REFERENCE_SAMPLES, int(REFERENCE_MACS // macs),
+            int(REFERENCE_ACT_BYTES // max(per_sample_bytes, 1)))
+    return max(n, 0) if n >= 2 else 0
 
 
 def check_parity(report: RebuildReport, model, spec: Spec, src, loaded, plan) -> None:
     """Parity by the spec's reference data if there is any, else by the NumPy reference of
-    the source's own semantics (when it covers every layer); a failure gets a per-layer
-    diagnosis."""
+    the source's own semantics (when it covers every layer, within its cost budget); a
+    failure gets a per-layer diagnosis. The reference is built only when it is used: it
+    reads every source tensor again, as float64."""
     from .reference import NotCovered, build_reference
 
     v = spec.verify
@@ -265,45 +294,61 @@ def check_parity(report: RebuildReport, model, spec: Spec, src, loaded, plan) ->
         report.parity_note = "parity check disabled by the spec (verify.reference: none)"
         return
     has_data = v is not None and v.inputs is not None
-    ref = None
-    why_not = None
-    if mode in ("auto", "numpy"):
-        try:
-            ref = build_reference(model, plan, src, spec_layers=spec.model.layers
-                                  if spec.model is not None else None)
-        except NotCovered as e:
-            why_not = str(e)
+    n_ref = REFERENCE_SAMPLES if mode == "numpy" else reference_budget(model)
+    state: dict = {}
+
+    def reference():
+        if "ref" not in state:
+            state["ref"], state["why"] = None, None
+            if n_ref == 0:
+                state["why"] = (f"the model is too large for the NumPy reference's default "
+                                f"budget ({REFERENCE_MACS / 1e9:g} G multiply-adds); set "
+                                f"verify.reference: numpy to run it anyway")
+            else:
+                try:
+                    state["ref"] = build_reference(
+                        model, plan, src,
+                        spec_layers=spec.model.layers if spec.model is not None else None)
+                except NotCovered as e:
+                    state["why"] = str(e)
+        return state["ref"]
+
     x = None
     if has_data and mode in ("auto", "data", "numpy"):
         x, _ = load_reference(spec, src, loaded)
         report.parity = _verify_with_data(model, spec, src, loaded)
-    if ref is not None and (mode == "numpy" or not has_data):
-        xr = reference_inputs(model, REFERENCE_SAMPLES, seed=0)
-        want, _ = ref.forward(xr, keep=False)
-        got = predict(model, xr)
-        atol = v.atol if v is not None else None
-        rtol = v.rtol if v is not None else None
-        res = compare(got, want, atol=atol, rtol=rtol, what="NumPy reference",
-                      method=f"numpy reference ({plan.convention} semantics, "
-                             f"{REFERENCE_SAMPLES} seeded random samples)")
-        if report.parity is None or not res.passed:
-            report.parity = res if report.parity is None or report.parity.passed else \
-                report.parity
-        if report.parity is not res:
-            report.parity_note = f"also checked against the {res.method}: {res.summary()}"
-        x = xr if x is None else x
+    if mode == "numpy" or (mode == "auto" and not has_data):
+        ref = reference()
+        if ref is not None:
+            xr = reference_inputs(model, n_ref, seed=0)
+            want, _ = ref.forward(xr, keep=False)
+            res = compare(predict(model, xr), want, atol=v.atol if v else None,
+                          rtol=v.rtol if v else None, what="NumPy reference",
+                          method=f"numpy reference ({plan.convention} semantics, "
+                                 f"{n_ref} seeded random samples)")
+            if report.parity is None or (report.parity.passed and not res.passed):
+                report.parity = res
+            if report.parity is not res:
+                report.parity_note = f"also checked against the {res.method}: " \
+                                     f"{res.summary()}"
+            if x is None:
+                x = xr
     if report.parity is None:
+        why = state.get("why")
         report.parity_note = ("no reference outputs and " + (
-            f"the NumPy reference does not cover this model ({why_not})" if why_not else
+            f"the NumPy reference does not cover this model ({why})" if why else
             "no NumPy reference") + "; add verify.inputs/expected to check parity")
         return
-    if not report.parity.passed and ref is not None and x is not None:
-        from .diagnose import diagnose
+    if not report.parity.passed:
+        ref = reference()
+        if ref is not None and x is not None:
+            from .diagnose import diagnose
 
-        _, acts = ref.forward(x)
-        report.diagnosis = diagnose(model, acts, x, method="numpy reference").to_dict()
-    elif not report.parity.passed and why_not:
-        report.diagnosis = {"note": f"no per-layer diagnosis: {why_not}"}
+            xd = x[:max(1, n_ref)]
+            _, acts = ref.forward(xd)
+            report.diagnosis = diagnose(model, acts, xd, method="numpy reference").to_dict()
+        elif state.get("why"):
+            report.diagnosis = {"note": f"no per-layer diagnosis: {state['why']}"}
 
 
 def reference_inputs(model, n: int, seed: int = 0) -> np.ndarray:
