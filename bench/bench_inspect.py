@@ -35,6 +35,25 @@ def make_file(path: Path, n: int) -> None:
                 grp.create_dataset(f"layer{j}.weight", data=np.full((4, 3), j, np.float32))
 
 
+def hdf5_open_close_floor(path: Path) -> float | None:
+    """Seconds h5py's own HDF5 library needs just to open and close every object of the
+    file (no Python objects, no output): the floor for any tool built on that library."""
+    from wtransplant._fasth5 import _load
+
+    lib = _load()
+    if lib is None:
+        return None
+    names: list[bytes] = []
+    with h5py.File(path, "r", rdcc_nbytes=0, rdcc_nslots=1) as f:
+        f.id.links.visit(lambda n: names.append(n))
+        fid = f.id.id
+        t = time.perf_counter()
+        for n in names:
+            oid = lib.Oopen(fid, n, 0)
+            lib.Oclose(oid)
+        return time.perf_counter() - t
+
+
 def time_cmd(cmd: list[str]) -> float:
     t = time.perf_counter()
     subprocess.run(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, check=True)
@@ -58,17 +77,22 @@ def main(argv=None) -> dict:
         if base_cmd:
             time_cmd(base_cmd)
         time_cmd(our_cmd)
-        ours, base = [], []
+        ours, base, floor = [], [], []
         for _ in range(args.repeat):
             if base_cmd:
                 base.append(time_cmd(base_cmd))
             ours.append(time_cmd(our_cmd))
+            f = hdf5_open_close_floor(path)
+            if f is not None:
+                floor.append(f)
     res = {
         "task": f"inspect, {args.datasets} datasets",
         "baseline": "h5ls -r" if h5ls else None,
         "baseline_s": statistics.median(base) if base else None,
         "ours_s": statistics.median(ours),
         "machine": f"{platform.machine()}, {os.cpu_count()} cores, {platform.python_version()}",
+        "hdf5_open_close_s": statistics.median(floor) if floor else None,
+        "hdf5_version": h5py.version.hdf5_version,
     }
     res["ratio"] = res["ours_s"] / res["baseline_s"] if base else None
     if args.json:
@@ -79,6 +103,10 @@ def main(argv=None) -> dict:
     else:
         print(f"{res['task']}: wtransplant inspect {res['ours_s']:.3f} s, h5ls -r "
               f"{res['baseline_s']:.3f} s, ratio {res['ratio']:.2f}x (goal <= 2x)")
+        if res["hdf5_open_close_s"] is not None:
+            print(f"  HDF5 {res['hdf5_version']} (h5py's) alone, opening and closing every "
+                  f"object: {res['hdf5_open_close_s']:.3f} s "
+                  f"({res['hdf5_open_close_s'] / res['baseline_s']:.2f}x h5ls's whole run)")
     return res
 
 

@@ -6,7 +6,6 @@ imported inside each command so ``wtransplant inspect`` never loads TensorFlow o
 from __future__ import annotations
 
 import functools
-import json
 import os
 import sys
 
@@ -59,19 +58,9 @@ def handle_errors(fn):
 
 
 def emit_json(obj) -> None:
-    click.echo(json.dumps(obj, indent=2, default=_json_default, allow_nan=False))
+    from wtransplant.atomic import dumps
 
-
-def _json_default(o):
-    import numpy as np
-
-    if isinstance(o, np.generic):
-        return o.item()
-    if isinstance(o, np.ndarray):
-        return o.tolist()
-    if hasattr(o, "to_dict"):
-        return o.to_dict()
-    return str(o)
+    click.echo(dumps(obj))
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})

@@ -9,14 +9,33 @@ import numpy as np
 from .atomic import atomic_path
 
 
-def parity_plot(path: str | os.PathLike, *, actual=None, expected=None, layers=None,
-                title: str = "") -> str:
-    """Per-layer error on a log axis (if ``layers``: dicts with name, max_rel, ok) and a
-    scatter of expected against actual outputs (if given). Written atomically."""
+def pyplot():
+    """matplotlib's pyplot on the non-interactive Agg backend (no display needed)."""
     import matplotlib
 
     matplotlib.use("Agg", force=True)
     import matplotlib.pyplot as plt
+
+    return plt
+
+
+def save_figure(fig, path: str | os.PathLike, *, title: str = "", dpi: int = 110) -> str:
+    """Lay out, write atomically as PNG, close."""
+    plt = pyplot()
+    if title:
+        fig.suptitle(title, fontsize=10)
+    fig.tight_layout()
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, dpi=dpi, format="png")
+    plt.close(fig)
+    return str(path)
+
+
+def parity_plot(path: str | os.PathLike, *, actual=None, expected=None, layers=None,
+                title: str = "") -> str:
+    """Per-layer error on a log axis (if ``layers``: dicts with name, max_rel, ok) and a
+    scatter of expected against actual outputs (if given). Written atomically."""
+    plt = pyplot()
 
     panels = (1 if layers else 0) + (1 if actual is not None and expected is not None else 0)
     if panels == 0:
@@ -49,13 +68,7 @@ def parity_plot(path: str | os.PathLike, *, actual=None, expected=None, layers=N
         ax.set_xlabel("expected")
         ax.set_ylabel("actual")
         ax.set_title("outputs: actual against expected")
-    if title:
-        fig.suptitle(title, fontsize=10)
-    fig.tight_layout()
-    with atomic_path(path) as tmp:
-        fig.savefig(tmp, dpi=110, format="png")
-    plt.close(fig)
-    return str(path)
+    return save_figure(fig, path, title=title)
 
 
 def _as_list(x):

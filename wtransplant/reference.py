@@ -252,17 +252,22 @@ def _conv_weight(ref, lay, var="kernel"):
     return np.moveaxis(w, (-1, -2), (0, 1))  # Keras (k..., in, out)
 
 
-def op_conv(ref, lay, act):
+def _padded_conv(lay, x, w, bias, groups: int):
+    """Pad as the layer's Keras padding says, then correlate with strides and dilation."""
     cfg = lay.config
-    nd = int(lay.class_name[4])
-    act = _to_map(lay, act, nd)
-    w = _conv_weight(ref, lay)
-    k = w.shape[2:]
+    nd = x.ndim - 2
     s = F._tup(cfg.get("strides", 1), nd)
     d = F._tup(cfg.get("dilation_rate", 1), nd)
-    x = F.pad_spatial(act.a, _pads(cfg, act.a.shape[2:], k, s, d))
-    y = F.conv(x, w, _w(lay, "bias"), s, d, int(cfg.get("groups", 1)))
-    return Act(_act_fn(cfg)(y), "map")
+    x = F.pad_spatial(x, _pads(cfg, x.shape[2:], w.shape[2:], s, d))
+    return F.conv(x, w, bias, s, d, groups)
+
+
+def op_conv(ref, lay, act):
+    nd = int(lay.class_name[4])
+    act = _to_map(lay, act, nd)
+    y = _padded_conv(lay, act.a, _conv_weight(ref, lay), _w(lay, "bias"),
+                     int(lay.config.get("groups", 1)))
+    return Act(_act_fn(lay.config)(y), "map")
 
 
 def op_depthwise(ref, lay, act):
@@ -274,11 +279,7 @@ def op_depthwise(ref, lay, act):
     if ref.convention == "keras":  # (k..., C, m) -> (C*m, 1, k...)
         m = w.shape[-1]
         w = np.moveaxis(w, (-2, -1), (0, 1)).reshape(c * m, 1, *w.shape[:-2])
-    k = w.shape[2:]
-    s = F._tup(cfg.get("strides", 1), nd)
-    d = F._tup(cfg.get("dilation_rate", 1), nd)
-    x = F.pad_spatial(act.a, _pads(cfg, act.a.shape[2:], k, s, d))
-    y = F.conv(x, w, _w(lay, "bias"), s, d, groups=c)
+    y = _padded_conv(lay, act.a, w, _w(lay, "bias"), groups=c)
     return Act(_act_fn(cfg)(y), "map")
 
 
@@ -293,11 +294,7 @@ def op_separable(ref, lay, act):
         m = dw.shape[-1]
         dw = np.moveaxis(dw, (-2, -1), (0, 1)).reshape(c * m, 1, *dw.shape[:-2])
         pw = np.moveaxis(pw, (-1, -2), (0, 1))
-    k = dw.shape[2:]
-    s = F._tup(cfg.get("strides", 1), nd)
-    d = F._tup(cfg.get("dilation_rate", 1), nd)
-    x = F.pad_spatial(act.a, _pads(cfg, act.a.shape[2:], k, s, d))
-    y = F.conv(x, dw, None, s, d, groups=c)
+    y = _padded_conv(lay, act.a, dw, None, groups=c)
     y = F.conv(y, pw, _w(lay, "bias"))
     return Act(_act_fn(cfg)(y), "map")
 

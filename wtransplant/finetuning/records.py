@@ -113,11 +113,11 @@ def plot_curves(path: Path, rows: list[dict], title: str) -> str | None:
     """Loss (and the first metric) per epoch, training and validation; phases shaded."""
     if not rows:
         return None
-    import matplotlib
-
-    matplotlib.use("Agg", force=False)
-    import matplotlib.pyplot as plt
     from matplotlib.ticker import MaxNLocator
+
+    from ..plots import pyplot, save_figure
+
+    plt = pyplot()
 
     hist = history_dict(rows)
     metric = next((k for k in hist if not k.startswith("val_") and k != "loss"), None)
@@ -140,9 +140,4 @@ def plot_curves(path: Path, rows: list[dict], title: str) -> str | None:
         ax.set_title(key)
         ax.grid(alpha=0.3)
         ax.legend()
-    fig.suptitle(title, fontsize=10)
-    fig.tight_layout()
-    with atomic_path(path) as tmp:
-        fig.savefig(tmp, dpi=100, format="png")
-    plt.close(fig)
-    return str(path)
+    return save_figure(fig, path, title=title, dpi=100)

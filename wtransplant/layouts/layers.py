@@ -181,6 +181,8 @@ class ConvLayout(LayerLayout):
     classes = ("Conv1D", "Conv2D", "Conv3D")
     roles = {"keras": {"kernel": ("kernel",), "bias": ("bias",)},
              "*": {"kernel": ("weight",), "bias": ("bias",)}}
+    #: the same axis move serves ConvTranspose, whose PyTorch weight is (in,out/groups,k...)
+    torch_why = "PyTorch (out,in/groups,k...) -> Keras (k...,in/groups,out)"
 
     def recipe(self, var, convention, shapes, layer, target):
         if var == "bias":
@@ -188,9 +190,8 @@ class ConvLayout(LayerLayout):
         single(shapes, target)
         rank = len(target.shape)
         if convention == "torch":
-            return _check([Transpose(conv_from_torch_axes(rank),
-                                     why="PyTorch (out,in/groups,k...) -> Keras "
-                                         "(k...,in/groups,out)")], shapes, target)
+            return _check([Transpose(conv_from_torch_axes(rank), why=self.torch_why)], shapes,
+                          target)
         if convention in ("keras", "matlab"):
             # MATLAB's own view of a conv weight is (k..., in, out): Keras' order already
             return _check([], shapes, target)
@@ -244,17 +245,7 @@ class ConvLayout(LayerLayout):
 @register
 class ConvTransposeLayout(ConvLayout):
     classes = ("Conv1DTranspose", "Conv2DTranspose", "Conv3DTranspose")
-
-    def recipe(self, var, convention, shapes, layer, target):
-        if var == "bias":
-            return vector(shapes, target)
-        single(shapes, target)
-        rank = len(target.shape)
-        if convention == "torch":
-            return _check([Transpose(conv_from_torch_axes(rank),
-                                     why="PyTorch ConvTranspose (in,out/groups,k...) -> "
-                                         "Keras (k...,out,in)")], shapes, target)
-        return super().recipe(var, convention, shapes, layer, target)
+    torch_why = "PyTorch ConvTranspose (in,out/groups,k...) -> Keras (k...,out,in)"
 
     def checks(self, layer, convention):
         if convention == "torch" and layer.config.get("padding") == "same":
