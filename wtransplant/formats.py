@@ -104,11 +104,17 @@ class FormatReader:
             u.tensors[role] = t
         return list(out.values())
 
+    #: how a dataset path becomes a tensor name: the separator between group and leaf
+    separator = "/"
+
+    def logical_name(self, path: str) -> str:
+        return path.lstrip("/")
+
     def tensors(self, tree: FileTree) -> list[SourceTensor]:
         out = []
         for ds in tree.numeric_datasets():
-            name = ds.path.lstrip("/")
-            grp, _, role = name.rpartition("/")
+            name = self.logical_name(ds.path)
+            grp, _, role = name.rpartition(self.separator)
             out.append(SourceTensor(name, ds.path, ds.shape, ds.shape, ds.dtype, grp, role))
         out.sort(key=lambda t: natural_key(t.name))
         for i, t in enumerate(out):
@@ -467,16 +473,10 @@ class TorchStateDict(FormatReader):
             ev.append("keys split into nested groups (module/param)")
         return Detection(self.name, self.convention, "h5py (PyTorch state_dict naming)", ev)
 
-    def tensors(self, tree):
-        out = []
-        for ds in tree.numeric_datasets():
-            name = torch_name(ds.path)
-            grp, _, role = name.rpartition(".")
-            out.append(SourceTensor(name, ds.path, ds.shape, ds.shape, ds.dtype, grp, role))
-        out.sort(key=lambda t: natural_key(t.name))
-        for i, t in enumerate(out):
-            t.index = i
-        return out
+    separator = "."
+
+    def logical_name(self, path: str) -> str:
+        return torch_name(path)
 
 
 # --------------------------------------------------------------------------------------

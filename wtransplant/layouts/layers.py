@@ -442,6 +442,15 @@ class EmbeddingLayout(LayerLayout):
 # Recurrent layers
 
 GATES = {"GRU": 3, "LSTM": 4, "SimpleRNN": 1}
+RNN_BY_GATES = {g: cls for cls, g in GATES.items()}
+
+
+def _rnn_class(gate_rows: int, hidden: int) -> tuple[str, int] | None:
+    """(Keras class, gates) for a stack of gate_rows = gates * hidden, or None."""
+    if hidden <= 0 or gate_rows % hidden:
+        return None
+    g = gate_rows // hidden
+    return (RNN_BY_GATES[g], g) if g in RNN_BY_GATES else None
 
 
 @register
@@ -498,12 +507,10 @@ class RecurrentLayout(LayerLayout):
         if convention == "torch" and "weight_ih" in t and "weight_hh" in t:
             gh, n_in = unit.shape("weight_ih")
             ghh, h = unit.shape("weight_hh")
-            if ghh != gh or gh % h:
+            found = _rnn_class(gh, h) if ghh == gh else None
+            if found is None:
                 return None
-            g = gh // h
-            cls = {3: "GRU", 4: "LSTM", 1: "SimpleRNN"}.get(g)
-            if cls is None:
-                return None
+            cls, g = found
             args = {"units": h}
             if cls == "GRU":
                 args["reset_after"] = True
@@ -533,11 +540,11 @@ class RecurrentLayout(LayerLayout):
                             kind=cls.lower())
         if convention == "keras" and {"kernel", "recurrent_kernel"} <= set(t):
             n_in, gh = unit.shape("kernel")
-            h = unit.shape("recurrent_kernel")[0]
-            g = gh // h
-            cls = {3: "GRU", 4: "LSTM", 1: "SimpleRNN"}.get(g)
-            if cls is None:
+            found = _rnn_class(gh, unit.shape("recurrent_kernel")[0])
+            if found is None:
                 return None
+            cls, _ = found
+            h = unit.shape("recurrent_kernel")[0]
             args = {"units": h}
             if cls == "GRU":
                 args["reset_after"] = len(unit.shape("bias") or ()) == 2
