@@ -90,14 +90,16 @@ def inspect(file, as_json, stats, pattern, depth, follow_links, timeout):
     """Show FILE's tree, shapes, dtypes, attributes, the program that wrote it and the
     architecture its tensors imply. Never imports TensorFlow or Keras."""
     from wtransplant.inspect import inspect_file
+    from wtransplant.tree import gc_paused
 
     report = inspect_file(file, stats=stats, follow_links=follow_links, stats_filter=pattern)
-    if as_json:
-        emit_json(report.to_dict())
-    else:
-        from .render import print_inspect
+    with gc_paused():  # printing a large tree allocates as many small objects as the walk
+        if as_json:
+            emit_json(report.to_dict())
+        else:
+            from .render import print_inspect
 
-        print_inspect(report, pattern=pattern, depth=depth)
+            print_inspect(report, pattern=pattern, depth=depth)
     if report.outside:
         more = f" (and {len(report.outside) - 1} more)" if len(report.outside) > 1 else ""
         raise UnsafeInputError(f"{report.outside[0]}{more}: data outside the file, not "

@@ -317,3 +317,34 @@ def test_fast_probe_and_h5py_walk_agree(rel, monkeypatch):
     with open_source(fx(rel)) as src:
         slow = walk(src).to_dict()
     assert fast == slow
+
+
+@pytest.mark.parametrize("rel", ["torch/torch_cnn.h5", "matlab/matlab73_mlp.mat",
+                                 "keras2/k2_mobilenetv2_weights.h5"])
+def test_two_process_probe_gives_the_same_tree(rel, monkeypatch):
+    """Large files are probed by a forked helper and the walk together; the tree must be
+    the one a single process finds, also when the helper fails."""
+    from wtransplant import _fasth5
+    from wtransplant.tree import walk
+
+    if not hasattr(os, "fork") or not sys.platform.startswith("linux"):
+        pytest.skip("the two-process probe is Linux-only")
+    monkeypatch.setattr(_fasth5, "PARALLEL_MIN", 10**9)
+    with open_source(fx(rel)) as src:
+        serial = walk(src).to_dict()
+    monkeypatch.setattr(_fasth5, "PARALLEL_MIN", 2)
+    monkeypatch.setattr(_fasth5, "_parallel_ok", lambda n: n >= 2)
+    forks = []
+    real_fork = os.fork
+    monkeypatch.setattr(os, "fork", lambda: forks.append(1) or real_fork())
+    with open_source(fx(rel)) as src:
+        parallel = walk(src).to_dict()
+    assert forks, "the helper was not used"
+    assert parallel == serial
+
+    def broken(_):  # the helper dies before answering: the parent does its half
+        raise RuntimeError("helper failure")
+
+    monkeypatch.setattr(_fasth5.marshal, "dumps", broken)
+    with open_source(fx(rel)) as src:
+        assert walk(src).to_dict() == serial

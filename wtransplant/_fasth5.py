@@ -9,13 +9,21 @@ same library through ctypes, holding h5py's global lock, and closes every id it 
 It is an optimisation only: :func:`probe` returns None for anything unusual and the walk
 then uses h5py. ``WTRANSPLANT_NO_FASTH5=1`` turns it off; tests check both paths give
 identical trees.
+
+:func:`probe_many` probes a large file's objects in two processes at once on Linux (a
+forked helper takes the second half and sends its tuples back through a pipe); the HDF5
+library holds one global lock, so threads cannot share this work.
 """
 
 from __future__ import annotations
 
 import ctypes
 import glob
+import marshal
 import os
+import sys
+import threading
+import warnings
 
 import h5py
 
@@ -161,3 +169,100 @@ class Prober:
                     None if off == _HADDR_UNDEF else off, storage, nattrs)
         finally:
             L.Oclose(oid)
+
+
+#: files with at least this many objects are probed by two processes at once
+PARALLEL_MIN = 4000
+#: libraries whose threads make forking unsafe once they are loaded
+_THREADED = ("tensorflow", "jax", "torch")
+
+
+def _parallel_ok(n: int) -> bool:
+    if n < PARALLEL_MIN or not sys.platform.startswith("linux") or not hasattr(os, "fork"):
+        return False
+    if any(m in sys.modules for m in _THREADED) or threading.active_count() > 1:
+        return False  # another thread could hold a lock the helper needs
+    try:
+        return len(os.sched_getaffinity(0)) >= 2
+    except (AttributeError, OSError):
+        return (os.cpu_count() or 1) >= 2
+
+
+def _die_with_parent(parent: int) -> None:
+    """The helper must not outlive the walk: if the parent is killed (a time limit), the
+    kernel kills the helper too (PR_SET_PDEATHSIG)."""
+    try:
+        ctypes.CDLL(None, use_errno=True).prctl(1, 9, 0, 0, 0)  # PR_SET_PDEATHSIG, SIGKILL
+    except Exception:
+        pass
+    if os.getppid() != parent:  # the parent died before prctl took effect
+        os._exit(1)
+
+
+def probe_many(h5file: h5py.File, names: list[bytes]) -> list:
+    """:meth:`Prober.probe` for each name (None where h5py must handle the object)."""
+    prober = Prober(h5file)
+    if not prober.ok:
+        return [None] * len(names)
+    if not _parallel_ok(len(names)):
+        with prober:
+            return [prober.probe(n) for n in names]
+    half = len(names) // 2
+    theirs = _probe_in_helper(prober, names[half:])
+    with prober:
+        mine = [prober.probe(n) for n in names[:half]]
+    rest = theirs()
+    if rest is None:  # the helper failed: do its half here
+        with prober:
+            rest = [prober.probe(n) for n in names[half:]]
+    return mine + rest
+
+
+def _probe_in_helper(prober: Prober, names: list[bytes]):
+    """Fork a helper that probes ``names``; return a function that collects its answer
+    (None if it failed). Called without h5py's lock held, so the helper starts unlocked."""
+    parent = os.getpid()
+    r, w = os.pipe()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    with warnings.catch_warnings():
+        # Python 3.12+ warns about forking with native threads (OpenBLAS' idle workers):
+        # the helper only calls HDF5 and writes to a pipe
+        warnings.simplefilter("ignore", DeprecationWarning)
+        pid = os.fork()
+    if pid == 0:  # the helper: no Python cleanup, no buffered output of the parent
+        try:
+            os.close(r)
+            _die_with_parent(parent)
+            with prober:
+                out = [prober.probe(n) for n in names]
+            data = marshal.dumps(out)
+            view = memoryview(data)
+            while view:
+                view = view[os.write(w, view):]
+            os._exit(0)
+        except BaseException:
+            os._exit(1)
+    os.close(w)
+
+    def collect():
+        chunks = []
+        try:
+            while True:
+                b = os.read(r, 1 << 20)
+                if not b:
+                    break
+                chunks.append(b)
+        finally:
+            os.close(r)
+            _, status = os.waitpid(pid, 0)
+        if os.waitstatus_to_exitcode(status) != 0:
+            return None
+        try:
+            # our own helper's tuples of ints, bools and None (marshal runs no code)
+            out = marshal.loads(b"".join(chunks))
+        except (EOFError, ValueError, TypeError):
+            return None
+        return out if isinstance(out, list) and len(out) == len(names) else None
+
+    return collect

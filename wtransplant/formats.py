@@ -72,8 +72,10 @@ _DIGITS = re.compile(r"(\d+)")
 def natural_key(s: str):
     """Sort key that orders 'layer2' before 'layer10' and 'features.2' before 'features.10'."""
     parts = _DIGITS.split(s)
-    # odd positions are the digit runs
-    return [(0, int(t), "") if i & 1 else (1, 0, t) for i, t in enumerate(parts)]
+    # split() with a group alternates text, digits, text...: position i holds the same kind
+    # in every key, so ints only ever meet ints
+    parts[1::2] = map(int, parts[1::2])
+    return parts
 
 
 def _s(v) -> str:

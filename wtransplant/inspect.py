@@ -15,7 +15,7 @@ from .formats import Detection, FormatReader, SourceTensor, detect
 from .h5io import BOMB_FLOOR_BYTES, MAX_EXPANSION, OpenedSource, fmt_bytes, open_source
 from .hints import Hints, build_hints
 from .stats import TensorStats, tensor_stats
-from .tree import DatasetNode, FileTree, walk
+from .tree import DatasetNode, FileTree, gc_paused, walk
 
 
 @dataclass
@@ -116,7 +116,8 @@ def inspect_file(path: str | os.PathLike, *, stats: bool = False, follow_links: 
                  stats_filter: str | None = None) -> InspectReport:
     """Walk a file (metadata only; values are read only for ``stats``) and describe it."""
     # metadata-heavy walks are faster from memory; big weight files are walked from disk
-    with open_source(path, follow_links=follow_links, in_memory=not stats) as src:
+    with open_source(path, follow_links=follow_links, in_memory=not stats) as src, \
+            gc_paused():
         loaded = load_source(src)
         tree = loaded.tree
         warnings = safety_warnings(tree, follow_links)
