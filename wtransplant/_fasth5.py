@@ -46,7 +46,6 @@ class _Lib:
         self.Oclose = fn("H5Oclose", ctypes.c_int, [hid])
         self.Iget_type = fn("H5Iget_type", ctypes.c_int, [hid])
         self.Dget_space = fn("H5Dget_space", hid, [hid])
-        self.Sget_simple_extent_ndims = fn("H5Sget_simple_extent_ndims", ctypes.c_int, [hid])
         self.Sget_simple_extent_dims = fn("H5Sget_simple_extent_dims", ctypes.c_int,
                                           [hid, ctypes.POINTER(ctypes.c_uint64),
                                            ctypes.POINTER(ctypes.c_uint64)])
@@ -57,6 +56,7 @@ class _Lib:
         self.Tget_order = fn("H5Tget_order", ctypes.c_int, [hid])
         self.Tget_sign = fn("H5Tget_sign", ctypes.c_int, [hid])
         self.Tclose = fn("H5Tclose", ctypes.c_int, [hid])
+        self.Tequal = fn("H5Tequal", ctypes.c_int, [hid, hid])
         self.Dget_offset = fn("H5Dget_offset", ctypes.c_uint64, [hid])
         self.Dget_storage_size = fn("H5Dget_storage_size", ctypes.c_uint64, [hid])
         self.Aget_num_attrs = fn("H5Aget_num_attrs", ctypes.c_int, [hid])
@@ -111,6 +111,8 @@ class Prober:
         self.lib = _load()
         self.fid = h5file.id.id
         self._lock = _phil()
+        self._last_tid = -1
+        self._last_type = None
 
     @property
     def ok(self) -> bool:
@@ -119,11 +121,38 @@ class Prober:
     def __enter__(self):
         if self._lock is not None:
             self._lock.acquire()
+        # the previous dataset's type and its description: weight files store most tensors
+        # in one type, so one H5Tequal usually replaces four queries
+        self._last_tid = -1
+        self._last_type = None
         return self
 
     def __exit__(self, *exc):
-        if self._lock is not None:
-            self._lock.release()
+        try:
+            if self._last_tid >= 0:
+                self.lib.Tclose(self._last_tid)
+                self._last_tid = -1
+        finally:
+            if self._lock is not None:
+                self._lock.release()
+
+    def _type(self, tid):
+        """(class, size, big_endian, signed) of a dataset's type, or None if it is not a
+        plain float or integer. Takes ownership of ``tid``."""
+        L = self.lib
+        if self._last_tid >= 0 and L.Tequal(tid, self._last_tid) > 0:
+            L.Tclose(tid)
+            return self._last_type
+        cls = L.Tget_class(tid)
+        if cls not in (L.FLOAT, L.INTEGER):
+            L.Tclose(tid)
+            return None
+        desc = (cls, L.Tget_size(tid), L.Tget_order(tid) == L.ORDER_BE,
+                cls == L.FLOAT or L.Tget_sign(tid) != L.SGN_NONE)
+        if self._last_tid >= 0:
+            L.Tclose(self._last_tid)
+        self._last_tid, self._last_type = tid, desc
+        return desc
 
     def probe(self, name: bytes):
         """('group', nattrs) or ('dataset', shape, class, size, big_endian, signed,
@@ -143,26 +172,20 @@ class Prober:
             if sid < 0:
                 return None
             try:
-                n = L.Sget_simple_extent_ndims(sid)
+                # returns the rank; HDF5 caps it at 32 (H5S_MAX_RANK), the buffer holds 64
+                n = L.Sget_simple_extent_dims(sid, L.dims, None)
                 if n < 0 or n > 64:
                     return None
-                if n:
-                    L.Sget_simple_extent_dims(sid, L.dims, None)
                 shape = tuple(L.dims[:n])
             finally:
                 L.Sclose(sid)
             tid = L.Dget_type(oid)
             if tid < 0:
                 return None
-            try:
-                cls = L.Tget_class(tid)
-                if cls not in (L.FLOAT, L.INTEGER):
-                    return None
-                size = L.Tget_size(tid)
-                be = L.Tget_order(tid) == L.ORDER_BE
-                signed = cls == L.FLOAT or L.Tget_sign(tid) != L.SGN_NONE
-            finally:
-                L.Tclose(tid)
+            desc = self._type(tid)
+            if desc is None:
+                return None
+            cls, size, be, signed = desc
             off = L.Dget_offset(oid)
             storage = L.Dget_storage_size(oid)
             return ("dataset", shape, cls, size, be, signed,
