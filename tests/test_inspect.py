@@ -348,3 +348,37 @@ def test_two_process_probe_gives_the_same_tree(rel, monkeypatch):
     monkeypatch.setattr(_fasth5.marshal, "dumps", broken)
     with open_source(fx(rel)) as src:
         assert walk(src).to_dict() == serial
+
+
+def test_interrupted_walk_leaves_no_helper(monkeypatch):
+    """An interrupt while the parent probes its half kills and reaps the helper."""
+    from wtransplant import _fasth5
+    from wtransplant.tree import walk
+
+    if not hasattr(os, "fork") or not sys.platform.startswith("linux"):
+        pytest.skip("the two-process probe is Linux-only")
+    monkeypatch.setattr(_fasth5, "_parallel_ok", lambda n: n >= 2)
+    me = os.getpid()
+    real_probe = _fasth5.Prober.probe
+
+    def probe(self, name):
+        if os.getpid() == me:
+            raise KeyboardInterrupt
+        return real_probe(self, name)
+
+    monkeypatch.setattr(_fasth5.Prober, "probe", probe)
+    pids = []
+    real_fork = os.fork
+
+    def fork():
+        pid = real_fork()
+        if pid:
+            pids.append(pid)
+        return pid
+
+    monkeypatch.setattr(os, "fork", fork)
+    with open_source(fx("torch/torch_cnn.h5")) as src, pytest.raises(KeyboardInterrupt):
+        walk(src)
+    assert len(pids) == 1
+    with pytest.raises(ChildProcessError):  # already reaped
+        os.waitpid(pids[0], os.WNOHANG)

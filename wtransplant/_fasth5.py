@@ -21,6 +21,7 @@ import ctypes
 import glob
 import marshal
 import os
+import signal
 import sys
 import threading
 import warnings
@@ -232,8 +233,12 @@ def probe_many(h5file: h5py.File, names: list[bytes]) -> list:
             return [prober.probe(n) for n in names]
     half = len(names) // 2
     theirs = _probe_in_helper(prober, names[half:])
-    with prober:
-        mine = [prober.probe(n) for n in names[:half]]
+    try:
+        with prober:
+            mine = [prober.probe(n) for n in names[:half]]
+    except BaseException:  # interrupted: the helper must not linger
+        theirs(kill=True)
+        raise
     rest = theirs()
     if rest is None:  # the helper failed: do its half here
         with prober:
@@ -268,10 +273,12 @@ def _probe_in_helper(prober: Prober, names: list[bytes]):
             os._exit(1)
     os.close(w)
 
-    def collect():
+    def collect(kill: bool = False):
         chunks = []
         try:
-            while True:
+            if kill:
+                os.kill(pid, signal.SIGKILL)
+            while not kill:
                 b = os.read(r, 1 << 20)
                 if not b:
                     break
@@ -279,7 +286,7 @@ def _probe_in_helper(prober: Prober, names: list[bytes]):
         finally:
             os.close(r)
             _, status = os.waitpid(pid, 0)
-        if os.waitstatus_to_exitcode(status) != 0:
+        if kill or os.waitstatus_to_exitcode(status) != 0:
             return None
         try:
             # our own helper's tuples of ints, bools and None (marshal runs no code)
