@@ -332,7 +332,6 @@ def test_two_process_probe_gives_the_same_tree(rel, monkeypatch):
     monkeypatch.setattr(_fasth5, "PARALLEL_MIN", 10**9)
     with open_source(fx(rel)) as src:
         serial = walk(src).to_dict()
-    monkeypatch.setattr(_fasth5, "PARALLEL_MIN", 2)
     monkeypatch.setattr(_fasth5, "_parallel_ok", lambda n: n >= 2)
     forks = []
     real_fork = os.fork

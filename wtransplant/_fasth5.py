@@ -112,6 +112,8 @@ class Prober:
         self.lib = _load()
         self.fid = h5file.id.id
         self._lock = _phil()
+        # the previous dataset's type (kept open until __exit__) and its description: weight
+        # files store most tensors in one type, so one H5Tequal usually replaces four queries
         self._last_tid = -1
         self._last_type = None
 
@@ -122,10 +124,6 @@ class Prober:
     def __enter__(self):
         if self._lock is not None:
             self._lock.acquire()
-        # the previous dataset's type and its description: weight files store most tensors
-        # in one type, so one H5Tequal usually replaces four queries
-        self._last_tid = -1
-        self._last_type = None
         return self
 
     def __exit__(self, *exc):
@@ -136,6 +134,10 @@ class Prober:
         finally:
             if self._lock is not None:
                 self._lock.release()
+
+    def probe_all(self, names: list[bytes]) -> list:
+        with self:
+            return [self.probe(n) for n in names]
 
     def _type(self, tid):
         """(class, size, big_endian, signed) of a dataset's type, or None if it is not a
@@ -229,20 +231,17 @@ def probe_many(h5file: h5py.File, names: list[bytes]) -> list:
     if not prober.ok:
         return [None] * len(names)
     if not _parallel_ok(len(names)):
-        with prober:
-            return [prober.probe(n) for n in names]
+        return prober.probe_all(names)
     half = len(names) // 2
     theirs = _probe_in_helper(prober, names[half:])
     try:
-        with prober:
-            mine = [prober.probe(n) for n in names[:half]]
+        mine = prober.probe_all(names[:half])
     except BaseException:  # interrupted: the helper must not linger
         theirs(kill=True)
         raise
     rest = theirs()
     if rest is None:  # the helper failed: do its half here
-        with prober:
-            rest = [prober.probe(n) for n in names[half:]]
+        rest = prober.probe_all(names[half:])
     return mine + rest
 
 
@@ -262,9 +261,7 @@ def _probe_in_helper(prober: Prober, names: list[bytes]):
         try:
             os.close(r)
             _die_with_parent(parent)
-            with prober:
-                out = [prober.probe(n) for n in names]
-            data = marshal.dumps(out)
+            data = marshal.dumps(prober.probe_all(names))
             view = memoryview(data)
             while view:
                 view = view[os.write(w, view):]
