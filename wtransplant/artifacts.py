@@ -353,7 +353,9 @@ def legacy_h5_config(path: Path) -> dict:
                          f"only; rebuild it first (`wtransplant spec {path}` drafts a spec)",
                          path=display)
     try:
-        return json.loads(cfg)
+        from .safety.configs import loads
+
+        return loads(cfg, f"{display}: model_config")
     except (TypeError, ValueError) as e:
         raise InputError(f"model_config attribute is not valid JSON: {e}", path=display) \
             from None

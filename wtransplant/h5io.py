@@ -223,7 +223,9 @@ def _read_archive_info(zf: zipfile.ZipFile, display: str) -> ArchiveInfo:
                 raise UnsafeInputError(f"{key} inside the archive is implausibly large "
                                        f"({zi.file_size} bytes)", path=display)
             try:
-                setattr(info, attr, json.loads(zf.read(key).decode("utf-8")))
+                from .safety.configs import loads
+
+                setattr(info, attr, loads(zf.read(key), f"{display}!{key}"))
             except (ValueError, UnicodeDecodeError) as e:
                 raise InputError(f"{key} inside the archive is not valid JSON: {e}",
                                  path=display) from None

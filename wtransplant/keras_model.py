@@ -44,7 +44,11 @@ PASS_THROUGH = {"Dropout", "AlphaDropout", "GaussianDropout", "GaussianNoise", "
 
 def check_config_safe(config, where: str) -> None:
     """Refuse configs that would run code: Lambda and friends, functions serialised as
-    bytecode, and classes from modules other than Keras'."""
+    bytecode, and classes from modules other than Keras'; then the allow-list of
+    :func:`wtransplant.safety.configs.check_config` (no files, modules or functions)."""
+    from .safety.configs import check_config
+
+    check_config(config, where)
     stack = [config]
     while stack:
         c = stack.pop()
@@ -83,6 +87,9 @@ def build_model(ms: ModelSpec, *, name: str | None = None) -> keras.Model:
 def _layer_from_dict(d: dict, where: str):
     d = dict(d)
     cls_name = d.pop("class")
+    from .safety.configs import check_layer_args
+
+    check_layer_args(cls_name, d, where)
     if cls_name in FORBIDDEN:
         raise UnsafeInputError(f"{where}: {cls_name} layers run Python code and are not "
                                f"supported; express the computation with standard layers")
@@ -155,7 +162,9 @@ def model_from_json_file(path: Path) -> keras.Model:
         if p.stat().st_size > _MAX_CONFIG_BYTES:
             raise InputError("model JSON is implausibly large", path=str(p))
         text = p.read_text(encoding="utf-8")
-        config = json.loads(text)
+        from .safety.configs import loads
+
+        config = loads(text, str(p))
     except FileNotFoundError:
         raise InputError("model JSON file not found", path=str(p)) from None
     except (OSError, ValueError) as e:
@@ -170,7 +179,10 @@ def model_from_config(config: dict, where: str) -> keras.Model:
     check_config_safe(config, where)
     if _is_keras3(config):
         try:
-            return keras.models.model_from_json(json.dumps(config))
+            from .safety.configs import safe_mode_scope
+
+            with safe_mode_scope():
+                return keras.models.model_from_json(json.dumps(config))
         except Exception as e:
             raise InputError(f"{where}: Keras could not build the model: "
                              f"{' '.join(str(e).split())[:400]}") from None
@@ -197,7 +209,10 @@ def model_from_keras2_config(config: dict, where: str) -> tuple[keras.Model, lis
     for bad in FORBIDDEN:
         objects.pop(bad, None)
     try:
-        model = keras.legacy.saving.deserialize_keras_object(cfg, module_objects=objects)
+        from .safety.configs import safe_mode_scope
+
+        with safe_mode_scope():
+            model = keras.legacy.saving.deserialize_keras_object(cfg, module_objects=objects)
     except UnsafeInputError:
         raise
     except Exception as e:

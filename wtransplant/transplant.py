@@ -158,7 +158,9 @@ def _model_for(spec: Spec, loaded: LoadedSource):
     if loaded.format == "keras-legacy-model":
         cfg = loaded.tree.root_attrs.get("model_config")
         try:
-            config = json.loads(cfg)
+            from .safety.configs import loads
+
+            config = loads(cfg, f"{where}: model_config")
         except (TypeError, ValueError) as e:
             raise InputError(f"{where}: model_config attribute is not valid JSON: {e}") from None
         model, notes = model_from_keras2_config(config, f"{where}: model_config")
