@@ -68,6 +68,10 @@ def emit_json(obj) -> None:
 def main():
     """Move trained weights out of HDF5 files (PyTorch, MATLAB/Octave, Keras 2, home-made
     layouts) into working Keras 3 models, exactly."""
+    from wtransplant.safety.paths import guard_all_outputs  # no output replaces an input
+
+    guard_all_outputs()
+    click.get_current_context().call_on_close(lambda: guard_all_outputs(False))
 
 
 @main.command()
@@ -122,6 +126,9 @@ def spec(file, output, timeout):
 
     from wtransplant.draft import draft_spec
 
+    from wtransplant.safety.paths import check_output
+
+    check_output(output, [file])
     d = draft_spec(file, spec_dir=Path(output).parent if output else None)
     if output:
         from wtransplant.atomic import atomic_path
@@ -195,7 +202,10 @@ def rebuild(file, spec_path, output, report_path, inputs, expected, input_layout
             s.verify.atol = atol
         if rtol is not None:
             s.verify.rtol = rtol
-    out = None if no_save else (output or f"{s.source.stem}.keras")
+    from wtransplant.safety.paths import free_default, spec_inputs
+
+    out = None if no_save else (output or free_default(Path(f"{s.source.stem}.keras"),
+                                                       spec_inputs(s)))
     from .watchdog import DEFAULT_TIMEOUT, preflight
 
     # a damaged file that makes the HDF5 library loop or crash is refused before TF starts

@@ -117,3 +117,77 @@ def test_deserialisation_runs_in_keras_safe_mode(monkeypatch):
     monkeypatch.setattr(keras.legacy.saving, "deserialize_keras_object", spy)
     rebuild_file(fx("keras2/k2_rnn_model.h5"), output=None, progress=False)
     assert seen and all(seen), seen
+
+
+# --------------------------------------------------------------------------------------
+# 2. outputs never overwrite inputs
+
+
+def _sums(folder):
+    return {p.name: sha256(p) for p in sorted(folder.iterdir()) if p.is_file()}
+
+
+def test_output_that_is_an_input_refused_by_name_symlink_and_hard_link(tmp_path):
+    import os
+    import shutil
+
+    x = tmp_path / "X.h5"
+    shutil.copy(fx("keras2/k2_mlp_weights.h5"), x)
+    b = tmp_path / "b.keras"
+    shutil.copy(fx("keras3/k3_mlp.keras"), b)
+    os.symlink(x.name, tmp_path / "L.h5")
+    os.link(x, tmp_path / "H.h5")
+    before = _sums(tmp_path)
+    cases = [("spec", x, "-o", x), ("spec", x, "-o", tmp_path / "L.h5"),
+             ("spec", tmp_path / "L.h5", "-o", tmp_path / "H.h5"),
+             ("rebuild", b, "-o", tmp_path / "." / "b.keras"),
+             ("export", b, "--format", "keras", "-o", b),
+             ("finetune", b, "--data", x, "-o", b),
+             ("verify", b, b, "--report", b)]
+    for args in cases:
+        assert_one_line_error(run_cli(*args), 2, "would overwrite the input")
+    assert _sums(tmp_path) == before
+
+
+def test_library_refuses_output_that_is_an_input(tmp_path):
+    """The same guard without the command line: rebuild/export/finetune check before any
+    work; a SavedModel folder holding the input counts as the input."""
+    import shutil
+
+    from wtransplant.export import plan_outputs
+    from wtransplant.finetuning.train import finetune
+    from wtransplant.transplant import rebuild
+
+    spec = tmp_path / "s.yaml"
+    spec.write_text("version: 1\nsource: w.h5\nconvention: keras\nmodel:\n  input_shape: [4]\n"
+                    "  layers: [{class: Dense, name: d, units: 3}]\n")
+    shutil.copy(fx("keras3/k3_mlp.weights.h5"), tmp_path / "w.h5")
+    b = tmp_path / "b.keras"
+    shutil.copy(fx("keras3/k3_mlp.keras"), b)
+    before = _sums(tmp_path)
+    for call in (lambda: rebuild(spec, output=tmp_path / "w.h5"),
+                 lambda: rebuild(spec, output=None, report_path=spec),
+                 lambda: plan_outputs(str(b), "keras", b),
+                 lambda: plan_outputs(str(spec), "h5", tmp_path / "w.h5"),
+                 lambda: plan_outputs(str(b), "savedmodel", tmp_path),
+                 lambda: finetune(str(b), str(tmp_path / "w.h5"), output=tmp_path / "w.h5")):
+        with pytest.raises(InputError, match="would overwrite the input|would be replaced"):
+            call()
+    assert _sums(tmp_path) == before
+
+
+def test_rebuild_default_output_never_replaces_its_input(tmp_path):
+    import shutil
+
+    b = tmp_path / "b.keras"
+    shutil.copy(fx("keras3/k3_mlp.keras"), b)
+    before = sha256(b)
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    r = subprocess.run([str(Path(sys.executable).parent / "wtransplant"), "rebuild", b.name,
+                        "--json"], capture_output=True, text=True, cwd=tmp_path, timeout=600)
+    assert r.returncode == 0, r.stderr
+    assert sha256(b) == before
+    assert (tmp_path / "b.rebuilt.keras").is_file()

@@ -625,6 +625,9 @@ def artifact_kind(path: str | os.PathLike) -> str:
     if not p.exists():
         raise InputError("no such file or directory", path=str(p))
     if p.is_dir():
+        from .safety.paths import note_input
+
+        note_input(p)
         if (p / "saved_model.pb").is_file() or (p / "saved_model.pbtxt").is_file():
             return "savedmodel"
         raise InputError("a directory but not a SavedModel (no saved_model.pb inside)",

@@ -45,6 +45,9 @@ def load_array(ref: str, *, base_dir: str | os.PathLike | None = None, loaded=No
         where = f" or in {loaded.tree.display}" if loaded is not None else ""
         raise InputError(f"reference {ref!r}: no such file{where}")
     suffix = p.suffix.lower()
+    from .safety.paths import note_input
+
+    note_input(p)
     try:
         if suffix == ".npy":
             if key:

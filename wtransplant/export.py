@@ -241,9 +241,14 @@ def plan_outputs(model, fmt: str, output) -> tuple[str, list[tuple[str, Path]]]:
     if fmt == "all":
         if out.exists() and not out.is_dir():
             raise InputError("--format all writes a folder, but this is a file", path=str(out))
-        return fmt, [(f, out / ALL_NAMES[f]) for f in FORMATS]
-    check_output_name(fmt, out)
-    return fmt, [(fmt, out)]
+        targets = [(f, out / ALL_NAMES[f]) for f in FORMATS]
+    else:
+        check_output_name(fmt, out)
+        targets = [(fmt, out)]
+    from .safety.paths import check_targets
+
+    check_targets(targets, model)
+    return fmt, targets
 
 
 def check_output_name(fmt: str, out: Path) -> None:

@@ -112,6 +112,9 @@ def check_readable_file(path: str | os.PathLike) -> Path:
         raise InputError("permission denied (not readable)", path=str(p))
     if st.st_size == 0:
         raise InputError("empty file (0 bytes)", path=str(p))
+    from .safety.paths import note_input
+
+    note_input(p)
     return p
 
 

@@ -158,6 +158,9 @@ def _application(ms: ModelSpec) -> keras.Model:
 
 def model_from_json_file(path: Path) -> keras.Model:
     p = Path(path)
+    from .safety.paths import note_input
+
+    note_input(p)
     try:
         if p.stat().st_size > _MAX_CONFIG_BYTES:
             raise InputError("model JSON is implausibly large", path=str(p))

@@ -216,6 +216,9 @@ def load_spec(path: str | os.PathLike | None = None, *, text: str | None = None,
     if data is None:
         if text is None:
             p = Path(path)
+            from .safety.paths import note_input
+
+            note_input(p)
             try:
                 text = p.read_text(encoding="utf-8")
             except FileNotFoundError:

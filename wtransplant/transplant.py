@@ -112,6 +112,10 @@ def rebuild(spec: Spec | str | os.PathLike, *, output: str | os.PathLike | None 
     ``(model, report)``."""
     if not isinstance(spec, Spec):
         spec = load_spec(spec)
+    from .safety.paths import spec_inputs, check_output
+
+    for out, what in ((output, "output"), (report_path, "report")):
+        check_output(out, spec_inputs(spec), what=what)
     t0 = time.perf_counter()
     with open_source(spec.source, follow_links=spec.options.follow_links) as src:
         loaded = load_source(src)

@@ -85,6 +85,10 @@ def finetune(model, data, *, output: str | os.PathLike | None = None,
     :class:`~wtransplant.errors.TrainingError` if the loss becomes NaN/Inf (nothing is
     saved then)."""
     opts = make_options(**options)
+    from ..safety.paths import check_output
+
+    check_output(output, [x for x in (model, data, opts.val_data)
+                          if isinstance(x, str | os.PathLike)])
     run = _Run(model, data, output, opts)
     try:
         return run.execute()
