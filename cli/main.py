@@ -125,7 +125,6 @@ def spec(file, output, timeout):
     from pathlib import Path
 
     from wtransplant.draft import draft_spec
-
     from wtransplant.safety.paths import check_output
 
     check_output(output, [file])

@@ -13,7 +13,6 @@ report is written; the model is then not saved unless ``force=True``.
 from __future__ import annotations
 
 import hashlib
-import json
 import os
 import platform
 import sys
@@ -112,7 +111,7 @@ def rebuild(spec: Spec | str | os.PathLike, *, output: str | os.PathLike | None 
     ``(model, report)``."""
     if not isinstance(spec, Spec):
         spec = load_spec(spec)
-    from .safety.paths import spec_inputs, check_output
+    from .safety.paths import check_output, spec_inputs
 
     for out, what in ((output, "output"), (report_path, "report")):
         check_output(out, spec_inputs(spec), what=what)
