@@ -331,9 +331,13 @@ def _print_export(report, as_json: bool) -> None:
 @click.option("--report", "report_path", type=click.Path(dir_okay=False),
               help="Write the JSON report here.")
 @click.option("--json", "as_json", is_flag=True, help="Print the report as JSON.")
+@click.option("--trust-graph", is_flag=True,
+              help="Load a SavedModel even if its graph can read or write files, reach the "
+                   "network or run Python (a SavedModel is a program: see docs/security.md).")
 @handle_errors
 def verify(model, other, inputs, expected, spec_path, activations, input_layout,
-           output_layout, atol, rtol, samples, n_random, seed, plot, report_path, as_json):
+           output_layout, atol, rtol, samples, n_random, seed, plot, report_path, as_json,
+           trust_graph):
     """Check that MODEL computes what it should: its outputs on --inputs against
     --expected, or against OTHER (another artifact of the same model: .keras, .h5,
     SavedModel folder, .onnx, .tflite) on the same inputs, or against the NumPy reference of
@@ -347,7 +351,7 @@ def verify(model, other, inputs, expected, spec_path, activations, input_layout,
         raise InputError("give either OTHER or --expected, not both")
     for p in (model, other):
         if p:
-            precheck(p)  # cheap checks before TensorFlow starts
+            precheck(p, trust_graph=trust_graph)  # cheap checks before TensorFlow starts
     import_keras()
     from wtransplant.verification import verify as do_verify
 
@@ -356,7 +360,8 @@ def verify(model, other, inputs, expected, spec_path, activations, input_layout,
                            expected=list(expected) or None, spec=spec_path,
                            activations=activations, input_layout=input_layout,
                            output_layout=output_layout, atol=atol, rtol=rtol, samples=samples,
-                           seed=seed, n_random=n_random, plot=plot, report_path=report_path)
+                           seed=seed, n_random=n_random, plot=plot, report_path=report_path,
+                           trust_graph=trust_graph)
     except ParityError as e:
         if e.report is not None:
             _print_report(e.report, as_json, "print_verify")

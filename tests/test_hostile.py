@@ -191,3 +191,53 @@ def test_rebuild_default_output_never_replaces_its_input(tmp_path):
     assert r.returncode == 0, r.stderr
     assert sha256(b) == before
     assert (tmp_path / "b.rebuilt.keras").is_file()
+
+
+# --------------------------------------------------------------------------------------
+# 3. untrusted graphs
+
+
+def test_savedmodel_that_writes_files_refused_before_loading(tmp_path):
+    """The committed SavedModel really writes ``pwned.txt`` into the current directory
+    when run (the second half shows it, with --trust-graph); without that flag verify
+    refuses it from its op list, before TensorFlow loads it."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    sm = fx("hostile/sm_write_file")
+    exe = str(Path(sys.executable).parent / "wtransplant")
+    r = subprocess.run([exe, "verify", sm, sm], capture_output=True, text=True, cwd=tmp_path,
+                       timeout=600)
+    assert_one_line_error(r, 2, "WriteFile", "--trust-graph")
+    assert not (tmp_path / "pwned.txt").exists()
+    r = subprocess.run([exe, "verify", sm, sm, "--trust-graph", "--random", "2"],
+                       capture_output=True, text=True, cwd=tmp_path, timeout=600)
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert (tmp_path / "pwned.txt").exists()  # the fixture is a real attack
+
+
+def test_graph_check_reads_ops_as_data(tmp_path):
+    import shutil
+
+    import keras
+
+    from wtransplant.artifacts import load_artifact
+    from wtransplant.safety.graphs import check_savedmodel, graph_ops
+
+    with pytest.raises(UnsafeInputError, match="WriteFile"):
+        load_artifact(fx("hostile/sm_write_file"))
+    assert "WriteFile" in graph_ops(fx("hostile/sm_write_file"))
+    m = keras.Sequential([keras.Input((4,)), keras.layers.Dense(3),
+                          keras.layers.BatchNormalization(), keras.layers.Reshape((3, 1)),
+                          keras.layers.GRU(2)])
+    m.export(str(tmp_path / "ok"), verbose=False)
+    ops = graph_ops(tmp_path / "ok")
+    assert {"MatMul", "While"} <= set(ops)
+    check_savedmodel(tmp_path / "ok")  # Keras' own export passes
+    bad = tmp_path / "bad"
+    shutil.copytree(tmp_path / "ok", bad)
+    data = (bad / "saved_model.pb").read_bytes()
+    (bad / "saved_model.pb").write_bytes(data[: len(data) // 2])
+    with pytest.raises(InputError, match="truncated|not a SavedModel"):
+        check_savedmodel(bad)

@@ -361,12 +361,17 @@ def legacy_h5_config(path: Path) -> dict:
             from None
 
 
-def precheck(path: str | os.PathLike) -> str:
+def precheck(path: str | os.PathLike, *, trust_graph: bool = False) -> str:
     """``artifact_kind`` plus the checks that need no Keras (archive paths, links out of
-    an HDF5 file, a model config present): lets a command refuse bad input at once."""
+    an HDF5 file, a model config present, a SavedModel's ops): lets a command refuse bad
+    input at once."""
     p = Path(path)
     kind = artifact_kind(p)
-    if kind == "keras":
+    if kind == "savedmodel":
+        from .safety.graphs import check_savedmodel
+
+        check_savedmodel(p, trust_graph=trust_graph)
+    elif kind == "keras":
         keras_archive_config(p)
     elif kind == "h5":
         from .isolation import preflight
@@ -453,7 +458,10 @@ class SavedModelArtifact(Artifact):
     kind = "savedmodel"
     runtime = "tf.saved_model"
 
-    def __init__(self, path: Path):
+    def __init__(self, path: Path, *, trust_graph: bool = False):
+        from .safety.graphs import check_savedmodel
+
+        check_savedmodel(path, trust_graph=trust_graph)  # its ops, read as data, first
         import tensorflow as tf
 
         display = str(path)
@@ -663,8 +671,10 @@ def _has_hdf5_signature(p: Path) -> bool:
         return False
 
 
-def load_artifact(path: str | os.PathLike, *, kind: str | None = None) -> Artifact:
-    """Load ``path`` in its own runtime. ``kind`` overrides detection."""
+def load_artifact(path: str | os.PathLike, *, kind: str | None = None,
+                  trust_graph: bool = False) -> Artifact:
+    """Load ``path`` in its own runtime. ``kind`` overrides detection. A SavedModel whose
+    graph can touch files, the network or processes is refused unless ``trust_graph``."""
     p = Path(path)
     kind = kind or artifact_kind(p)
     if kind == "keras":
@@ -686,7 +696,7 @@ def load_artifact(path: str | os.PathLike, *, kind: str | None = None) -> Artifa
         art.notes.append("rebuilt from the spec: "
                          + (report.parity.summary() if report.parity else report.parity_note))
     elif kind == "savedmodel":
-        art = SavedModelArtifact(p)
+        art = SavedModelArtifact(p, trust_graph=trust_graph)
     elif kind == "onnx":
         art = OnnxArtifact(p)
     elif kind == "tflite":

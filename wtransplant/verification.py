@@ -53,13 +53,13 @@ class VerifyReport:
                 "plot": self.plot, "notes": self.notes}
 
 
-def _load(obj):
+def _load(obj, trust_graph: bool = False):
     from .artifacts import Artifact, from_model, load_artifact
 
     if isinstance(obj, Artifact):
         return obj
     if isinstance(obj, str | os.PathLike):
-        return load_artifact(obj)
+        return load_artifact(obj, trust_graph=trust_graph)
     return from_model(obj)  # an in-memory Keras model
 
 
@@ -80,13 +80,13 @@ def verify(model, *, other=None, inputs=None, expected=None, spec=None, activati
            input_layout: str | None = None, output_layout: str | None = None,
            atol: float | None = None, rtol: float | None = None, samples: int | None = None,
            seed: int = 0, n_random: int = RANDOM_SAMPLES, plot=None, report_path=None,
-           raise_on_failure: bool = True) -> VerifyReport:
+           raise_on_failure: bool = True, trust_graph: bool = False) -> VerifyReport:
     """Check MODEL (a path or a Keras model) against reference data, another artifact or
     the NumPy reference of a spec's source. Raises ParityError (exit 1) when outside the
     tolerance (after writing the report and the plot), InputError (exit 2) on bad input."""
     from .artifacts import random_inputs
 
-    art = _load(model)
+    art = _load(model, trust_graph)
     xs = _arrays(inputs, input_layout, "inputs")
     if samples:
         xs = [x[:samples] for x in xs]
@@ -101,7 +101,7 @@ def verify(model, *, other=None, inputs=None, expected=None, spec=None, activati
     other_desc = None
     ref_acts = None
     if other is not None:
-        art2 = _load(other)
+        art2 = _load(other, trust_graph)
         want = art.predict(xs)
         got = art2.predict(xs)
         against = f"{art.display} ({art.kind})"
