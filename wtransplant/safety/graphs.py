@@ -170,7 +170,7 @@ def graph_ops(path) -> dict[str, set[str]]:
                     roots.update(w.text(k) for k in w.sub(entry, 1))
     ops: dict[str, set[str]] = {}
     if not has_object_graph:  # TF 1 style: everything may run
-        for op, fs in graph_nodes:
+        for op, _fs in graph_nodes:
             ops.setdefault(op, set()).add("<graph>")
         roots = set(functions)
     seen: set[str] = set()
