@@ -241,3 +241,60 @@ def test_graph_check_reads_ops_as_data(tmp_path):
     (bad / "saved_model.pb").write_bytes(data[: len(data) // 2])
     with pytest.raises(InputError, match="truncated|not a SavedModel"):
         check_savedmodel(bad)
+
+
+# --------------------------------------------------------------------------------------
+# 4. polyglots: one parser per file
+
+
+@pytest.mark.parametrize("rel,where", [("hostile/polyglot_appended.h5", "offset 0"),
+                                       ("hostile/polyglot_userblock.keras", "offset 8192")])
+def test_zip_and_hdf5_polyglot_refused_everywhere(rel, where, tmp_path):
+    import h5py
+
+    path = fx(rel)
+    assert h5py.is_hdf5(str(path))  # the file really is both
+    import zipfile
+
+    assert "config.json" in zipfile.ZipFile(path).namelist()
+    before = sha256(path)
+    assert_one_line_error(run_cli("inspect", path), 2, "polyglot", where)
+    from wtransplant.artifacts import load_artifact
+    from wtransplant.finetuning.train import load_model
+    from wtransplant.h5io import open_source
+
+    for call in (lambda: open_source(path), lambda: load_artifact(path),
+                 lambda: load_model(path)):
+        with pytest.raises(UnsafeInputError, match="polyglot"):
+            call()
+    assert sha256(path) == before
+
+
+def test_format_and_suffix_must_agree(tmp_path):
+    """Keras chooses its reader by suffix: a zip named .h5 or an HDF5 file named .keras
+    would be checked as one format and loaded as another; refused."""
+    import shutil
+
+    from wtransplant.artifacts import artifact_kind
+
+    z = tmp_path / "m.h5"
+    shutil.copy(fx("keras3/k3_mlp.keras"), z)
+    h = tmp_path / "m.keras"
+    shutil.copy(fx("keras2/k2_cnn_model.h5"), h)
+    for p, needle in ((z, "zip archive named"), (h, "HDF5 file named .keras")):
+        with pytest.raises(InputError, match=needle):
+            artifact_kind(p)
+
+
+def test_hdf5_data_with_chance_zip_bytes_is_not_a_polyglot(tmp_path):
+    """The zip check wants a real end-of-directory record pointing at a central
+    directory: an HDF5 file whose data holds the 4 signature bytes is fine."""
+    import h5py
+    import numpy as np
+
+    from wtransplant.safety.polyglot import check_single_format
+
+    p = tmp_path / "w.h5"
+    with h5py.File(p, "w") as f:
+        f["x"] = np.frombuffer(b"PK\x05\x06" * 64 + b"PK\x03\x04" * 64, np.uint8)
+    check_single_format(p)

@@ -647,9 +647,15 @@ def artifact_kind(path: str | os.PathLike) -> str:
         head = fh.read(1024)
     suffix = p.suffix.lower()
     if head.startswith((b"PK\x03\x04", b"PK\x05\x06")):
+        if suffix != ".keras":  # Keras picks its reader by suffix: it would not read a zip
+            raise InputError(f"a zip archive named {p.name!r}: Keras reads archives only "
+                             f"as .keras files; rename it", path=str(p))
         return "keras"
     if head.startswith(HDF5_SIGNATURE) or (suffix in (".h5", ".hdf5") and
                                            _has_hdf5_signature(p)):
+        if suffix == ".keras":  # ...nor an HDF5 file named .keras
+            raise InputError("an HDF5 file named .keras: Keras would read it as an archive; "
+                             "rename it to .h5", path=str(p))
         return "h5"
     if head[4:8] == b"TFL3":
         return "tflite"

@@ -112,8 +112,10 @@ def check_readable_file(path: str | os.PathLike) -> Path:
     if st.st_size == 0:
         raise InputError("empty file (0 bytes)", path=str(p))
     from .safety.paths import note_input
+    from .safety.polyglot import check_single_format
 
     note_input(p)
+    check_single_format(p)  # never a file two parsers read differently
     return p
 
 
