@@ -7,6 +7,7 @@ import sys
 
 from wtransplant.h5io import fmt_bytes
 from wtransplant.inspect import InspectReport, match_filter
+from wtransplant.safety.text import markup, neutral
 
 MAX_ATTR_CHARS = 100
 
@@ -14,7 +15,16 @@ MAX_ATTR_CHARS = 100
 def _console():
     from rich.console import Console
 
-    return Console(highlight=False, soft_wrap=True)
+    class SafeConsole(Console):
+        """Control characters in any printed string are shown escaped (strings from files
+        reach most lines); markup in file strings is escaped where they are printed."""
+
+        def print(self, *objects, **kw):
+            objects = tuple(neutral(o, keep_newlines=True) if isinstance(o, str) else o
+                            for o in objects)
+            return super().print(*objects, **kw)
+
+    return SafeConsole(highlight=False, soft_wrap=True)
 
 
 def short(v, n: int = MAX_ATTR_CHARS) -> str:
@@ -109,7 +119,7 @@ def tree_lines(report: InspectReport, pattern: str | None, depth: int | None) ->
         kids = [k for k in kids if k in keep]
     for i, k in enumerate(kids):
         node_line(k, "", i == len(kids) - 1, 1)
-    return out
+    return [(p, neutral(b), k) for p, b, k in out]  # names/values from the file: escaped
 
 
 def _stats_text(s) -> str:
@@ -129,13 +139,13 @@ def print_inspect(report: InspectReport, pattern: str | None = None,
                   depth: int | None = None) -> None:
     con = _console()
     det = report.detection
-    con.print(f"[bold]{report.file}[/]  ({fmt_bytes(report.file_size)})")
+    con.print(f"[bold]{markup(report.file)}[/]  ({fmt_bytes(report.file_size)})")
     con.print(f"format: [bold green]{det.format}[/]   convention: [bold]{det.convention}[/]"
-              f"   writer: {det.writer or 'unknown'}")
+              f"   writer: {markup(det.writer or 'unknown')}")
     for ev in det.evidence:
-        con.print(f"  evidence: {ev}", markup=False)
+        con.print(f"  evidence: {neutral(ev)}", markup=False)
     for w in report.warnings:
-        con.print(f"  [yellow]warning:[/] {w}")
+        con.print(f"  [yellow]warning:[/] {markup(w)}")
     con.print()
     lines = tree_lines(report, pattern, depth)
     if con.is_terminal:
@@ -168,7 +178,7 @@ def _print_hints(con, report: InspectReport) -> None:
     con.print()
     title = "Implied architecture"
     if h.chain_text:
-        title += f": {h.chain_text}"
+        title += f": {markup(h.chain_text)}"
     table = Table(title=title, title_justify="left", show_lines=False, expand=False)
     table.add_column("#", justify="right")
     table.add_column("source unit")
@@ -185,8 +195,9 @@ def _print_hints(con, report: InspectReport) -> None:
             keys.append(key)
             if key != d:
                 explain[f"{key}: {d[len(key):].lstrip(' :')}"] = None
-        table.add_row(str(i), lh.unit, p.summary, f"{p.keras_class}({args})",
-                      ", ".join(keys) + ("\n" + "; ".join(lh.notes) if lh.notes else ""))
+        table.add_row(str(i), markup(lh.unit), markup(p.summary),
+                      markup(f"{p.keras_class}({args})"), markup(", ".join(keys)) + (
+                          "\n" + markup("; ".join(lh.notes)) if lh.notes else ""))
     con.print(table)
     if len(known) > MAX_HINT_ROWS:
         con.print(f"  … {len(known) - MAX_HINT_ROWS} more layers (--json lists all)")
@@ -195,12 +206,12 @@ def _print_hints(con, report: InspectReport) -> None:
     for e in explain:
         con.print(f"  {e}", markup=False)
     if h.orientation:
-        con.print(f"2-D weights: {h.orientation}")
+        con.print(f"2-D weights: {h.orientation}", markup=False)
     if h.io:
         con.print(f"reference data in the file: inputs {h.io['inputs']}, "
-                  f"expected outputs {h.io['expected']}")
+                  f"expected outputs {h.io['expected']}", markup=False)
     if h.ignored:
-        con.print(f"bookkeeping tensors (not weights): {', '.join(h.ignored)}")
+        con.print(f"bookkeeping tensors (not weights): {', '.join(h.ignored)}", markup=False)
     for n in h.notes:
         con.print(f"note: {n}", markup=False)
 
@@ -226,7 +237,7 @@ def print_rebuild(report, show_plan: bool = False) -> None:
                 con.print(f"      {op.describe()}", markup=False)
     if plan.unused:
         con.print(f"[yellow]unused source tensors ({len(plan.unused)}):[/] "
-                  f"{', '.join(plan.unused[:12])}{' ...' if len(plan.unused) > 12 else ''}")
+                  f"{markup(', '.join(plan.unused[:12]))}{' ...' if len(plan.unused) > 12 else ''}")
     if plan.ignored:
         con.print(f"ignored (not weights): {', '.join(plan.ignored[:8])}", markup=False)
     if plan.missing_allowed:
@@ -237,7 +248,7 @@ def print_rebuild(report, show_plan: bool = False) -> None:
     for n in report.notes:
         con.print(f"note: {n}", markup=False)
     for w in plan.warnings:
-        con.print(f"[yellow]warning:[/] {w}")
+        con.print(f"[yellow]warning:[/] {markup(w)}")
     if report.parity is not None:
         style = "green" if report.parity.passed else "bold red"
         con.print(f"parity ({report.parity.method}): [{style}]{report.parity.summary()}[/]")
@@ -305,7 +316,7 @@ def print_export(report) -> None:
         con.print("source weights: not known (pass --report R.json, the rebuild report, to "
                   "record them)", markup=False)
     for w in prov.get("warnings", []):
-        con.print(f"[yellow]warning:[/] {w}")
+        con.print(f"[yellow]warning:[/] {markup(w)}")
     for n in report.notes:
         con.print(f"note: {n}", markup=False)
     s = report.settings
@@ -347,7 +358,7 @@ def print_export(report) -> None:
         if r.provenance_file:
             con.print(f"  provenance: {r.provenance_file}", markup=False)
     for sk in report.skipped:
-        con.print(f"[yellow]skipped {sk['format']}:[/] {sk['reason']}")
+        con.print(f"[yellow]skipped {sk['format']}:[/] {markup(sk['reason'])}")
 
 
 def print_verify(report) -> None:

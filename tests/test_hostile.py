@@ -298,3 +298,69 @@ def test_hdf5_data_with_chance_zip_bytes_is_not_a_polyglot(tmp_path):
     with h5py.File(p, "w") as f:
         f["x"] = np.frombuffer(b"PK\x05\x06" * 64 + b"PK\x03\x04" * 64, np.uint8)
     check_single_format(p)
+
+
+# --------------------------------------------------------------------------------------
+# 5. strings from files are neutralised
+
+
+def _control_bytes(text: str) -> set:
+    import re
+
+    text = re.sub(r"\x1b\[[0-9;]*m", "", text)  # rich's own colours on a terminal
+    return {c for c in text if (ord(c) < 32 and c != "\n") or 0x7f <= ord(c) <= 0x9f
+            or c in "\u2028\u2029\u202e"}
+
+
+@pytest.mark.parametrize("env", [{}, {"FORCE_COLOR": "1", "COLUMNS": "200"}],
+                         ids=["pipe", "terminal"])
+def test_tree_of_hostile_names_renders_escaped(env):
+    r = run_cli("inspect", fx("hostile/names_escape.h5"), env=env)
+    assert r.returncode == 0, r.stderr
+    assert "Traceback" not in r.stderr and not r.stderr.strip()
+    out = r.stdout
+    assert _control_bytes(out) == set(), _control_bytes(out)
+    lines = out.splitlines()
+    forged = [ln for ln in lines if ln.lstrip().startswith("format:")]
+    assert len(forged) == 1 and "generic-hdf5" in forged[0], forged
+    import re
+
+    plain = re.sub(r"\x1b\[[0-9;]*m", "", out)
+    for needle in (r"red\x1b[31mALERT\x1b[0m", r"bell\x07\x07", r"cr\roverwritten",
+                   r"x\nformat: keras-legacy-model", r"rtl\u202etxt.exe",
+                   r"value\x1b]0;title\x07 forged: line", r"layer\x1b[2J/", "oops]"):
+        assert needle in plain, needle
+
+
+def test_mat_userblock_newline_never_becomes_yaml():
+    import yaml
+
+    r = run_cli("spec", fx("hostile/mat_userblock_yaml.mat"))
+    assert r.returncode == 0, r.stderr
+    assert _control_bytes(r.stdout) == set()
+    data = yaml.safe_load(r.stdout)
+    assert "options" not in data, data
+    assert r"writer: x\noptions" in r.stdout  # shown, as a comment, escaped
+    r = run_cli("inspect", fx("hostile/mat_userblock_yaml.mat"), env={"FORCE_COLOR": "1"})
+    assert r.returncode == 0 and _control_bytes(r.stdout) == set()
+
+
+def test_draft_writer_neutralises_every_line():
+    import yaml
+
+    from wtransplant.draft import _Writer
+
+    w = _Writer()
+    w.comment("writer: 2.15.0\noptions: {follow_links: true}")
+    w.line("version: 1\x1b[2J")
+    w.kv("source", "a\nb", "from\u2028options: x")
+    text = w.text()
+    assert text.count("\n") == 3 and _control_bytes(text) == set()
+    assert "options" not in yaml.safe_load(text)
+
+
+def test_error_lines_carry_no_control_characters():
+    from wtransplant.errors import InputError
+
+    e = InputError("bad name 'a\x1b]8;;http://x\x07b'\nforged", path="f\x1b[31m.h5")
+    assert _control_bytes(str(e)) == set() and "\n" not in str(e)

@@ -23,6 +23,7 @@ import yaml
 from .h5io import open_source, read_dataset
 from .hints import Hints, LayerHint, build_hints
 from .inspect import LoadedSource, load_source
+from .safety.text import neutral
 
 HIDDEN_ACTS = ("linear", "relu", "tanh", "sigmoid")
 OUTPUT_ACTS = ("linear", "softmax", "sigmoid", "tanh", "relu")
@@ -358,14 +359,17 @@ class _Writer:
     def __init__(self):
         self.lines: list[str] = []
 
+    # neutral(): text from the file (names, a userblock, keras_version) never reaches the
+    # YAML as a line break or a control character
     def line(self, s: str):
-        self.lines.append(s)
+        self.lines.append(neutral(s))
 
     def comment(self, s: str):
-        self.lines.append(f"# {s}")
+        self.lines.append(f"# {neutral(s)}")
 
     def kv(self, key: str, value, comment: str | None = None):
-        self.lines.append(f"{key}: {_flow(value)}" + (f"  # {comment}" if comment else ""))
+        self.lines.append(neutral(f"{key}: {_flow(value)}"
+                                  + (f"  # {comment}" if comment else "")))
 
     def text(self) -> str:
         return "\n".join(self.lines) + "\n"

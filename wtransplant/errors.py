@@ -20,7 +20,9 @@ class WTError(Exception):
     exit_code = EXIT_INPUT
 
     def __init__(self, message: str, *, path: str | None = None, detail: dict | None = None):
-        message = " ".join(str(message).split())  # one line, always
+        from .safety.text import neutral
+
+        message = neutral(" ".join(str(message).split()))  # one line, no control chars
         if path and not message.startswith(str(path)):
             message = f"{path}: {message}"
         super().__init__(message)
