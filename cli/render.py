@@ -69,8 +69,8 @@ def tree_lines(report: InspectReport, pattern: str | None, depth: int | None) ->
                 return
             out.append((branch, f"{name}/{alias}", "group"))
             _attrs(g.attrs, child_prefix)
-            for i, k in enumerate(kids):
-                node_line(k, child_prefix, i == len(kids) - 1, level + 1)
+            for i, k in reversed(list(enumerate(kids))):  # iterative: any depth
+                todo.append((k, child_prefix, i == len(kids) - 1, level + 1))
         elif path in tree.datasets:
             d = tree.datasets[path]
             parts = [f"{name}  {d.dtype} {_shape(d.shape)}"]
@@ -117,8 +117,9 @@ def tree_lines(report: InspectReport, pattern: str | None, depth: int | None) ->
     kids = tree.children("/")
     if keep is not None:
         kids = [k for k in kids if k in keep]
-    for i, k in enumerate(kids):
-        node_line(k, "", i == len(kids) - 1, 1)
+    todo = [(k, "", i == len(kids) - 1, 1) for i, k in reversed(list(enumerate(kids)))]
+    while todo:
+        node_line(*todo.pop())
     return [(p, neutral(b), k) for p, b, k in out]  # names/values from the file: escaped
 
 

@@ -364,3 +364,108 @@ def test_error_lines_carry_no_control_characters():
 
     e = InputError("bad name 'a\x1b]8;;http://x\x07b'\nforged", path="f\x1b[31m.h5")
     assert _control_bytes(str(e)) == set() and "\n" not in str(e)
+
+
+# --------------------------------------------------------------------------------------
+# 6. bounded everything
+
+
+def _limited(mem_bytes: int):
+    def pre():
+        import resource
+
+        resource.setrlimit(resource.RLIMIT_AS, (mem_bytes, mem_bytes))
+    return pre
+
+
+def _run_limited(*args, mem=2 << 30, timeout=120):
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    exe = str(Path(sys.executable).parent / "wtransplant")
+    return subprocess.run([exe, *map(str, args)], capture_output=True, text=True,
+                          timeout=timeout, preexec_fn=_limited(mem))
+
+
+@pytest.mark.parametrize("rel,needle", [("hostile/alias_bomb.yaml", "alias bomb"),
+                                        ("hostile/alias_recursive.yaml", "recursive"),
+                                        ("hostile/deep_spec.yaml", "levels deep")])
+def test_yaml_bombs_and_depth_refused_quickly(rel, needle):
+    import time
+
+    from wtransplant.spec import load_spec
+
+    t = time.monotonic()
+    with pytest.raises(InputError, match=needle):
+        load_spec(fx(rel))
+    assert time.monotonic() - t < 10
+
+
+def test_spec_with_bomb_on_the_command_line_in_bounded_memory():
+    r = _run_limited("rebuild", "--spec", fx("hostile/alias_bomb.yaml"), "--no-save",
+                     mem=3 << 30)
+    assert_one_line_error(r, 2, "alias bomb")
+
+
+def test_deeply_nested_groups_walk_without_recursion_error():
+    for args in (("inspect", fx("hostile/deep_groups.h5")),
+                 ("inspect", "--stats", "--json", fx("hostile/deep_groups.h5"))):
+        r = run_cli(*args)
+        assert r.returncode == 0, r.stderr[-500:]
+        assert "Recursion" not in r.stderr
+    assert "/g" * 1100 + "/w" in r.stdout
+
+
+def test_stats_of_a_4gib_single_chunk_stay_bounded():
+    """A 2 KB file declaring one 4 GiB chunk: --stats answers from the fill value, under
+    a 2 GiB address-space limit, in seconds; and the block reader never asks HDF5 for
+    more than one block even when a chunk is larger."""
+    import h5py
+
+    from wtransplant.stats import BLOCK_BYTES, _blocks
+
+    path = fx("hostile/big_chunk.h5")
+    assert path.stat().st_size < 4096
+    r = _run_limited("inspect", "--stats", "--json", path, mem=2 << 30, timeout=60)
+    assert r.returncode == 0, r.stderr[-500:]
+    import json
+
+    x = {t["path"]: t for t in json.loads(r.stdout)["tensors"]}["/x"]["stats"]
+    assert x["count"] == (1 << 30) - 16 and x["max"] == 0
+    with h5py.File(path, "r") as f:
+        ds = f["x"]
+        blocks = list(_blocks(ds, BLOCK_BYTES))
+        assert len(blocks) > 100
+        assert all((b.stop - b.start) * 4 <= BLOCK_BYTES for b in blocks)
+
+
+def test_exotic_types_in_stats_are_skipped_not_crashes():
+    for args in (("inspect", "--stats", fx("hostile/odd_types.h5")),
+                 ("inspect", "--stats", "--json", fx("hostile/odd_types.h5")),
+                 ("spec", fx("hostile/odd_types.h5"))):
+        r = run_cli(*args)
+        assert r.returncode == 0, r.stderr[-500:]
+        assert "internal error" not in r.stderr
+
+
+@pytest.mark.parametrize("ref", ["hostile/huge_rows.npy", "hostile/huge_rows.npz:x"])
+def test_npy_headers_checked_against_file_size(ref):
+    from wtransplant.data import load_array
+
+    path, _, key = ref.partition(":")
+    with pytest.raises(InputError, match="refused before allocating"):
+        load_array(str(fx(path)) + (f":{key}" if key else ""))
+
+
+def test_npy_header_on_the_command_line():
+    r = _run_limited("verify", fx("keras3/k3_mlp.keras"), "--inputs",
+                     fx("hostile/huge_rows.npy"), mem=6 << 30, timeout=300)
+    assert_one_line_error(r, 2, "declares shape (100000000000, 10)")
+
+
+def test_model_input_over_the_memory_budget_refused_before_building():
+    from wtransplant.transplant import rebuild
+
+    with pytest.raises(InputError, match="memory budget"):
+        rebuild(fx("hostile/big_input.yaml"), output=None)

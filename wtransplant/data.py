@@ -48,6 +48,9 @@ def load_array(ref: str, *, base_dir: str | os.PathLike | None = None, loaded=No
     from .safety.paths import note_input
 
     note_input(p)
+    from .safety.bounds import check_array_file
+
+    check_array_file(p)  # declared sizes against the bytes there, before allocating
     try:
         if suffix == ".npy":
             if key:

@@ -77,6 +77,9 @@ def check_config_safe(config, where: str) -> None:
 
 
 def build_model(ms: ModelSpec, *, name: str | None = None) -> keras.Model:
+    from .safety.bounds import check_input_budget, spec_input_shapes
+
+    check_input_budget(spec_input_shapes(ms), "model")  # before Keras allocates anything
     if ms.layers is not None:
         return _sequential(ms, name)
     if ms.keras_config is not None:

@@ -226,8 +226,9 @@ def load_spec(path: str | os.PathLike | None = None, *, text: str | None = None,
             except (OSError, UnicodeDecodeError) as e:
                 raise InputError(f"cannot read spec: {e}", path=display) from None
         try:
-            node = yaml.compose(text, Loader=yaml.SafeLoader)
-            data = yaml.load(text, Loader=yaml.SafeLoader)
+            from .safety.bounds import load_yaml
+
+            node, data = load_yaml(text, display)  # safe loader; depth and aliases bounded
         except yaml.constructor.ConstructorError as e:
             line = e.problem_mark.line + 1 if e.problem_mark else None
             where = f"{display}:{line}" if line else display

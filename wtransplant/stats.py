@@ -16,6 +16,9 @@ from .errors import InputError
 from .h5io import OpenedSource, check_dataset_safe
 
 BLOCK_BYTES = 32 << 20
+#: a stored (allocated) chunk that passes through a filter is decompressed whole by the
+#: HDF5 library, however little of it is read: larger ones are not read for statistics
+MAX_FILTERED_CHUNK_BYTES = 256 << 20
 
 
 @dataclass
@@ -44,12 +47,13 @@ def _blocks(ds: h5py.Dataset, block_bytes: int):
         return
     row_bytes = max(1, math.prod(shape[1:]) * ds.dtype.itemsize)
     rows = max(1, block_bytes // row_bytes)
-    if ds.chunks:
-        c0 = ds.chunks[0]
+    if ds.chunks and math.prod(ds.chunks) * ds.dtype.itemsize <= block_bytes:
+        c0 = ds.chunks[0]  # whole chunks per block, when a chunk fits in a block
         rows = max(c0, (rows // c0) * c0)
-    if rows >= shape[0] or math.prod(shape[1:]) == 0:
+    if math.prod(shape[1:]) == 0 or (rows >= shape[0] and row_bytes * shape[0] <= block_bytes):
         yield slice(None)
         return
+    rows = min(rows, shape[0])
     if row_bytes > block_bytes and len(shape) > 1:
         # one row is itself huge: walk the second axis too
         inner = max(1, block_bytes // max(1, math.prod(shape[2:]) * ds.dtype.itemsize))
@@ -61,15 +65,64 @@ def _blocks(ds: h5py.Dataset, block_bytes: int):
         yield slice(start, start + rows)
 
 
+def _big_filtered_chunk(ds: h5py.Dataset) -> str | None:
+    if not ds.chunks:
+        return None
+    nbytes = math.prod(ds.chunks) * ds.dtype.itemsize
+    if nbytes <= MAX_FILTERED_CHUNK_BYTES:
+        return None
+    try:
+        filtered = ds.id.get_create_plist().get_nfilters() > 0
+        stored = ds.id.get_storage_size() > 0
+    except Exception:  # noqa: BLE001 - unknown: be careful
+        filtered = stored = True
+    if filtered and stored:
+        return (f"one compressed chunk of {nbytes} bytes would be decompressed whole "
+                f"(more than {MAX_FILTERED_CHUNK_BYTES >> 20} MiB)")
+    return None
+
+
+def _fill_only(ds: h5py.Dataset) -> TensorStats | None:
+    """Statistics of a dataset with no stored data (every element is the fill value),
+    without reading it: a 2 KB file may declare gigabytes of fill."""
+    try:
+        if ds.id.get_storage_size() != 0 or ds.size == 0:
+            return None
+        fill = np.asarray(ds.fillvalue, dtype=ds.dtype)
+    except Exception:  # noqa: BLE001 - fall back to reading
+        return None
+    v = float(fill.astype(np.float64)) if fill.dtype.kind != "b" else float(bool(fill))
+    st = TensorStats(count=int(ds.size))
+    if math.isnan(v):
+        st.nan = st.count
+    elif math.isinf(v):
+        st.inf = st.count
+    else:
+        st.min = st.max = st.mean = v
+        st.std = 0.0
+        st.zeros = st.count if v == 0 else 0
+    return st
+
+
 def tensor_stats(src: OpenedSource, path: str, *, block_bytes: int = BLOCK_BYTES
                  ) -> TensorStats:
-    ds = src.h5[path]
     try:
+        ds = src.h5[path]
         check_dataset_safe(ds, src)
+        kind = ds.dtype.kind
     except InputError as e:
         return TensorStats(skipped=str(e).split(": ", 1)[-1])
-    if ds.dtype.kind not in "fiub":
-        return TensorStats(skipped=f"not numeric ({ds.dtype})")
+    except (OSError, RuntimeError, ValueError, TypeError, KeyError) as e:
+        return TensorStats(skipped=f"cannot open: {str(e).split('(')[0].strip()}")
+    if kind not in "fiub" or ds.shape is None:
+        return TensorStats(skipped=f"not numeric ({ds.dtype})" if ds.shape is not None
+                           else "no dataspace (empty)")
+    big = _big_filtered_chunk(ds)
+    if big:
+        return TensorStats(skipped=big)
+    unwritten = _fill_only(ds)
+    if unwritten is not None:
+        return unwritten
     st = TensorStats()
     total = 0.0
     total_sq = 0.0

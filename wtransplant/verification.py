@@ -231,6 +231,9 @@ def load_activations(ref) -> dict[str, np.ndarray]:
     if not p.exists():
         raise InputError("activations file not found", path=str(p))
     if p.suffix.lower() == ".npz":
+        from .safety.bounds import check_npz
+
+        check_npz(p)
         with np.load(p, allow_pickle=False) as z:
             return {k: z[k] for k in z.files}
     import h5py

@@ -389,6 +389,9 @@ class _Container:
             self._open_h5()
 
     def _open_npz(self):
+        from ..safety.bounds import check_npz
+
+        check_npz(self.path)  # declared sizes against the bytes there, before allocating
         try:
             with np.load(self.path, allow_pickle=False) as z:
                 for k in z.files:
