@@ -300,7 +300,8 @@ def test_readers_errors_are_input_errors():
 
 ALL_H5 = sorted(str(p.relative_to(fx("."))) for p in fx(".").rglob("*")
                 if p.suffix in (".h5", ".mat") and p.stat().st_size > 0
-                and p.name not in ("truncated.h5", "not_hdf5.h5"))
+                and p.name not in ("truncated.h5", "not_hdf5.h5")
+                and not p.name.startswith("polyglot"))  # refused on open (issue 12)
 
 
 @pytest.mark.parametrize("rel", ALL_H5)
