@@ -469,3 +469,25 @@ def test_model_input_over_the_memory_budget_refused_before_building():
 
     with pytest.raises(InputError, match="memory budget"):
         rebuild(fx("hostile/big_input.yaml"), output=None)
+
+
+# --------------------------------------------------------------------------------------
+# 7. checks that check nothing
+
+
+def test_verify_refuses_zero_samples():
+    import numpy as np
+
+    from wtransplant.parity import compare
+    from wtransplant.verification import verify
+
+    model = fx("keras3/k3_mlp.keras")
+    x, y = fx("hostile/empty_x.npy"), fx("hostile/empty_y.npy")
+    with pytest.raises(InputError, match="0 samples"):
+        verify(model, inputs=str(x), expected=str(y))
+    with pytest.raises(InputError, match="0 samples"):
+        verify(model, other=model, inputs=str(x))
+    with pytest.raises(InputError, match="0 values"):
+        compare(np.zeros((0, 2), np.float32), np.zeros((0, 2), np.float32))
+    assert_one_line_error(run_cli("verify", model, "--inputs", x, "--expected", y), 2,
+                          "0 samples")

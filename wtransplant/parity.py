@@ -89,6 +89,9 @@ def compare(actual, expected, *, atol: float | None = None, rtol: float | None =
         raise InputError(f"{what}: model gives shape {a.shape}, expected {e.shape}")
     if e.dtype.kind not in "fiub" or a.dtype.kind not in "fiub":
         raise InputError(f"{what}: non-numeric outputs ({a.dtype}, {e.dtype})")
+    if e.size == 0:  # a check over nothing checks nothing
+        raise InputError(f"{what}: 0 values to compare (shape {e.shape}): give at least one "
+                         f"sample")
     if e.dtype.kind == "f" and not np.all(np.isfinite(e)):
         bad = int(np.count_nonzero(~np.isfinite(e)))
         raise InputError(f"{what}: the expected outputs contain {bad} NaN/Inf values")

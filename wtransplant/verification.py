@@ -97,6 +97,10 @@ def verify(model, *, other=None, inputs=None, expected=None, spec=None, activati
         xs = random_inputs(art, n_random, seed=seed)
         in_desc = f"{n_random} seeded random samples (seed {seed}, standard normal floats)"
     xs = art.check_inputs(xs)
+    for x, name in zip(xs, art.input_names):
+        if len(x) == 0:  # "OK over 0 samples" would check nothing
+            raise InputError(f"inputs {in_desc or name}: 0 samples (shape {tuple(x.shape)}); "
+                             f"verify needs at least one")
     notes: list[str] = []
     other_desc = None
     ref_acts = None
