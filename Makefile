@@ -61,11 +61,14 @@ test-fast: $(VENV)/.installed-test
 bench: $(VENV)/.installed
 	$(BIN)/python bench/run_all.py
 
-# Nightly-style fuzzing: thousands of mutated fixture files through inspect, spec, rebuild.
+# Nightly-style fuzzing: thousands of mutated fixture files through inspect, spec, rebuild,
+# and as many generated HDF5 trees, Keras configs, specs and zip layouts (a quarter each).
 FUZZ_CASES ?= 5000
 fuzz: $(VENV)/.installed-test
 	WT_FUZZ_NIGHTLY=1 WT_FUZZ_CASES=$(FUZZ_CASES) WT_FUZZ_REBUILD_CASES=500 \
-		$(BIN)/python -m pytest -q -p no:cacheprovider tests/test_fuzz.py
+		WT_FUZZ_STRUCT_CASES=$$(( $(FUZZ_CASES) / 4 )) \
+		$(BIN)/python -m pytest -q -p no:cacheprovider tests/test_fuzz.py \
+		tests/test_fuzz_structure.py
 
 lint: $(VENV)/.installed-test
 	$(BIN)/ruff check .
