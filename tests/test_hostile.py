@@ -243,6 +243,20 @@ def test_graph_check_reads_ops_as_data(tmp_path):
         check_savedmodel(bad)
 
 
+def test_tflite_with_file_writing_flex_op_refused(tmp_path):
+    """LiteRT: the Flex (TensorFlow) ops a .tflite asks for are listed from its bytes;
+    FlexWriteFile is refused before an interpreter is created."""
+    from wtransplant.artifacts import load_artifact, precheck
+    from wtransplant.safety.graphs import tflite_flex_ops
+
+    f = fx("hostile/flex_write_file.tflite")
+    assert "WriteFile" in tflite_flex_ops(f)
+    for call in (lambda: precheck(f), lambda: load_artifact(f)):
+        with pytest.raises(UnsafeInputError, match="WriteFile"):
+            call()
+    assert_one_line_error(run_cli("verify", f, f), 2, "WriteFile", "--trust-graph")
+
+
 # --------------------------------------------------------------------------------------
 # 4. polyglots: one parser per file
 

@@ -371,6 +371,10 @@ def precheck(path: str | os.PathLike, *, trust_graph: bool = False) -> str:
         from .safety.graphs import check_savedmodel
 
         check_savedmodel(p, trust_graph=trust_graph)
+    elif kind == "tflite":
+        from .safety.graphs import check_tflite
+
+        check_tflite(p, trust_graph=trust_graph)
     elif kind == "keras":
         keras_archive_config(p)
     elif kind == "h5":
@@ -556,7 +560,10 @@ class LiteRTArtifact(Artifact):
     kind = "tflite"
     runtime = "litert"
 
-    def __init__(self, path: Path):
+    def __init__(self, path: Path, *, trust_graph: bool = False):
+        from .safety.graphs import check_tflite
+
+        check_tflite(path, trust_graph=trust_graph)  # Flex ops that touch files: refused
         display = str(path)
         Interpreter = _litert_interpreter()
         try:
@@ -584,8 +591,12 @@ class LiteRTArtifact(Artifact):
         super().__init__(path, ins, outs)
 
     def _run(self, xs):
-        with quiet_stderr():
-            y = self._runner(**{t.name: a for t, a in zip(self.inputs, xs)})
+        try:
+            with quiet_stderr():
+                y = self._runner(**{t.name: a for t, a in zip(self.inputs, xs)})
+        except RuntimeError as e:  # e.g. Flex ops this interpreter does not link
+            raise InputError(f"the LiteRT interpreter cannot run this model: {one_line(e)}",
+                             path=str(self.path)) from None
         return [np.array(y[t.name]) for t in self.outputs]
 
 
@@ -706,7 +717,7 @@ def load_artifact(path: str | os.PathLike, *, kind: str | None = None,
     elif kind == "onnx":
         art = OnnxArtifact(p)
     elif kind == "tflite":
-        art = LiteRTArtifact(p)
+        art = LiteRTArtifact(p, trust_graph=trust_graph)
     else:
         raise InputError(f"unknown artifact kind {kind!r}", path=str(p))
     if art.provenance is None:

@@ -209,3 +209,28 @@ def check_savedmodel(path, *, trust_graph: bool = False) -> None:
             f"reach the network or run code outside the model; a SavedModel is a program: "
             f"load it only if you trust who made it (trust_graph / --trust-graph), ideally in "
             f"a sandbox", path=str(path))
+
+
+_FLEX = re.compile(rb"Flex([A-Za-z][A-Za-z0-9_]*)")
+
+
+def tflite_flex_ops(path) -> set[str]:
+    """TensorFlow ops a ``.tflite`` file asks the Flex delegate to run (custom op codes
+    ``Flex<Op>``), found in its bytes: conservative (a tensor name spelling such a code
+    counts too), and no flatbuffer reader or TensorFlow is needed."""
+    data = Path(path).read_bytes()
+    return {m.group(1).decode("ascii") for m in _FLEX.finditer(data)}
+
+
+def check_tflite(path, *, trust_graph: bool = False) -> None:
+    """Refuse a LiteRT model whose Flex (TensorFlow) ops touch files, the network or
+    processes, unless ``trust_graph``."""
+    if trust_graph:
+        return
+    ops = tflite_flex_ops(path)
+    bad = dangerous({op: {"<flex>"} for op in ops})
+    if bad:
+        raise UnsafeInputError(
+            f"the model asks TensorFlow to run op {bad[0]} (a Flex op), which can read or "
+            f"write files, reach the network or run code outside the model; load it only if "
+            f"you trust who made it (trust_graph / --trust-graph)", path=str(path))
