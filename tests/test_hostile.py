@@ -505,3 +505,13 @@ def test_verify_refuses_zero_samples():
         compare(np.zeros((0, 2), np.float32), np.zeros((0, 2), np.float32))
     assert_one_line_error(run_cli("verify", model, "--inputs", x, "--expected", y), 2,
                           "0 samples")
+
+
+# --------------------------------------------------------------------------------------
+# 8. regressions found by the structure-aware fuzzer
+
+
+def test_fuzz_finding_archive_config_that_is_not_an_object():
+    for args in (("inspect", fx("hostile/fuzz_config_list.keras")),
+                 ("spec", fx("hostile/fuzz_config_list.keras"))):
+        assert_one_line_error(run_cli(*args), 2, "not an object")

@@ -229,7 +229,11 @@ def _read_archive_info(zf: zipfile.ZipFile, display: str) -> ArchiveInfo:
             try:
                 from .safety.configs import loads
 
-                setattr(info, attr, loads(zf.read(key), f"{display}!{key}"))
+                value = loads(zf.read(key), f"{display}!{key}")
+                if not isinstance(value, dict):
+                    raise InputError(f"{key} inside the archive is JSON but not an object "
+                                     f"({type(value).__name__})", path=display)
+                setattr(info, attr, value)
             except (ValueError, UnicodeDecodeError) as e:
                 raise InputError(f"{key} inside the archive is not valid JSON: {e}",
                                  path=display) from None
