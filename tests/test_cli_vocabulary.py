@@ -13,7 +13,7 @@ import pytest
 from click.testing import CliRunner
 from conftest import assert_one_line_error, fx, run_cli, sha256
 
-from cli.main import main
+from wtransplant_cli.main import main
 
 REPORTING = ("inspect", "rebuild", "verify", "export", "finetune")
 
@@ -101,7 +101,7 @@ def test_export_table_fits_80_columns_and_keeps_every_verdict(how, monkeypatch, 
     from rich.cells import cell_len
     from rich.console import Console
 
-    from cli import render
+    from wtransplant_cli import render
 
     monkeypatch.setenv("COLUMNS", "80")
     if how == "console":
@@ -136,7 +136,7 @@ def octave_pair(tmp_path_factory):
 
 
 def test_verify_against_line_names_the_other_artifact(octave_pair, monkeypatch, capsys):
-    from cli import render
+    from wtransplant_cli import render
     from wtransplant.verification import verify
 
     a, b = octave_pair
