@@ -253,3 +253,28 @@ def test_provenance_of_something_else_is_one_line_exit_2(tmp_path):
     r = run_cli("export", fx("keras2/k2_digits_model.h5"), "-f", "onnx", "-o",
                 tmp_path / "x.onnx", "--provenance", bad)
     assert_one_line_error(r, 2, str(bad), "names no source weights")
+
+
+def test_old_export_names_are_hidden_aliases_with_a_warning(tmp_path):
+    r = _invoke("export", tmp_path / "none.keras", "-f", "onnx", "-o", tmp_path / "x.onnx",
+                "--save-report", tmp_path / "r.json", "--rel-tol", "1e-5")
+    assert r.exit_code == 2, r.output  # the model does not exist: refused after parsing
+    assert "--save-report is deprecated; use --report" in r.output
+    assert "--rel-tol is deprecated; use --atol/--rtol" in r.output
+    r = _invoke("export", tmp_path / "none.keras", "-f", "onnx", "-o", tmp_path / "x.onnx",
+                "--save-report", tmp_path / "a.json", "--report", tmp_path / "b.json")
+    assert r.exit_code == 2 and "give --report once" in r.output, r.output
+
+
+def test_rebuild_quiet_prints_nothing_and_report_writes_json(tmp_path):
+    rep = tmp_path / "r.json"
+    r = CliRunner().invoke(main, ["rebuild", "--spec", str(fx("specs/octave_mlp.yaml")), "-o",
+                                  str(tmp_path / "m.keras"), "--report", str(rep), "--quiet"])
+    assert r.exit_code == 0, r.output
+    assert r.stdout == "", r.stdout
+    d = json.loads(rep.read_text())
+    assert d["wtransplant_report"] == "rebuild" and d["parity"]["passed"]
+    side = json.loads((tmp_path / "m.keras.wtransplant.json").read_text())
+    assert side["source"]["sha256"] == sha256(fx("octave/octave_mlp.h5"))
+    assert side["rebuild_report"]["path"] == str(rep)
+    assert d["output"]["provenance_file"] == str(tmp_path / "m.keras.wtransplant.json")
