@@ -238,6 +238,13 @@ def test_onnx_of_a_finetuned_transplant_names_the_original_weights(tmp_path):
     assert rep.provenance["source"]["sha256"] == want
     assert any("another model" in w for w in rep.provenance["warnings"])
 
+    # a sidecar that describes another file (here: the model before fine-tuning) is not used
+    (tmp_path / "tuned.keras.wtransplant.json").write_text(
+        (tmp_path / "digits.keras.wtransplant.json").read_text())
+    rep = export_model(tuned, "onnx", tmp_path / "tuned4.onnx", repeats=1, progress=False)
+    assert rep.provenance["source"] is None
+    assert any("describes another file" in w for w in rep.provenance["warnings"])
+
 
 def test_provenance_of_something_else_is_one_line_exit_2(tmp_path):
     from wtransplant.errors import InputError
