@@ -12,7 +12,6 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 from conftest import assert_one_line_error, fx, run_cli, sha256
-
 from wtransplant_cli.main import main
 
 REPORTING = ("inspect", "rebuild", "verify", "export", "finetune")
@@ -100,7 +99,6 @@ def _export_report(passed_last: bool):
 def test_export_table_fits_80_columns_and_keeps_every_verdict(how, monkeypatch, capsys):
     from rich.cells import cell_len
     from rich.console import Console
-
     from wtransplant_cli import render
 
     monkeypatch.setenv("COLUMNS", "80")
@@ -137,6 +135,7 @@ def octave_pair(tmp_path_factory):
 
 def test_verify_against_line_names_the_other_artifact(octave_pair, monkeypatch, capsys):
     from wtransplant_cli import render
+
     from wtransplant.verification import verify
 
     a, b = octave_pair
