@@ -284,3 +284,12 @@ def test_rebuild_quiet_prints_nothing_and_report_writes_json(tmp_path):
     assert side["source"]["sha256"] == sha256(fx("octave/octave_mlp.h5"))
     assert side["rebuild_report"]["path"] == str(rep)
     assert d["output"]["provenance_file"] == str(tmp_path / "m.keras.wtransplant.json")
+
+
+def test_inspect_quiet_with_report_writes_the_json_and_prints_nothing(tmp_path):
+    out = tmp_path / "i.json"
+    r = run_cli("inspect", fx("octave/octave_mlp.h5"), "--quiet", "--report", out)
+    assert r.returncode == 0, r.stderr
+    assert r.stdout == ""
+    d = json.loads(out.read_text())
+    assert d["format"] == "octave" and len(d["tensors"]) == 8
