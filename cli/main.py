@@ -201,7 +201,7 @@ def rebuild(file, spec_path, output, report_path, inputs, expected, input_layout
     # a damaged file that makes the HDF5 library loop or crash is refused before TF starts
     preflight(s.source, DEFAULT_TIMEOUT if timeout is None else timeout)
     import_keras()
-    from wtransplant.transplant import rebuild as do_rebuild
+    from wtransplant.transplanting import rebuild as do_rebuild
 
     try:
         _model, report = do_rebuild(s, output=out, report_path=report_path, force=force)

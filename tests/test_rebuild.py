@@ -19,7 +19,7 @@ from wtransplant.errors import InputError, MappingError, ParityError, UnsafeInpu
 from wtransplant.spec import load_spec
 
 keras = pytest.importorskip("keras")
-from wtransplant.transplant import rebuild, rebuild_file  # noqa: E402
+from wtransplant.transplanting import rebuild, rebuild_file  # noqa: E402
 
 LAYOUT_AXES = {"nchw": (0, 2, 3, 1), "ncl": (0, 2, 1), "ncdhw": (0, 2, 3, 4, 1)}
 

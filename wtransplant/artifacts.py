@@ -408,7 +408,7 @@ def load_keras_h5(path: Path, *, rebuild_fallback: bool = True):
         first = one_line(e)[:160]
         if not rebuild_fallback:
             raise InputError(f"Keras cannot load this file: {first}", path=display) from None
-    from .transplant import rebuild_file
+    from .transplanting import rebuild_file
 
     model, report = rebuild_file(path, progress=False)
     return model, (f"keras.models.load_model refused the file ({first}); rebuilt it from "
@@ -672,7 +672,7 @@ def load_artifact(path: str | os.PathLike, *, kind: str | None = None) -> Artifa
         if report is not None:
             art.provenance = {"source": report.source, "spec": report.spec}
     elif kind == "spec":
-        from .transplant import rebuild
+        from .transplanting import rebuild
 
         model, report = rebuild(p, progress=False)
         art = KerasArtifact(model, p, "spec")

@@ -301,7 +301,7 @@ def source_artifact(model) -> KerasArtifact:
 
 
 def export_versions() -> dict:
-    from .transplant import versions
+    from .transplanting import versions
 
     v = versions()
     for pkg in ("tf2onnx", "onnx", "onnxruntime"):
@@ -322,7 +322,7 @@ def build_provenance(src: KerasArtifact, rebuild_report=None) -> dict:
     """Where the exported weights come from: the MODEL file's own sha256 always; the
     source weights' sha256 and the spec from ``rebuild_report`` (a rebuild report JSON),
     from a rebuild done while loading (Keras 2 H5, spec) or from MODEL's own sidecar."""
-    from .transplant import file_sha256
+    from .transplanting import file_sha256
 
     model = {"path": str(src.path) if src.path else None, "kind": src.kind,
              "sha256": None, "name": src.keras_model.name,
@@ -563,7 +563,7 @@ def median_ms(fn, repeats: int, budget_s: float = LATENCY_BUDGET_S) -> tuple[flo
 
 
 def _write_keras(src: KerasArtifact, tmp: Path, prov: dict, **_) -> dict:
-    from .transplant import _quiet_save
+    from .transplanting import _quiet_save
 
     try:
         _quiet_save(src.keras_model, tmp)

@@ -115,7 +115,7 @@ def load_model(model) -> tuple[keras.Model, dict]:
                              f"{' '.join(str(e).split())[:300]}") from None
         return m, {"source": str(p), "format": "keras3-archive", "name": m.name}
     if p.suffix.lower() in (".h5", ".hdf5"):
-        from ..transplant import rebuild_file
+        from ..transplanting import rebuild_file
 
         m, rep = rebuild_file(p, progress=False)
         return m, {"source": str(p), "format": rep.source.get("format"), "name": m.name,
@@ -834,7 +834,7 @@ class _Run:
     def _save(self) -> dict | None:
         if self.output is None or not self._chief():
             return None
-        from ..transplant import save_model
+        from ..transplanting import save_model
 
         return save_model(self.model, self.output)
 
@@ -856,7 +856,7 @@ class _Run:
         write_json(self.run_dir / "report.json", self.report)
 
     def _report(self, output) -> dict:
-        from ..transplant import versions
+        from ..transplanting import versions
         from .tfextras import describe
 
         # steady state: leave out each phase's first epoch (it traces and compiles)
