@@ -155,7 +155,10 @@ def spec(file, output, timeout):
               help="Layout of the reference inputs if not channels-last.")
 @click.option("--atol", type=float, help="Absolute tolerance (default 1e-5).")
 @click.option("--rtol", type=float, help="Relative tolerance (default 1e-4).")
-@click.option("--force", is_flag=True, help="Save the model even if parity fails.")
+@click.option("--force", is_flag=True,
+              help="Build a spec that still holds undecided choices (with their first "
+                   "candidates) and save the model even if parity fails; the report then "
+                   "says verified: false and why.")
 @click.option("--show-plan", is_flag=True, help="Print the whole mapping ledger.")
 @click.option("--json", "as_json", is_flag=True, help="Print the report as JSON.")
 @click.option("--no-save", is_flag=True, help="Check only; write no model.")
@@ -196,6 +199,12 @@ def rebuild(file, spec_path, output, report_path, inputs, expected, input_layout
         if rtol is not None:
             s.verify.rtol = rtol
     out = None if no_save else (output or f"{s.source.stem}.keras")
+    from wtransplant.transplanting import UndecidedError, check_decided
+
+    try:  # a spec with undecided choices is refused before TensorFlow starts
+        check_decided(s, force=force, model_used=s.model is not None)
+    except UndecidedError as e:
+        raise UndecidedError(_cli_words(str(e)), undecided=e.undecided) from None
     from .watchdog import DEFAULT_TIMEOUT, preflight
 
     # a damaged file that makes the HDF5 library loop or crash is refused before TF starts
@@ -208,8 +217,13 @@ def rebuild(file, spec_path, output, report_path, inputs, expected, input_layout
     except ParityError as e:
         if e.report is not None:
             _print_rebuild(e.report, as_json, show_plan)
-        raise
+        raise ParityError(_cli_words(str(e)), report=e.report) from None
     _print_rebuild(report, as_json, show_plan)
+
+
+def _cli_words(msg: str) -> str:
+    """A library message in the command's words: keyword arguments become options."""
+    return msg.replace("pass force=True", "pass --force").replace("force=True", "--force")
 
 
 def _is_hdf5(path: str, signature: bytes) -> bool:
