@@ -117,7 +117,7 @@ def inspect(file, as_json, stats, pattern, depth, follow_links, timeout):
 def spec(file, output, timeout):
     """Write a draft spec (YAML) for FILE: the implied layer stack, the weights mapping, the
     convention, and verify entries if FILE holds reference data. What the tensors cannot
-    tell is marked '# TODO'."""
+    tell is a guess, written as {undecided: [candidates...], why: ...}."""
     from pathlib import Path
 
     from wtransplant.draft import draft_spec
@@ -132,7 +132,9 @@ def spec(file, output, timeout):
     else:
         click.echo(d.text, nl=False)
     if d.todo:
-        click.echo(f"{len(d.todo)} thing(s) to decide are marked TODO in the draft", err=True)
+        click.echo(f"{len(d.todo)} guess(es) in the draft are marked {{undecided: [...]}}: "
+                   f"`wtransplant rebuild` refuses the spec until each is decided (or "
+                   f"--force, and the result is unverified)", err=True)
     elif d.rebuildable:
         click.echo("the draft should rebuild as is: wtransplant rebuild --spec "
                    f"{output or 'SPEC'}", err=True)

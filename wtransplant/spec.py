@@ -361,7 +361,9 @@ def describe_undecided(items: list[dict]) -> str:
     """``where (line N): a | b | c; ...`` for a list like ``Spec.undecided``."""
     parts = []
     for u in items:
-        line = f" (line {u['line']})" if u.get("line") else ""
+        at = [x for x in ((u.get("layer") or "") and f"layer {u['layer']}",
+                          u.get("line") and f"line {u['line']}") if x]
+        line = f" ({', '.join(at)})" if at else ""
         parts.append(f"{u['where']}{line}: " + " | ".join(_short(c) for c in u["candidates"]))
     return "; ".join(parts)
 
