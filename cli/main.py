@@ -34,7 +34,7 @@ def handle_errors(fn):
         except WTError as e:
             if DEBUG:
                 raise
-            _err(str(e))
+            _err(_cli_words(str(e)))
             sys.exit(e.exit_code)
         except KeyboardInterrupt:
             _err("interrupted")
@@ -84,6 +84,18 @@ def json_option():
 
 def _deprecated(old: str, new: str) -> None:
     click.echo(f"wtransplant: warning: {old} is deprecated; use {new}", err=True)
+
+
+#: library keyword arguments that library messages name, and the options that set them
+_KWARG_FLAGS = {"force=True": "--force", "follow_links=True": "--follow-links"}
+
+
+def _cli_words(msg: str) -> str:
+    """A library message in the command's words: keyword arguments become options (library
+    messages never name command-line options)."""
+    for kw, flag in _KWARG_FLAGS.items():
+        msg = msg.replace(f"pass {kw}", f"pass {flag}").replace(kw, flag)
+    return msg
 
 
 def emit_json(obj) -> None:
@@ -152,7 +164,7 @@ def inspect(file, as_json, report_path, quiet, stats, pattern, depth, follow_lin
 def spec(file, output, timeout):
     """Write a draft spec (YAML) for FILE: the implied layer stack, the weights mapping, the
     convention, and verify entries if FILE holds reference data. What the tensors cannot
-    tell is marked '# TODO'."""
+    tell is a guess, written as {undecided: [candidates...], why: ...}."""
     from pathlib import Path
 
     from wtransplant.draft import draft_spec
@@ -167,7 +179,9 @@ def spec(file, output, timeout):
     else:
         click.echo(d.text, nl=False)
     if d.todo:
-        click.echo(f"{len(d.todo)} thing(s) to decide are marked TODO in the draft", err=True)
+        click.echo(f"{len(d.todo)} guess(es) in the draft are marked {{undecided: [...]}}: "
+                   f"`wtransplant rebuild` refuses the spec until each is decided (or "
+                   f"--force, and the result is unverified)", err=True)
     elif d.rebuildable:
         click.echo("the draft should rebuild as is: wtransplant rebuild --spec "
                    f"{output or 'SPEC'}", err=True)
@@ -191,7 +205,10 @@ def spec(file, output, timeout):
 @click.option("--atol", type=TOL, help="Absolute tolerance: pass if |a - b| <= atol + rtol x "
                                        "|b| elementwise (default 1e-5).")
 @click.option("--rtol", type=TOL, help="Relative tolerance (default 1e-4).")
-@click.option("--force", is_flag=True, help="Save the model even if parity fails.")
+@click.option("--force", is_flag=True,
+              help="Build a spec that still holds undecided choices (with their first "
+                   "candidates) and save the model even if parity fails; the report then "
+                   "says verified: false and why.")
 @click.option("--show-plan", is_flag=True, help="Print the whole mapping ledger.")
 @json_option()
 @quiet_option()
@@ -233,12 +250,16 @@ def rebuild(file, spec_path, output, report_path, inputs, expected, input_layout
         if rtol is not None:
             s.verify.rtol = rtol
     out = None if no_save else (output or f"{s.source.stem}.keras")
+    from wtransplant.transplanting import check_decided
+
+    # a spec with undecided choices is refused before TensorFlow starts
+    check_decided(s, force=force, model_used=s.model is not None)
     from .watchdog import DEFAULT_TIMEOUT, preflight
 
     # a damaged file that makes the HDF5 library loop or crash is refused before TF starts
     preflight(s.source, DEFAULT_TIMEOUT if timeout is None else timeout)
     import_keras()
-    from wtransplant.transplant import rebuild as do_rebuild
+    from wtransplant.transplanting import rebuild as do_rebuild
 
     try:
         _model, report = do_rebuild(s, output=out, report_path=report_path, force=force,

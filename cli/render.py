@@ -238,11 +238,20 @@ def print_rebuild(report, show_plan: bool = False) -> None:
         con.print(f"note: {n}", markup=False)
     for w in plan.warnings:
         con.print(f"[yellow]warning:[/] {w}")
-    if report.parity is not None:
-        style = "green" if report.parity.passed else "bold red"
-        con.print(f"parity ({report.parity.method}): [{style}]{report.parity.summary()}[/]")
+    par = report.parity
+    if par is not None:
+        # a check against the model's own architecture proves the conversion only: its
+        # verdict says so, never "OK"
+        style = ("bold red" if not par.passed else
+                 "yellow" if getattr(par, "kind", "data") == "self-reference" else "green")
+        con.print(f"parity ({par.method}): [{style}]{par.summary()}[/]")
     else:
         con.print(f"parity: {report.parity_note}", markup=False)
+    undecided = getattr(report, "undecided", None)
+    if undecided or (par is not None and par.passed and getattr(par, "kind", "data") != "data"):
+        from rich.markup import escape
+
+        con.print(f"[yellow]unverified:[/] {escape(report.unverified_reason or '')}")
     if report.diagnosis:
         print_diagnosis(con, report.diagnosis)
     if report.output:

@@ -125,7 +125,7 @@ def test_export_table_fits_80_columns_and_keeps_every_verdict(how, monkeypatch, 
 
 @pytest.fixture(scope="module")
 def octave_pair(tmp_path_factory):
-    from wtransplant.transplant import rebuild, save_model
+    from wtransplant.transplanting import rebuild, save_model
 
     d = tmp_path_factory.mktemp("pair")
     model, _ = rebuild(fx("specs/octave_mlp.yaml"), output=d / "a.keras", progress=False)
@@ -150,7 +150,7 @@ def test_verify_against_line_names_the_other_artifact(octave_pair, monkeypatch, 
 
 def test_layer_argument_typo_names_spec_file_line_and_layer(tmp_path):
     from wtransplant.errors import InputError
-    from wtransplant.transplant import rebuild
+    from wtransplant.transplanting import rebuild
 
     text = fx("specs/octave_mlp.yaml").read_text()
     text = text.replace("source: ../octave/octave_mlp.h5",
@@ -175,7 +175,7 @@ def test_layer_argument_typo_names_spec_file_line_and_layer(tmp_path):
 def test_onnx_of_a_finetuned_transplant_names_the_original_weights(tmp_path):
     import onnx
 
-    from wtransplant.transplant import rebuild_file
+    from wtransplant.transplanting import rebuild_file
 
     src = fx("keras2/k2_digits_model.h5")
     want = sha256(src)

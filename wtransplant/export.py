@@ -175,30 +175,42 @@ def export_model(model, fmt: str, output: str | os.PathLike, *, verify: bool = T
     ``fmt`` (one of FORMATS, or ``all``: every format into the folder ``output``).
 
     Args:
+        model: a ``.keras``/``.h5`` file, a spec, a ``keras.Model`` or a KerasArtifact.
+        fmt: ``keras``, ``h5``, ``savedmodel``, ``onnx``, ``tflite`` or ``all``.
+        output: the file (or folder, for ``savedmodel`` and ``all``) to write.
+        verify: reload the written file in its own runtime and compare it with the model
+            before giving it its final name.
+        opset: ONNX opset (default: the highest tf2onnx writes).
         provenance: a rebuild or finetune report (JSON) of ``model``, whose source weights'
             sha256 and spec go into the exported file's provenance. Default: what ``model``
-            carries itself (its ``.wtransplant.json`` sidecar). ``rebuild_report`` is the
-            earlier name.
-        batch_size, second_batch: sizes of the two batches of seeded random inputs checked.
+            carries itself (its ``.wtransplant.json`` sidecar, written by rebuild and
+            finetune). ``rebuild_report`` is the earlier name.
+        batch_size, second_batch: sizes of the two checked batches of seeded random inputs.
+        seed: seed of those inputs.
         atol, rtol: each output passes if |exported - keras| <= atol + rtol * |keras|
-            elementwise; ``atol=None``: 1e-5 times the output's largest magnitude.
-        report_path: write the export report (JSON) here.
+            elementwise (NumPy's allclose); ``atol=None``: 1e-5 times the output's largest
+            magnitude (at least 1e-5).
+        repeats: timed runs per runtime (the median is reported).
+        report_path: where to write the export report (JSON).
+        progress: show progress (None: on a terminal only).
 
     Returns:
-        ExportReport.
+        The :class:`ExportReport` (one result per format written, with its parity and
+        latency, and the provenance).
 
     Raises:
-        InputError: bad input, or a model a converter cannot express.
-        ParityError: the written file does not compute what ``model`` computes.
+        InputError: bad model, format, output path or option value; a layer the converter
+            cannot handle (exit 2).
+        ParityError: a written file computes something else; it is not kept (exit 1).
     """
     fmt, targets = plan_outputs(model, fmt, output)
     opset = check_opset(opset) if fmt in ("onnx", "all") else opset
     if batch_size < 1 or second_batch < 1:
-        raise InputError(f"the batch sizes must be at least 1, got {batch_size} and "
-                         f"{second_batch}")
+        raise InputError(f"batch_size and second_batch must be at least 1, got {batch_size} "
+                         f"and {second_batch}")
     for name, v in (("atol", atol), ("rtol", rtol)):
         if v is not None and not v >= 0:
-            raise InputError(f"tolerance {name} must be 0 or more, got {v}")
+            raise InputError(f"{name} must be 0 or more, got {v}")
     if provenance is None:
         provenance = rebuild_report
     src = source_artifact(model)
@@ -271,7 +283,7 @@ def plan_outputs(model, fmt: str, output) -> tuple[str, list[tuple[str, Path]]]:
     out = Path(output)
     if fmt == "all":
         if out.exists() and not out.is_dir():
-            raise InputError("--format all writes a folder, but this is a file", path=str(out))
+            raise InputError("format all writes a folder, but this is a file", path=str(out))
         return fmt, [(f, out / ALL_NAMES[f]) for f in FORMATS]
     check_output_name(fmt, out)
     return fmt, [(fmt, out)]
@@ -306,7 +318,7 @@ def check_opset(opset: int | None) -> int:
         return top
     low = 13  # tf2onnx's converters for Keras' ops (e.g. Split, Squeeze as inputs) need 13
     if not low <= int(opset) <= top:
-        raise InputError(f"--opset {opset}: tf2onnx {_version('tf2onnx')} writes opsets "
+        raise InputError(f"opset {opset}: tf2onnx {_version('tf2onnx')} writes opsets "
                          f"{low} to {top}")
     return int(opset)
 
@@ -332,7 +344,7 @@ def source_artifact(model) -> KerasArtifact:
 
 
 def export_versions() -> dict:
-    from .transplant import versions
+    from .transplanting import versions
 
     v = versions()
     for pkg in ("tf2onnx", "onnx", "onnxruntime"):
@@ -611,7 +623,7 @@ def median_ms(fn, repeats: int, budget_s: float = LATENCY_BUDGET_S) -> tuple[flo
 
 
 def _write_keras(src: KerasArtifact, tmp: Path, prov: dict, **_) -> dict:
-    from .transplant import _quiet_save
+    from .transplanting import _quiet_save
 
     try:
         _quiet_save(src.keras_model, tmp)
