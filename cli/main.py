@@ -82,6 +82,21 @@ def json_option():
                         help="Print the report as one JSON object.")
 
 
+def _report_not_an_input(report_path, *inputs) -> None:
+    """``--report PATH`` must not overwrite an input (or the model being written)."""
+    if not report_path:
+        return
+    from pathlib import Path
+
+    from wtransplant.errors import InputError
+
+    rp = Path(report_path).resolve()
+    for p in inputs:
+        if p and Path(p).resolve() == rp:
+            raise InputError(f"--report {report_path} is also an input or output of this "
+                             f"command: give another file name")
+
+
 def _deprecated(old: str, new: str) -> None:
     click.echo(f"wtransplant: warning: {old} is deprecated; use {new}", err=True)
 
@@ -135,6 +150,7 @@ def inspect(file, as_json, report_path, quiet, stats, pattern, depth, follow_lin
     from wtransplant.inspect import inspect_file
     from wtransplant.tree import gc_paused
 
+    _report_not_an_input(report_path, file)
     report = inspect_file(file, stats=stats, follow_links=follow_links, stats_filter=pattern)
     if report_path:
         from wtransplant.atomic import write_json
@@ -347,6 +363,7 @@ def export(model, fmt, output, verify, opset, provenance, report_path, save_repo
         if report_path and report_path != save_report:
             raise InputError("give --report once (--save-report is its old name)")
         report_path = save_report
+    _report_not_an_input(report_path, model, output, provenance)
     if rel_tol is not None:
         _deprecated("--rel-tol", "--atol/--rtol")
         rtol = rel_tol
@@ -545,6 +562,8 @@ def finetune(model, data, output, cpu_devices, metrics, no_plot, provenance, rep
     from wtransplant.h5io import HDF5_SIGNATURE
 
     from .watchdog import preflight
+
+    _report_not_an_input(report_path, model, data, output, provenance, kw.get("val_data"))
 
     for p in (model, data, kw.get("val_data")):
         # HDF5 model/data files are walked in a child first: a damaged file that makes the

@@ -293,3 +293,15 @@ def test_inspect_quiet_with_report_writes_the_json_and_prints_nothing(tmp_path):
     assert r.stdout == ""
     d = json.loads(out.read_text())
     assert d["format"] == "octave" and len(d["tensors"]) == 8
+
+
+def test_report_may_not_overwrite_an_input(tmp_path):
+    m = tmp_path / "m.keras"
+    m.write_bytes(b"not touched")
+    for args in (("export", m, "-f", "onnx", "-o", tmp_path / "x.onnx", "--report", m),
+                 ("finetune", m, "--data", fx("data/digits.h5"), "-o", tmp_path / "o.keras",
+                  "--report", fx("data/digits.h5"))):
+        r = _invoke(*args)
+        assert r.exit_code == 2, r.output
+        assert "is also an input or output" in r.output
+    assert m.read_bytes() == b"not touched"
