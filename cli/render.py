@@ -257,6 +257,9 @@ def print_rebuild(report, show_plan: bool = False) -> None:
     if report.output:
         con.print(f"saved: {report.output['path']} ({report.output['size_text']})",
                   markup=False)
+        if report.output.get("provenance_file"):
+            con.print(f"  provenance: {report.output['provenance_file']} (the source's "
+                      f"sha256 and the spec, for finetune and export)", markup=False)
 
 
 def print_diagnosis(con, d: dict) -> None:
