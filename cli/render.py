@@ -311,6 +311,10 @@ def print_export(report) -> None:
         via = f" (from {rr['path']})" if rr and rr.get("path") else ""
         con.print(f"source weights: {src.get('path')} sha256 {_short_sha(src.get('sha256'))}"
                   f"{', spec recorded' if prov.get('spec') else ''}{via}", markup=False)
+        rebuilt = prov.get("rebuild_report") or {}
+        if rebuilt.get("verified") is False:
+            con.print(f"  unverified rebuild: {rebuilt.get('unverified_reason') or '?'}",
+                      markup=False)
         if prov.get("finetune"):
             n = len(prov["finetune"])
             con.print(f"  fine-tuned since: {n} run{'s' if n > 1 else ''} "

@@ -283,6 +283,7 @@ def test_rebuild_quiet_prints_nothing_and_report_writes_json(tmp_path):
     side = json.loads((tmp_path / "m.keras.wtransplant.json").read_text())
     assert side["source"]["sha256"] == sha256(fx("octave/octave_mlp.h5"))
     assert side["rebuild_report"]["path"] == str(rep)
+    assert side["rebuild_report"]["verified"] is True  # checked against Octave's outputs
     assert d["output"]["provenance_file"] == str(tmp_path / "m.keras.wtransplant.json")
 
 

@@ -80,7 +80,9 @@ def read_report(path: str | os.PathLike) -> dict:
     if kind == "rebuild" and _valid_source(data.get("source")):
         return {"kind": "rebuild", "source": data["source"], "spec": data.get("spec"),
                 "rebuild_report": {"path": str(p), "sha256": own["sha256"],
-                                   "parity": (data.get("parity") or {}).get("max_rel")},
+                                   "parity": (data.get("parity") or {}).get("max_rel"),
+                                   "verified": data.get("verified"),
+                                   "unverified_reason": data.get("unverified_reason")},
                 "finetune": [], "report": own}
     if kind == "finetune":
         prov = data.get("provenance")

@@ -615,10 +615,11 @@ def _write_provenance(report: RebuildReport, report_path) -> None:
     name the original weights without being told."""
     from .provenance import write_sidecar
 
-    rr = None
+    rr = {"path": None, "sha256": None,
+          "parity": report.parity.max_rel if report.parity is not None else None,
+          "verified": report.verified, "unverified_reason": report.unverified_reason}
     if report_path is not None:
-        rr = {"path": str(report_path), "sha256": file_sha256(Path(report_path)),
-              "parity": report.parity.max_rel if report.parity is not None else None}
+        rr.update(path=str(report_path), sha256=file_sha256(Path(report_path)))
     write_sidecar(report.output["path"], source=report.source, spec=report.spec,
                   rebuild_report=rr)
 
