@@ -37,7 +37,7 @@ def test_config_naming_files_or_code_refused_by_every_loader(rel):
         assert CONFIG_FILES[rel] in str(ei.value), str(ei.value)
         assert "root:" not in str(ei.value)  # no line of the named file is ever quoted
     if rel.endswith(".h5"):
-        from wtransplant.transplant import rebuild_file
+        from wtransplant.transplanting import rebuild_file
 
         with pytest.raises(InputError, match=CONFIG_FILES[rel].replace("(", r"\(")):
             rebuild_file(path, output=None)
@@ -58,7 +58,7 @@ def test_config_refusals_on_the_command_line(tmp_path):
 @pytest.mark.parametrize("rel,needle", [("hostile/spec_vocab_path.yaml", "/etc/shadow"),
                                         ("hostile/spec_nested_module.yaml", "subprocess")])
 def test_spec_layer_arguments_naming_files_or_modules_refused(rel, needle):
-    from wtransplant.transplant import rebuild
+    from wtransplant.transplanting import rebuild
 
     with pytest.raises(UnsafeInputError, match=needle):
         rebuild(fx(rel), output=None)
@@ -105,7 +105,7 @@ def test_deserialisation_runs_in_keras_safe_mode(monkeypatch):
     import keras
     from keras.src.saving import serialization_lib
 
-    from wtransplant.transplant import rebuild_file
+    from wtransplant.transplanting import rebuild_file
 
     seen = []
     real = keras.legacy.saving.deserialize_keras_object
@@ -156,7 +156,7 @@ def test_library_refuses_output_that_is_an_input(tmp_path):
 
     from wtransplant.export import plan_outputs
     from wtransplant.finetuning.train import finetune
-    from wtransplant.transplant import rebuild
+    from wtransplant.transplanting import rebuild
 
     spec = tmp_path / "s.yaml"
     spec.write_text("version: 1\nsource: w.h5\nconvention: keras\nmodel:\n  input_shape: [4]\n"
@@ -479,7 +479,7 @@ def test_npy_header_on_the_command_line():
 
 
 def test_model_input_over_the_memory_budget_refused_before_building():
-    from wtransplant.transplant import rebuild
+    from wtransplant.transplanting import rebuild
 
     with pytest.raises(InputError, match="memory budget"):
         rebuild(fx("hostile/big_input.yaml"), output=None)
