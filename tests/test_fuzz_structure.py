@@ -117,7 +117,7 @@ def _write_tree(path, ops, userblock):
                     f[p] = h5py.SoftLink(payload)
                 else:
                     f[p] = h5py.ExternalLink(payload + ".h5", "/x")
-            except (ValueError, TypeError, KeyError, OSError):
+            except (ValueError, TypeError, KeyError, OSError, RuntimeError):
                 pass  # h5py refused to write this combination: not a case
     if userblock is not None:
         with open(path, "r+b") as fh:
