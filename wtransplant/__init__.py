@@ -55,3 +55,53 @@ def __getattr__(name: str):
 
 def __dir__():
     return __all__
+
+
+def _register_own_layers() -> None:
+    """wtransplant's own Keras layers (``wtransplant.layers_custom``) must be registered
+    for ``keras.models.load_model`` to read a saved model that uses them, without making
+    ``import wtransplant`` import Keras: register now if Keras is loaded, else right after
+    Keras is first imported (a one-shot import hook)."""
+    import sys
+
+    if "keras" in sys.modules:
+        try:
+            importlib.import_module("wtransplant.layers_custom")
+        except Exception:  # a broken Keras install must not break `import wtransplant`
+            pass
+        return
+    import importlib.abc
+    import importlib.util
+
+    class _Loader(importlib.abc.Loader):
+        def __init__(self, inner):
+            self.inner = inner
+
+        def create_module(self, spec):
+            return self.inner.create_module(spec)
+
+        def exec_module(self, module):
+            self.inner.exec_module(module)
+            try:
+                importlib.import_module("wtransplant.layers_custom")
+            except Exception:
+                pass
+
+    class _Finder(importlib.abc.MetaPathFinder):
+        def find_spec(self, name, path=None, target=None):
+            if name != "keras":
+                return None
+            try:
+                sys.meta_path.remove(self)
+            except ValueError:
+                return None
+            spec = importlib.util.find_spec("keras")
+            if spec is None or spec.loader is None:
+                return spec
+            spec.loader = _Loader(spec.loader)
+            return spec
+
+    sys.meta_path.insert(0, _Finder())
+
+
+_register_own_layers()
