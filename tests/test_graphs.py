@@ -1,0 +1,357 @@
+"""Issue 13: graph specs, PReLU, PyTorch padding and ceil-mode pooling, several inputs and
+outputs. Fixtures are written by PyTorch itself (fixtures/make_torch_graphs.py); these
+tests never import torch."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import h5py
+import numpy as np
+import pytest
+
+from wtransplant.errors import InputError, MappingError
+
+ROOT = Path(__file__).resolve().parents[1]
+SPECS = ROOT / "fixtures" / "specs"
+TORCH = ROOT / "fixtures" / "torch"
+CLI = [str(Path(sys.executable).parent / "wtransplant")]
+
+GRAPH_SPECS = ["g_resnet", "g_pools", "g_prelu", "g_permute", "g_two_io", "mtcnn_pnet",
+               "mtcnn_rnet", "mtcnn_onet"]
+
+
+def _outputs(parity):
+    return parity.outputs if parity.outputs else [parity]
+
+
+@pytest.mark.parametrize("name", GRAPH_SPECS)
+def test_graph_fixture_matches_pytorch(name, tmp_path):
+    """Each graph spec rebuilds from PyTorch's state_dict and every output matches what
+    PyTorch computed to < 1e-5 relative error (max |a - e| / max |e|)."""
+    from wtransplant import rebuild
+
+    out = tmp_path / f"{name}.keras"
+    model, report = rebuild(SPECS / f"{name}.yaml", output=out)
+    assert report.parity is not None and report.parity.passed, report.parity.summary()
+    assert report.parity.method.startswith("reference data")
+    n_expected = len(np.load(TORCH / f"{name}.io.npz").files) - len(model.inputs)
+    parts = _outputs(report.parity)
+    assert len(parts) == len(model.outputs) == n_expected
+    for p in parts:
+        assert p.max_rel < 1e-5, (name, p.max_rel)
+    assert out.exists()
+
+
+def test_mtcnn_names_and_heads():
+    """Model inputs and outputs carry the spec's names; ONet has its three heads in
+    PyTorch's order; the report says which pooling layers are wtransplant's own."""
+    from wtransplant import rebuild
+
+    model, report = rebuild(SPECS / "mtcnn_onet.yaml")
+    assert report.model["input_names"] == ["image"]
+    assert report.model["output_names"] == ["dense6_2", "dense6_3", "softmax6_1"]
+    assert [list(s)[1:] for s in report.model["outputs"]] == [[4], [10], [2]]
+    text = " ".join(report.notes)
+    assert "pool1" in text and "TorchPooling" in text  # 46 -> ceil differs from floor
+    assert "pool2: ceil_mode gives the same windows as floor" in text
+
+
+def test_two_inputs_names(tmp_path):
+    from wtransplant import rebuild
+
+    model, report = rebuild(SPECS / "g_two_io.yaml")
+    assert [t.name for t in model.inputs] == ["image", "extra"]
+    assert list(model.output_names) == ["fc_cls", "fc_box"]
+
+
+def test_saved_torchpooling_loads_after_import(tmp_path):
+    """A .keras with wtransplant's TorchPooling loads in a fresh Python that did `import
+    wtransplant` (before keras) and computes PyTorch's numbers."""
+    from wtransplant import rebuild
+
+    out = tmp_path / "pools.keras"
+    rebuild(SPECS / "g_pools.yaml", output=out)
+    code = (
+        "import wtransplant, keras, numpy as np\n"
+        f"m = keras.models.load_model({str(out)!r})\n"
+        f"z = np.load({str(TORCH / 'g_pools.io.npz')!r})\n"
+        "ys = m(np.transpose(z['x'], (0, 2, 3, 1)))\n"
+        "err = max(float(np.abs(np.asarray(y) - np.transpose(z[f'y{i}'], (0, 2, 3, 1))).max())"
+        " for i, y in enumerate(ys))\n"
+        "print('ERR', err, sorted({type(l).__name__ for l in m.layers}))\n")
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                       timeout=600)
+    assert r.returncode == 0, r.stderr[-2000:]
+    line = next(ln for ln in r.stdout.splitlines() if ln.startswith("ERR"))
+    assert float(line.split()[1]) < 1e-5
+    assert "TorchPooling" in line
+
+
+def test_permute_without_mirror_would_fail(tmp_path):
+    """Without the Permute (plain Flatten) the automatic C,H,W permutation applies and the
+    W,H,C-ordered PyTorch rows no longer match: the rule is what makes RNet pass."""
+    import yaml
+
+    from wtransplant import rebuild
+    from wtransplant.errors import ParityError
+
+    d = yaml.safe_load((SPECS / "mtcnn_rnet.yaml").read_text())
+    d["model"]["layers"] = [x for x in d["model"]["layers"] if x["class"] != "Permute"]
+    d["source"] = str(TORCH / "mtcnn_rnet.h5")
+    d["verify"]["inputs"] = str(TORCH / "mtcnn_rnet.io.npz") + ":x"
+    d["verify"]["expected"] = [str(TORCH / "mtcnn_rnet.io.npz") + f":y{i}" for i in (0, 1)]
+    p = tmp_path / "rnet_noperm.yaml"
+    p.write_text(yaml.safe_dump(d))
+    with pytest.raises(ParityError):
+        rebuild(p)
+
+
+# ------------------------------------------------------------------------------------
+# spec errors name the file, the line and the item
+
+
+def _spec(tmp_path, layers: str, extra: str = "", inputs="input_shape: [8, 8, 3]"):
+    src = tmp_path / "w.h5"
+    if not src.exists():
+        with h5py.File(src, "w") as f:
+            f["dummy"] = np.zeros(3, np.float32)
+    p = tmp_path / "s.yaml"
+    p.write_text(f"version: 1\nsource: w.h5\nconvention: torch\nmodel:\n  {inputs}\n"
+                 f"  layers:\n{layers}{extra}")
+    return p
+
+
+def test_unknown_name_names_file_line_item(tmp_path):
+    from wtransplant.spec import load_spec
+
+    p = _spec(tmp_path, "    - {class: Conv2D, name: c1, filters: 2, kernel_size: 3}\n"
+                        "    - {class: Conv2D, name: c2, filters: 2, kernel_size: 3, "
+                        "inputs: nope}\n")
+    with pytest.raises(InputError) as e:
+        load_spec(p)
+    msg = str(e.value)
+    assert "s.yaml:8" in msg and "model.layers[1]" in msg and "'nope'" in msg
+
+
+def test_cycle_is_an_error(tmp_path):
+    from wtransplant.spec import load_spec
+
+    p = _spec(tmp_path, "    - {class: ReLU, name: a, inputs: b}\n"
+                        "    - {class: ReLU, name: b, inputs: a}\n", "  outputs: [b]\n")
+    with pytest.raises(InputError, match=r"s\.yaml:\d+: .*cycle: "):
+        load_spec(p)
+
+
+def test_merge_needs_a_list_and_outputs_must_exist(tmp_path):
+    from wtransplant.spec import load_spec
+
+    p = _spec(tmp_path, "    - {class: ReLU, name: a}\n    - {class: Add, name: s}\n")
+    with pytest.raises(InputError, match=r"s\.yaml:8: model\.layers\[1\].*Add 's' merges"):
+        load_spec(p)
+    p = _spec(tmp_path, "    - {class: ReLU, name: a}\n", "  outputs: [zz]\n")
+    with pytest.raises(InputError, match=r"s\.yaml:\d+: model\.outputs\[0\]: output 'zz'"):
+        load_spec(p)
+
+
+def test_shape_mismatch_names_file_line_item(tmp_path):
+    from wtransplant.keras_model import build_model
+    from wtransplant.spec import load_spec
+
+    p = _spec(tmp_path, "    - {class: Conv2D, name: c1, filters: 2, kernel_size: 3}\n"
+                        "    - {class: Conv2D, name: c2, filters: 4, kernel_size: 1, "
+                        "inputs: input}\n"
+                        "    - {class: Add, name: s, inputs: [c1, c2]}\n")
+    spec = load_spec(p)
+    with pytest.raises(InputError) as e:
+        build_model(spec.model)
+    msg = str(e.value)
+    assert "s.yaml:9: model.layers[2] (Add 's')" in msg and "(None, 6, 6, 2)" in msg
+
+
+def test_stack_without_inputs_keeps_its_meaning(tmp_path):
+    """A plain list is still a stack: the old fixture spec rebuilds and passes."""
+    from wtransplant import rebuild
+
+    model, report = rebuild(SPECS / "torch_cnn.yaml")
+    assert report.parity.passed
+    assert [t.name for t in model.inputs] == ["input"]
+
+
+# ------------------------------------------------------------------------------------
+# flatten order from the graph
+
+
+def test_flatten_undecidable_asks_for_flatten(tmp_path):
+    """A Dense after a Concatenate of two flattened maps: the row order cannot be derived
+    from the graph; the error asks for `flatten:` and the entry settles it."""
+    from wtransplant import rebuild
+
+    rng = np.random.default_rng(0)
+    src = tmp_path / "w.h5"
+    with h5py.File(src, "w") as f:
+        f["c.weight"] = rng.standard_normal((2, 3, 3, 3)).astype(np.float32)
+        f["c.bias"] = rng.standard_normal(2).astype(np.float32)
+        f["fc.weight"] = rng.standard_normal((4, 2 * 36 * 2)).astype(np.float32)
+        f["fc.bias"] = rng.standard_normal(4).astype(np.float32)
+    layers = ("    - {class: Conv2D, name: c, filters: 2, kernel_size: 3}\n"
+              "    - {class: Flatten, name: f1}\n"
+              "    - {class: Flatten, name: f2, inputs: c}\n"
+              "    - {class: Concatenate, name: cat, inputs: [f1, f2]}\n"
+              "    - {class: Dense, name: fc, units: 4}\n")
+    p = tmp_path / "s.yaml"
+    p.write_text("version: 1\nsource: w.h5\nconvention: torch\nmodel:\n"
+                 "  input_shape: [8, 8, 3]\n  layers:\n" + layers +
+                 "verify: {reference: none}\n")
+    with pytest.raises(MappingError, match=r"fc/kernel: the flatten order .*flatten: chw"):
+        rebuild(p)
+    p.write_text(p.read_text() + "weights:\n  fc/kernel: {from: fc.weight, flatten: none}\n")
+    model, report = rebuild(p)
+    assert report.plan.convention == "torch"
+
+
+# ------------------------------------------------------------------------------------
+# PReLU under every convention
+
+
+@pytest.mark.parametrize("conv,src_shape,target,expect", [
+    ("torch", (6,), (1, 1, 6), lambda a: a.reshape(1, 1, 6)),
+    ("torch", (1,), (1, 1, 6), lambda a: np.full((1, 1, 6), a[0])),
+    ("torch", (6,), (4, 4, 6), lambda a: np.broadcast_to(a, (4, 4, 6))),
+    ("torch", (7,), (7,), lambda a: a),
+    ("matlab", (1, 1, 6), (1, 1, 6), lambda a: a),
+    ("matlab", (6, 1), (1, 1, 6), lambda a: a.reshape(1, 1, 6)),
+    ("plain", (6,), (1, 1, 6), lambda a: a.reshape(1, 1, 6)),
+    ("keras", (1, 1, 6), (1, 1, 6), lambda a: a),
+])
+def test_prelu_layout(conv, src_shape, target, expect):
+    from wtransplant.layouts import TargetLayer, TargetVar
+    from wtransplant.layouts.layers import layout_for
+    from wtransplant.layouts.ops import apply
+
+    tv = TargetVar("p/alpha", "p", "alpha", target)
+    layer = TargetLayer("p", "PReLU", {"shared_axes": [1, 2]}, [tv])
+    ops = layout_for("PReLU").recipe("alpha", conv, [src_shape], layer, tv)
+    a = np.random.default_rng(1).standard_normal(src_shape)
+    got = apply(ops, [a])
+    np.testing.assert_array_equal(got, expect(a))
+
+
+def test_prelu_wrong_size_is_an_error():
+    from wtransplant.layouts import TargetLayer, TargetVar
+    from wtransplant.layouts.layers import layout_for
+
+    tv = TargetVar("p/alpha", "p", "alpha", (1, 1, 6))
+    layer = TargetLayer("p", "PReLU", {}, [tv])
+    with pytest.raises(MappingError, match="PReLU slopes"):
+        layout_for("PReLU").recipe("alpha", "torch", [(5,)], layer, tv)
+
+
+# ------------------------------------------------------------------------------------
+# PyTorch pooling geometry (the numbers PyTorch computes are pinned by g_pools)
+
+
+def test_pool_out_rule():
+    from wtransplant.torchgeom import pool_out
+
+    assert pool_out(10, 3, 3, 0, False) == 3 and pool_out(10, 3, 3, 0, True) == 4
+    assert pool_out(23, 2, 2, 0, True) == 12 and pool_out(23, 2, 2, 0, False) == 11
+    # the last window may not start in the right padding
+    assert pool_out(5, 2, 2, 1, True) == 3
+    assert pool_out(4, 3, 2, 1, True) == 3  # starts at -1, 1, 3 (3 is inside)
+
+
+@pytest.mark.parametrize("nd", [1, 3])
+def test_torchpooling_1d_3d_against_numpy(nd):
+    """TorchPooling in 1-D and 3-D agrees with a direct NumPy evaluation of PyTorch's
+    definition (windows clipped at the input + padding, divisor per count_include_pad)."""
+    import keras
+
+    from wtransplant.layers_custom import TorchPooling
+    from wtransplant.torchgeom import pool_out
+
+    rng = np.random.default_rng(nd)
+    spatial = (9,) * nd
+    x = rng.standard_normal((2, *spatial, 3)).astype(np.float32)
+    for mode, cip in (("max", True), ("avg", True), ("avg", False)):
+        lay = TorchPooling(mode, (3,) * nd, (2,) * nd, (1,) * nd, ceil_mode=True,
+                           count_include_pad=cip)
+        got = keras.ops.convert_to_numpy(lay(x))
+        n_out = pool_out(9, 3, 2, 1, True)
+        want = np.empty((2,) + (n_out,) * nd + (3,))
+        for idx in np.ndindex(*(n_out,) * nd):
+            sl, cnt_pad = [], 1
+            for o in idx:
+                st = o * 2 - 1
+                en = min(st + 3, 9 + 1)
+                cnt_pad *= en - st
+                sl.append(slice(max(st, 0), min(en, 9)))
+            win = x[(slice(None), *sl, slice(None))]
+            axes = tuple(range(1, nd + 1))
+            if mode == "max":
+                want[(slice(None), *idx, slice(None))] = win.max(axis=axes)
+            else:
+                div = cnt_pad if cip else np.prod([s.stop - s.start for s in sl])
+                want[(slice(None), *idx, slice(None))] = win.sum(axis=axes) / div
+        np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-6)
+
+
+# ------------------------------------------------------------------------------------
+# several inputs/outputs: verify and the spec's expected agree
+
+
+def test_verify_cli_named_inputs_and_several_expected(tmp_path):
+    from wtransplant import rebuild
+
+    out = tmp_path / "two.keras"
+    rebuild(SPECS / "g_two_io.yaml", output=out)
+    z = np.load(TORCH / "g_two_io.io.npz")
+    np.save(tmp_path / "image.npy", np.transpose(z["image"], (0, 2, 3, 1)))
+    np.save(tmp_path / "extra.npy", z["extra"])
+    np.save(tmp_path / "y0.npy", z["y0"])
+    np.save(tmp_path / "y1.npy", z["y1"])
+    rep = tmp_path / "r.json"
+    args = CLI + ["verify", str(out), "--inputs", f"image={tmp_path / 'image.npy'}",
+                  "--inputs", f"extra={tmp_path / 'extra.npy'}",
+                  "--expected", str(tmp_path / "y0.npy"), "--expected",
+                  str(tmp_path / "y1.npy"), "--report", str(rep)]
+    r = subprocess.run(args, capture_output=True, text=True, timeout=600, cwd=tmp_path)
+    assert r.returncode == 0, r.stderr[-2000:]
+    d = json.loads(rep.read_text())
+    assert d["parity"]["passed"] and len(d["parity"]["outputs"]) == 2
+    # swapped expected files: exit 1 (every output is compared, in outputs order)
+    args2 = [a for a in args]
+    i0, i1 = args2.index(str(tmp_path / "y0.npy")), args2.index(str(tmp_path / "y1.npy"))
+    args2[i0], args2[i1] = args2[i1], args2[i0]
+    r = subprocess.run(args2, capture_output=True, text=True, timeout=600, cwd=tmp_path)
+    assert r.returncode == 2 and "shape" in r.stderr, r.stderr[-2000:]
+
+
+# ------------------------------------------------------------------------------------
+# export: every output checked; ONNX output names are the Keras output names
+
+
+@pytest.mark.parametrize("fmt", ["onnx", "savedmodel"])
+def test_export_two_io_checks_every_output(fmt, tmp_path):
+    from wtransplant import rebuild
+    from wtransplant.artifacts import load_artifact
+    from wtransplant.export import export_model
+
+    model, _ = rebuild(SPECS / "g_two_io.yaml")
+    out = tmp_path / ("m.onnx" if fmt == "onnx" else "m_sm")
+    rep = export_model(model, fmt, out, progress=False)
+    assert rep.ok
+    assert all(len(p.outputs) == 2 for p in rep.results[0].parity)
+    art = load_artifact(out)
+    if fmt == "onnx":
+        assert art.output_names == ["fc_cls", "fc_box"]
+        assert sorted(art.input_names) == ["extra", "image"]
+    z = np.load(TORCH / "g_two_io.io.npz")
+    ys = art.predict({"image": np.transpose(z["image"], (0, 2, 3, 1)), "extra": z["extra"]})
+    by = dict(zip(art.output_names, ys)) if fmt == "onnx" else {"fc_cls": ys[0],
+                                                                "fc_box": ys[1]}
+    for name, want in (("fc_cls", z["y0"]), ("fc_box", z["y1"])):
+        assert np.abs(by[name] - want).max() / np.abs(want).max() < 1e-5
