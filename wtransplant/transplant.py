@@ -353,17 +353,21 @@ def check_parity(report: RebuildReport, model, spec: Spec, src, loaded, plan) ->
             report.diagnosis = {"note": f"no per-layer diagnosis: {state['why']}"}
 
 
-def reference_inputs(model, n: int, seed: int = 0) -> np.ndarray:
-    """Seeded inputs of realistic scale for the model's (single) input: standard normal
-    floats; integer ids in the first Embedding's range."""
+def reference_inputs(model, n: int, seed: int = 0):
+    """Seeded inputs of realistic scale for the model's inputs (one array, or a list for
+    several): standard normal floats; integer ids in the first Embedding's range."""
     rng = np.random.default_rng(seed)
-    inp = model.inputs[0]
-    shape = (n,) + tuple(8 if d is None else int(d) for d in inp.shape[1:])
-    if "int" in str(inp.dtype):
-        emb = next((lay for lay in model.layers if type(lay).__name__ == "Embedding"), None)
-        high = int(emb.input_dim) if emb is not None else 10
-        return rng.integers(0, high, size=shape).astype(str(inp.dtype))
-    return rng.standard_normal(shape).astype(str(inp.dtype))
+    out = []
+    for inp in model.inputs:
+        shape = (n,) + tuple(8 if d is None else int(d) for d in inp.shape[1:])
+        if "int" in str(inp.dtype):
+            emb = next((lay for lay in model.layers if type(lay).__name__ == "Embedding"),
+                       None)
+            high = int(emb.input_dim) if emb is not None else 10
+            out.append(rng.integers(0, high, size=shape).astype(str(inp.dtype)))
+        else:
+            out.append(rng.standard_normal(shape).astype(str(inp.dtype)))
+    return out if len(out) > 1 else out[0]
 
 
 def _progress(n: int, what: str, progress: bool | None):

@@ -132,10 +132,8 @@ def verify(model, *, other=None, inputs=None, expected=None, spec=None, activati
         ref, ref_why = _spec_reference(art, spec)
         if ref is None:
             raise InputError(f"no NumPy reference for this model: {ref_why}")
-        if len(xs) != 1:
-            raise InputError("the NumPy reference covers single-input models")
-        y_ref, ref_acts = ref.forward(xs[0])
-        want = [y_ref]
+        y_ref, ref_acts = ref.forward(xs if len(xs) > 1 else xs[0])
+        want = y_ref if isinstance(y_ref, list) else [y_ref]
         got = art.predict(xs)
         against = f"the NumPy reference of {Path(str(_spec_source(spec))).name} " \
                   f"({ref.convention} semantics)"
@@ -247,18 +245,17 @@ def _diagnose(art, xs, spec, activations, ref_acts) -> dict | None:
     if model is None:
         return {"note": f"no per-layer diagnosis: a {art.kind} artifact has no Keras layers; "
                         f"verify the .keras model it came from"}
-    if len(xs) != 1:
-        return {"note": "per-layer diagnosis covers single-input models"}
+    x = xs if len(xs) > 1 else xs[0]
     if activations is not None:
         acts = load_activations(activations)
-        return diagnose(model, acts, xs[0], method="stored activations").to_dict()
+        return diagnose(model, acts, x, method="stored activations").to_dict()
     if ref_acts is None and spec is not None:
         ref, why = _spec_reference(art, spec)
         if ref is None:
             return {"note": f"no per-layer diagnosis: {why}"}
-        _, ref_acts = ref.forward(xs[0])
+        _, ref_acts = ref.forward(x)
     if ref_acts is not None:
-        return diagnose(model, ref_acts, xs[0], method="numpy reference").to_dict()
+        return diagnose(model, ref_acts, x, method="numpy reference").to_dict()
     return {"note": "no per-layer diagnosis: give --spec (the rebuild spec) for the NumPy "
                     "reference, or --activations with reference activations stored under "
                     "the layers' names"}
