@@ -98,11 +98,11 @@ def diagnose(model, reference_acts: dict[str, np.ndarray], x, *, method: str,
         diag.note = "no reference activations under the names of the model's layers"
         return diag
     keras_acts = layer_outputs(model, x, names)
-    from .keras_model import inbound
+    from .keras_model import inbound, input_layer_names
 
     ins = inbound(model)
     xs = x if isinstance(x, list | tuple) else [x]
-    by_input = {str(t.name).split(":")[0]: np.asarray(a) for t, a in zip(model.inputs, xs)}
+    by_input = {n: np.asarray(a) for n, a in zip(input_layer_names(model), xs)}
     prev_input = np.asarray(xs[0])
     prev_name = None
     for n in names:

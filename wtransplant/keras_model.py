@@ -328,6 +328,16 @@ def inbound(model) -> dict[str, list[str]]:
     return out
 
 
+def input_layer_names(model) -> list[str]:
+    """The names of the layers that are the model's inputs (what ``inbound`` refers to)."""
+    out = []
+    for t in model.inputs:
+        hist = getattr(t, "_keras_history", None)
+        op = getattr(hist, "operation", None) or (hist[0] if hist else None)
+        out.append(op.name if op is not None else str(t.name).split(":")[0])
+    return out
+
+
 def _parents(model) -> dict[str, str]:
     """layer name -> the name of the layer feeding it (single-input layers only)."""
     return {k: v[0] for k, v in inbound(model).items() if len(v) == 1}

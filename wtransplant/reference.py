@@ -220,7 +220,11 @@ def _graph(model):
            for lay in layers):
         raise NotCovered("nested models are not covered by the NumPy reference")
     ins = _inbound(model)
-    in_names = [str(t.name).split(":")[0] for t in model.inputs]
+    in_names = []
+    for t in model.inputs:
+        hist = getattr(t, "_keras_history", None)
+        op = getattr(hist, "operation", None) or (hist[0] if hist else None)
+        in_names.append(op.name if op is not None else str(t.name).split(":")[0])
     if isinstance(model, __import__("keras").Sequential):
         in_names = [in_names[0]] if in_names else ["input"]
         prev = in_names[0]
