@@ -80,6 +80,7 @@ def build_graph(ms: ModelSpec, name: str | None = None) -> tuple[keras.Model, li
         tensors[label] = y
         if node.name is None:  # Keras chose a name: let later items use the index name
             tensors[label] = y
+    notes = _summarise(notes)
     outs = [tensors[o] for o in output_names(ms)]
     # Keras names the model's outputs after the layers that produce them; an output that is
     # a model input needs a layer of its own
@@ -93,6 +94,24 @@ def build_graph(ms: ModelSpec, name: str | None = None) -> tuple[keras.Model, li
     except ValueError as e:
         raise InputError(f"{ms.display}: model: {' '.join(str(e).split())[:300]}") from None
     return model, notes
+
+
+def _summarise(notes: list[str], most: int = 3) -> list[str]:
+    """One line for many items built the same way ("a: how" x N -> "how: a, b, ... (N)")."""
+    by_how: dict[str, list[str]] = {}
+    for n in notes:
+        name, _, how = n.partition(": ")
+        key = how.split(" built as ", 1)[-1] if " built as " in how else how
+        by_how.setdefault(key, []).append(n)
+    out = []
+    for key, group in by_how.items():
+        if len(group) <= most or " built as " not in group[0]:
+            out.extend(group)
+            continue
+        names = [g.partition(": ")[0] for g in group]
+        shown = ", ".join(names[:6]) + (", ..." if len(names) > 6 else "")
+        out.append(f"{len(names)} items with PyTorch padding built as {key}: {shown}")
+    return out
 
 
 def _translate(item: dict, cls: str, x, where: str, notes: list[str]) -> list[dict]:
