@@ -424,3 +424,17 @@ def test_diagnosis_names_first_diverging_layer_in_a_branch(tmp_path):
     diag = e.value.report.diagnosis
     assert diag["first_diverging_layer"] == "layer1.downsample.1", diag
     assert "epsilon" in (diag.get("cause") or "")
+
+
+@pytest.mark.slow
+def test_resnet18_graph_spec_matches_pytorch():
+    """The torchvision-style ResNet-18 written by bench/make_resnet18.py (PyTorch; ~45 MiB,
+    not committed): rebuilt from its graph spec, < 1e-5 relative error."""
+    d = ROOT / "bench" / "resnet18"
+    if not (d / "resnet18.h5").exists():
+        pytest.skip("run bench/make_resnet18.py with PyTorch first (not committed: 45 MiB)")
+    from wtransplant import rebuild
+
+    model, report = rebuild(d / "resnet18.yaml")
+    assert report.parity.passed and report.parity.max_rel < 1e-5
+    assert report.model["parameters"] == 11_689_512 + 9_600  # weights + BN running stats
