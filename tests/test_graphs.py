@@ -438,3 +438,53 @@ def test_resnet18_graph_spec_matches_pytorch():
     model, report = rebuild(d / "resnet18.yaml")
     assert report.parity.passed and report.parity.max_rel < 1e-5
     assert report.model["parameters"] == 11_689_512 + 9_600  # weights + BN running stats
+
+
+# ------------------------------------------------------------------------------------
+# inspect of a Keras 2 full model shows the file's own layer graph
+
+
+def test_inspect_keras2_model_shows_model_config():
+    from conftest import run_cli
+
+    r = run_cli("inspect", ROOT / "fixtures/keras2/k2_cnn_model.h5", "--json")
+    assert r.returncode == 0, r.stderr
+    d = json.loads(r.stdout)
+    arch = d["architecture"]
+    assert arch["from"] == "model_config"
+    rows = {x["name"]: x for x in arch["layers"]}
+    assert rows["conv2d"]["class"] == "Conv2D" and rows["conv2d"]["parameters"] == 3 * 3 * 3 * 8 + 8
+    assert rows["dense"]["inbound"] == ["dropout"] and arch["outputs"] == ["dense"]
+    assert not d["hints"]["notes"]  # no guessing from shapes next to the stated graph
+    r = run_cli("inspect", ROOT / "fixtures/keras2/k2_cnn_model.h5")
+    assert "Architecture from the file's model_config" in r.stdout
+
+
+def test_kerasconfig_functional_graph_and_escaping():
+    """A Keras 2 functional config (inbound_nodes as nested lists): branches and merges are
+    read from the config; names are data."""
+    from wtransplant.kerasconfig import summarize
+
+    cfg = {"class_name": "Functional", "config": {
+        "layers": [
+            {"class_name": "InputLayer", "name": "in",
+             "config": {"name": "in", "batch_input_shape": [None, 8, 8, 3]},
+             "inbound_nodes": []},
+            {"class_name": "SeparableConv2D", "name": "sep",
+             "config": {"name": "sep", "filters": 4, "kernel_size": [3, 3]},
+             "inbound_nodes": [[["in", 0, 0, {}]]]},
+            {"class_name": "Conv2D", "name": "res\x1b[31m",
+             "config": {"name": "res\x1b[31m", "filters": 4, "kernel_size": [1, 1]},
+             "inbound_nodes": [[["in", 0, 0, {}]]]},
+            {"class_name": "Add", "name": "add", "config": {"name": "add"},
+             "inbound_nodes": [[["sep", 0, 0, {}], ["res\x1b[31m", 0, 0, {}]]]}],
+        "output_layers": [["add", 0, 0]]}}
+    arch = summarize(json.dumps(cfg))
+    rows = {x["name"]: x for x in arch["layers"]}
+    assert rows["add"]["inbound"] == ["sep", "res\x1b[31m"]
+    assert rows["sep"]["class"] == "SeparableConv2D" and rows["in"]["args"]["shape"] == [8, 8, 3]
+    assert arch["outputs"] == ["add"]
+    sys.path.insert(0, str(ROOT))
+    from cli.render import escape_text
+
+    assert "\x1b" not in escape_text("res\x1b[31m")
