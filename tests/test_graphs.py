@@ -488,3 +488,42 @@ def test_kerasconfig_functional_graph_and_escaping():
     from cli.render import escape_text
 
     assert "\x1b" not in escape_text("res\x1b[31m")
+
+
+# ------------------------------------------------------------------------------------
+# drafts see graphs
+
+
+def test_draft_mtcnn_prelu_and_parallel_heads(tmp_path):
+    """The torch draft of RNet proposes the PReLUs (each after its layer, per channel on
+    maps, per feature after a Linear) and the two heads as branches with two outputs."""
+    import yaml
+
+    from wtransplant import draft_spec
+    from wtransplant.spec import load_spec
+
+    d = draft_spec(TORCH / "mtcnn_rnet.h5", spec_dir=tmp_path)
+    data = yaml.safe_load(d.text)
+    items = {x["name"]: x for x in data["model"]["layers"]}
+    names = [x["name"] for x in data["model"]["layers"]]
+    assert names.index("prelu1") == names.index("conv1") + 1
+    assert names.index("prelu4") == names.index("dense4") + 1
+    assert items["prelu1"]["shared_axes"] == [1, 2] and "shared_axes" not in items["prelu4"]
+    assert items["dense5_2"]["inputs"] == "prelu4"
+    assert data["model"]["outputs"] == ["dense5_1", "dense5_2"]
+    assert {"prelu4/alpha": "prelu4.weight"}.items() <= data["weights"].items()
+    p = tmp_path / "draft.yaml"
+    p.write_text(d.text)
+    spec = load_spec(p)  # a valid graph spec
+    assert spec.model.outputs == ["dense5_1", "dense5_2"]
+
+
+def test_draft_pnet_rebuilds_and_reference_agrees(tmp_path):
+    from wtransplant import draft_spec, rebuild
+
+    d = draft_spec(TORCH / "mtcnn_pnet.h5", spec_dir=tmp_path)
+    p = tmp_path / "draft.yaml"
+    p.write_text(d.text)
+    model, report = rebuild(p)
+    assert len(model.outputs) == 2
+    assert report.parity.method.startswith("numpy reference") and report.parity.passed

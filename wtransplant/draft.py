@@ -103,6 +103,11 @@ def _draft_layers(w, loaded: LoadedSource, hints: Hints, src) -> Draft:
     todo: list[str] = []
     notes: list[str] = list(hints.notes)
     known = [lh for lh in hints.layers if lh.proposal is not None]
+    from .draftgraph import heads as _heads, place_prelus
+
+    known = place_prelus(known)
+    reads, head_outs = _heads(known)
+    unmapped = [lh for lh in hints.layers if lh.proposal is None]
     if not known:
         w.comment("TODO: no layer could be recognised from the tensors; write the model and")
         w.comment("the weights mapping by hand (see `wtransplant inspect` for the tensors)")
@@ -138,6 +143,12 @@ def _draft_layers(w, loaded: LoadedSource, hints: Hints, src) -> Draft:
                       if conv == "torch" else ""))
         args = dict(p.args)
         comment = []
+        if p.kind == "prelu" and prev_kind in ("dense", "flatten"):
+            args.pop("shared_axes", None)  # after a Linear: one slope per feature
+        if i in reads:
+            r = reads[i]
+            args["inputs"] = "input" if r < 0 else _name_for(known[r], r, fmt, stacked)
+            comment.append("a parallel head: reads the same tensor as the layer before it")
         if p.keras_class in ("GRU", "LSTM", "SimpleRNN", "Bidirectional"):
             nxt = known[i + 1].proposal if i + 1 < len(known) else None
             if nxt is not None and nxt.keras_class in ("GRU", "LSTM", "SimpleRNN",
@@ -163,8 +174,13 @@ def _draft_layers(w, loaded: LoadedSource, hints: Hints, src) -> Draft:
         w.line(f"    - {_flow({'class': p.keras_class, 'name': name, **args})}"
                + (f"  # {'; '.join(comment)}" if comment else ""))
         entries.append((name, list(p.slots.items()), lh))
-        if p.kind not in ("batchnorm", "layernorm"):
+        if p.kind not in ("batchnorm", "layernorm", "prelu"):
             prev_kind = p.kind or prev_kind
+    if head_outs:
+        outs = [_name_for(known[j], j, fmt, stacked) for j in head_outs]
+        w.kv("  outputs", outs, "parallel heads; a Softmax on a head is not in the weights: "
+                                "TODO add it if the source applies one")
+        todo.append("outputs: order and any Softmax on the heads")
     # weights
     w.line("weights:")
     square_note = hints.orientation
@@ -195,6 +211,10 @@ def _draft_layers(w, loaded: LoadedSource, hints: Hints, src) -> Draft:
         w.comment(f"verify: {{inputs: x.npy, expected: y.npy{layout}}}  # to check parity")
     for n in notes:
         w.comment(f"note: {n}")
+    for lh in unmapped:
+        w.comment(f"not mapped: {lh.unit} ({', '.join(lh.tensors[:6])}): no layer rule "
+                  f"recognises these tensors; map them in `weights` or list them in "
+                  f"options.ignore")
     for t in todo:
         w.comment(f"TODO {t}")
     rebuildable = not any("orientation" in t for t in todo) and conv in ("matlab", "plain",
