@@ -527,3 +527,19 @@ def test_draft_pnet_rebuilds_and_reference_agrees(tmp_path):
     model, report = rebuild(p)
     assert len(model.outputs) == 2
     assert report.parity.method.startswith("numpy reference") and report.parity.passed
+
+
+def test_parity_plot_one_panel_per_output(tmp_path):
+    import struct
+
+    from wtransplant.plots import parity_plot
+
+    rng = np.random.default_rng(0)
+    ys = [rng.standard_normal((4, 3)), rng.standard_normal((4, 2))]
+
+    def width(p):
+        return struct.unpack(">I", Path(p).read_bytes()[16:20])[0]
+
+    one = parity_plot(tmp_path / "one.png", actual=ys[0], expected=ys[0])
+    two = parity_plot(tmp_path / "two.png", actual=ys, expected=ys)
+    assert abs(width(two) / width(one) - 2.0) < 0.1
