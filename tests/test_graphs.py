@@ -322,6 +322,10 @@ def test_verify_cli_named_inputs_and_several_expected(tmp_path):
     assert r.returncode == 0, r.stderr[-2000:]
     d = json.loads(rep.read_text())
     assert d["parity"]["passed"] and len(d["parity"]["outputs"]) == 2
+    # the spec's `expected: [...]` (rebuild) gives the same per-output figures
+    _, rr = rebuild(SPECS / "g_two_io.yaml")
+    for got, want in zip(d["parity"]["outputs"], rr.parity.outputs):
+        assert abs(got["max_abs"] - want.max_abs) <= 1e-7
     # swapped expected files: exit 1 (every output is compared, in outputs order)
     args2 = [a for a in args]
     i0, i1 = args2.index(str(tmp_path / "y0.npy")), args2.index(str(tmp_path / "y1.npy"))
