@@ -34,7 +34,7 @@ def handle_errors(fn):
         except WTError as e:
             if DEBUG:
                 raise
-            _err(str(e))
+            _err(_cli_words(str(e)))
             sys.exit(e.exit_code)
         except KeyboardInterrupt:
             _err("interrupted")
@@ -55,6 +55,18 @@ def handle_errors(fn):
             sys.exit(EXIT_INTERNAL)
 
     return wrapper
+
+
+#: library keyword arguments that library messages name, and the options that set them
+_KWARG_FLAGS = {"force=True": "--force", "follow_links=True": "--follow-links"}
+
+
+def _cli_words(msg: str) -> str:
+    """A library message in the command's words: keyword arguments become options (library
+    messages never name command-line options)."""
+    for kw, flag in _KWARG_FLAGS.items():
+        msg = msg.replace(f"pass {kw}", f"pass {flag}").replace(kw, flag)
+    return msg
 
 
 def emit_json(obj) -> None:
@@ -117,7 +129,7 @@ def inspect(file, as_json, stats, pattern, depth, follow_links, timeout):
 def spec(file, output, timeout):
     """Write a draft spec (YAML) for FILE: the implied layer stack, the weights mapping, the
     convention, and verify entries if FILE holds reference data. What the tensors cannot
-    tell is marked '# TODO'."""
+    tell is a guess, written as {undecided: [candidates...], why: ...}."""
     from pathlib import Path
 
     from wtransplant.draft import draft_spec
@@ -132,7 +144,9 @@ def spec(file, output, timeout):
     else:
         click.echo(d.text, nl=False)
     if d.todo:
-        click.echo(f"{len(d.todo)} thing(s) to decide are marked TODO in the draft", err=True)
+        click.echo(f"{len(d.todo)} guess(es) in the draft are marked {{undecided: [...]}}: "
+                   f"`wtransplant rebuild` refuses the spec until each is decided (or "
+                   f"--force, and the result is unverified)", err=True)
     elif d.rebuildable:
         click.echo("the draft should rebuild as is: wtransplant rebuild --spec "
                    f"{output or 'SPEC'}", err=True)
@@ -155,7 +169,10 @@ def spec(file, output, timeout):
               help="Layout of the reference inputs if not channels-last.")
 @click.option("--atol", type=float, help="Absolute tolerance (default 1e-5).")
 @click.option("--rtol", type=float, help="Relative tolerance (default 1e-4).")
-@click.option("--force", is_flag=True, help="Save the model even if parity fails.")
+@click.option("--force", is_flag=True,
+              help="Build a spec that still holds undecided choices (with their first "
+                   "candidates) and save the model even if parity fails; the report then "
+                   "says verified: false and why.")
 @click.option("--show-plan", is_flag=True, help="Print the whole mapping ledger.")
 @click.option("--json", "as_json", is_flag=True, help="Print the report as JSON.")
 @click.option("--no-save", is_flag=True, help="Check only; write no model.")
@@ -196,12 +213,16 @@ def rebuild(file, spec_path, output, report_path, inputs, expected, input_layout
         if rtol is not None:
             s.verify.rtol = rtol
     out = None if no_save else (output or f"{s.source.stem}.keras")
+    from wtransplant.transplanting import check_decided
+
+    # a spec with undecided choices is refused before TensorFlow starts
+    check_decided(s, force=force, model_used=s.model is not None)
     from .watchdog import DEFAULT_TIMEOUT, preflight
 
     # a damaged file that makes the HDF5 library loop or crash is refused before TF starts
     preflight(s.source, DEFAULT_TIMEOUT if timeout is None else timeout)
     import_keras()
-    from wtransplant.transplant import rebuild as do_rebuild
+    from wtransplant.transplanting import rebuild as do_rebuild
 
     try:
         _model, report = do_rebuild(s, output=out, report_path=report_path, force=force)
@@ -444,6 +465,9 @@ def verify(model, other, inputs, expected, spec_path, activations, input_layout,
 @click.option("--keep-checkpoints", is_flag=True, help="Keep the checkpoints after success.")
 @click.option("--tensorboard", type=click.Path(file_okay=False), metavar="DIR",
               help="Write a TensorBoard log (needs the tensorboard package).")
+@click.option("--skip-nonfinite", is_flag=True,
+              help="Leave out samples whose inputs or targets hold NaN/Inf (counted in the "
+                   "report); without it such a sample is an input error (exit 2).")
 @click.option("--no-plot", is_flag=True, help="Do not draw the learning curves PNG.")
 @click.option("--quiet", is_flag=True, help="No progress lines.")
 @click.option("--json", "as_json", is_flag=True, help="Print the report as JSON.")

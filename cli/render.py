@@ -278,11 +278,20 @@ def print_rebuild(report, show_plan: bool = False) -> None:
         con.print(f"note: {n}", markup=False)
     for w in plan.warnings:
         con.print(f"[yellow]warning:[/] {w}")
-    if report.parity is not None:
-        style = "green" if report.parity.passed else "bold red"
-        con.print(f"parity ({report.parity.method}): [{style}]{report.parity.summary()}[/]")
+    par = report.parity
+    if par is not None:
+        # a check against the model's own architecture proves the conversion only: its
+        # verdict says so, never "OK"
+        style = ("bold red" if not par.passed else
+                 "yellow" if getattr(par, "kind", "data") == "self-reference" else "green")
+        con.print(f"parity ({par.method}): [{style}]{par.summary()}[/]")
     else:
         con.print(f"parity: {report.parity_note}", markup=False)
+    undecided = getattr(report, "undecided", None)
+    if undecided or (par is not None and par.passed and getattr(par, "kind", "data") != "data"):
+        from rich.markup import escape
+
+        con.print(f"[yellow]unverified:[/] {escape(report.unverified_reason or '')}")
     if report.diagnosis:
         print_diagnosis(con, report.diagnosis)
     if report.output:
@@ -452,6 +461,11 @@ def print_finetune(report: dict) -> None:
         con.print(f"throughput: {report['throughput_samples_per_s']:.0f} samples/s "
                   f"({report['epochs_run']} epochs, {report['seconds']:.1f} s in all)",
                   markup=False)
+    sk = report.get("skipped_nonfinite")
+    if sk is not None:
+        con.print(f"skipped: {sk['samples']} sample(s) holding NaN/Inf"
+                  + "".join(f"; {k}: {', '.join(map(str, v[:10]))}"
+                            for k, v in sk["by_array"].items()), markup=False)
     for n in report.get("notes") or []:
         con.print(f"note: {n}", markup=False)
     if report.get("output"):

@@ -87,7 +87,7 @@ def exported(tmp_path_factory):
 
 
 def _build(name: str, d: Path, keras_file: Path, done: Path) -> None:
-    from wtransplant.transplant import rebuild
+    from wtransplant.transplanting import rebuild
 
     d.mkdir(exist_ok=True)
     rep = d / f"{name}.report.json"
