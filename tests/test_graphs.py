@@ -548,3 +548,41 @@ def test_parity_plot_one_panel_per_output(tmp_path):
     one = parity_plot(tmp_path / "one.png", actual=ys[0], expected=ys[0])
     two = parity_plot(tmp_path / "two.png", actual=ys, expected=ys)
     assert abs(width(two) / width(one) - 2.0) < 0.1
+
+
+@pytest.mark.parametrize("nd", [1, 3])
+def test_torch_padding_conv_and_pool_1d_3d_against_reference(nd, tmp_path):
+    """Integer padding on Conv1D/Conv3D (stride 2) and on Max/AveragePooling1D/3D with
+    ceil mode: the rebuilt Keras model agrees with the NumPy reference of PyTorch's
+    semantics (independent code: zero padding, -inf max padding, PyTorch's divisors)."""
+    from wtransplant import rebuild
+
+    rng = np.random.default_rng(nd)
+    k = 3
+    with h5py.File(tmp_path / "w.h5", "w") as f:
+        f["c1.weight"] = rng.standard_normal((4, 2) + (k,) * nd).astype(np.float32) / 3
+        f["c1.bias"] = rng.standard_normal(4).astype(np.float32)
+        f["c2.weight"] = rng.standard_normal((3, 4) + (k,) * nd).astype(np.float32) / 3
+        f["c2.bias"] = rng.standard_normal(3).astype(np.float32)
+    size = 11 if nd == 1 else 7
+    shape = [size] * nd + [2]
+    spec = f"""version: 1
+source: w.h5
+convention: torch
+model:
+  input_shape: {shape}
+  layers:
+    - {{class: Conv{nd}D, name: c1, filters: 4, kernel_size: {k}, strides: 2, padding: 1}}
+    - {{class: MaxPooling{nd}D, name: mp, pool_size: 2, strides: 2, padding: 1, ceil_mode: true}}
+    - {{class: Conv{nd}D, name: c2, filters: 3, kernel_size: {k}, padding: 1, inputs: c1}}
+    - {{class: AveragePooling{nd}D, name: ap, pool_size: 3, strides: 2, padding: 1, ceil_mode: true}}
+  outputs: [mp, ap]
+verify: {{reference: numpy}}
+"""
+    (tmp_path / "s.yaml").write_text(spec)
+    model, report = rebuild(tmp_path / "s.yaml")
+    assert report.parity.method.startswith("numpy reference")
+    assert report.parity.passed and report.parity.max_rel < 1e-5
+    assert len(report.parity.outputs) == 2
+    classes = {type(lay).__name__ for lay in model.layers}
+    assert f"ZeroPadding{nd}D" in classes and "TorchPooling" in classes

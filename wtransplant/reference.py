@@ -529,6 +529,8 @@ def op_cropping(ref, lay, act):
 def _norm_pairs(p, nd):
     if isinstance(p, int):
         return [(p, p)] * nd
+    if nd == 1 and len(p) == 2 and all(isinstance(v, int) for v in p):
+        return [tuple(p)]  # ZeroPadding1D / Cropping1D: (left, right)
     out = []
     for v in p:
         out.append((v, v) if isinstance(v, int) else tuple(v))
