@@ -586,3 +586,14 @@ verify: {{reference: numpy}}
     assert len(report.parity.outputs) == 2
     classes = {type(lay).__name__ for lay in model.layers}
     assert f"ZeroPadding{nd}D" in classes and "TorchPooling" in classes
+
+
+def test_huge_pool_geometry_refused_before_allocation(tmp_path):
+    from wtransplant.keras_model import build_model
+    from wtransplant.spec import load_spec
+
+    p = _spec(tmp_path, "    - {class: AveragePooling2D, name: ap, pool_size: 3, strides: 1, "
+                        "padding: 1, count_include_pad: false}\n",
+              inputs="input_shape: [100000, 100000, 1]")
+    with pytest.raises(InputError, match=r"s\.yaml:7: model\.layers\[0\].*too large"):
+        build_model(load_spec(p).model)

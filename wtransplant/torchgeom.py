@@ -8,6 +8,10 @@ from __future__ import annotations
 import numpy as np
 
 
+#: bound on the positions of an average-pooling divisor map (an untrusted spec's sizes)
+MAX_CORRECTION = 1 << 24
+
+
 def pool_out(n: int, k: int, s: int, p: int, ceil_mode: bool) -> int:
     """PyTorch's output length: floor/ceil((n + 2p - k) / s) + 1, and in ceil mode minus
     one if the last window would start in the right padding."""
@@ -45,6 +49,10 @@ def avg_correction(spatial: tuple, k: tuple, s: tuple, p: tuple, ceil_mode: bool
                    count_include_pad: bool) -> np.ndarray:
     """Factor turning a mean over full k-windows (of a zero-padded input) into PyTorch's
     average: prod(k) / divisor, shape (*out_spatial,)."""
+    outs = [pool_out(n, k[i], s[i], p[i], ceil_mode) for i, n in enumerate(spatial)]
+    if int(np.prod(outs, dtype=np.float64)) > MAX_CORRECTION:
+        raise ValueError(f"average pooling output {outs} is too large for PyTorch-style "
+                         f"divisors (at most {MAX_CORRECTION} positions)")
     out = np.ones((), dtype=np.float64)
     for i, n in enumerate(spatial):
         d = avg_divisors(n, k[i], s[i], p[i], ceil_mode, count_include_pad)
