@@ -68,15 +68,20 @@ def test_two_inputs_names(tmp_path):
     assert list(model.output_names) == ["fc_cls", "fc_box"]
 
 
-def test_saved_torchpooling_loads_after_import(tmp_path):
+@pytest.mark.parametrize("first", ["wtransplant, keras", "keras, wtransplant"])
+def test_saved_torchpooling_loads_after_import(first, tmp_path):
     """A .keras with wtransplant's TorchPooling loads in a fresh Python that did `import
-    wtransplant` (before keras) and computes PyTorch's numbers."""
+    wtransplant` (before or after keras) and computes PyTorch's numbers; `import
+    wtransplant` alone does not import keras."""
     from wtransplant import rebuild
 
     out = tmp_path / "pools.keras"
     rebuild(SPECS / "g_pools.yaml", output=out)
     code = (
-        "import wtransplant, keras, numpy as np\n"
+        "import sys\n"
+        + ("import wtransplant\nassert 'keras' not in sys.modules\n"
+           if first.startswith("wtransplant") else "import keras\n")
+        + f"import {first}, numpy as np\n"
         f"m = keras.models.load_model({str(out)!r})\n"
         f"z = np.load({str(TORCH / 'g_pools.io.npz')!r})\n"
         "ys = m(np.transpose(z['x'], (0, 2, 3, 1)))\n"

@@ -71,10 +71,10 @@ def _register_own_layers() -> None:
         except Exception:  # a broken Keras install must not break `import wtransplant`
             pass
         return
-    import importlib.abc
-    import importlib.util
+    from importlib import abc as _abc
+    from importlib import util as _util
 
-    class _Loader(importlib.abc.Loader):
+    class _Loader(_abc.Loader):
         def __init__(self, inner):
             self.inner = inner
 
@@ -88,7 +88,7 @@ def _register_own_layers() -> None:
             except Exception:
                 pass
 
-    class _Finder(importlib.abc.MetaPathFinder):
+    class _Finder(_abc.MetaPathFinder):
         def find_spec(self, name, path=None, target=None):
             if name != "keras":
                 return None
@@ -96,7 +96,7 @@ def _register_own_layers() -> None:
                 sys.meta_path.remove(self)
             except ValueError:
                 return None
-            spec = importlib.util.find_spec("keras")
+            spec = _util.find_spec("keras")
             if spec is None or spec.loader is None:
                 return spec
             spec.loader = _Loader(spec.loader)

@@ -138,7 +138,8 @@ def _draft_layers(w, loaded: LoadedSource, hints: Hints, src) -> Draft:
     todo: list[str] = []
     notes: list[str] = list(hints.notes)
     known = [lh for lh in hints.layers if lh.proposal is not None]
-    from .draftgraph import heads as _heads, place_prelus
+    from .draftgraph import heads as _heads
+    from .draftgraph import place_prelus
 
     known = place_prelus(known)
     reads, head_outs = _heads(known)

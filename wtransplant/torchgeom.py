@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import numpy as np
 
-
 #: bound on the positions of an average-pooling divisor map (an untrusted spec's sizes)
 MAX_CORRECTION = 1 << 24
 
