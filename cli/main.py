@@ -460,6 +460,9 @@ def verify(model, other, inputs, expected, spec_path, activations, input_layout,
 @click.option("--keep-checkpoints", is_flag=True, help="Keep the checkpoints after success.")
 @click.option("--tensorboard", type=click.Path(file_okay=False), metavar="DIR",
               help="Write a TensorBoard log (needs the tensorboard package).")
+@click.option("--skip-nonfinite", is_flag=True,
+              help="Leave out samples whose inputs or targets hold NaN/Inf (counted in the "
+                   "report); without it such a sample is an input error (exit 2).")
 @click.option("--no-plot", is_flag=True, help="Do not draw the learning curves PNG.")
 @click.option("--quiet", is_flag=True, help="No progress lines.")
 @click.option("--json", "as_json", is_flag=True, help="Print the report as JSON.")

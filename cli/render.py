@@ -421,6 +421,11 @@ def print_finetune(report: dict) -> None:
         con.print(f"throughput: {report['throughput_samples_per_s']:.0f} samples/s "
                   f"({report['epochs_run']} epochs, {report['seconds']:.1f} s in all)",
                   markup=False)
+    sk = report.get("skipped_nonfinite")
+    if sk is not None:
+        con.print(f"skipped: {sk['samples']} sample(s) holding NaN/Inf"
+                  + "".join(f"; {k}: {', '.join(map(str, v[:10]))}"
+                            for k, v in sk["by_array"].items()), markup=False)
     for n in report.get("notes") or []:
         con.print(f"note: {n}", markup=False)
     if report.get("output"):

@@ -134,7 +134,11 @@ def test_keras2_gru_file_that_keras3_load_model_refuses(tmp_path):
 def test_keras3_archive_rebuilt_without_spec():
     model, report = rebuild_file(fx("keras3/k3_mlp.keras"))
     io = np.load(fx("keras3/k3_mlp.io.npz"))
-    assert rel_err(model, io["x"], io["y"]) == 0.0
+    # The stored outputs were computed on another CPU: oneDNN picks other kernels for AVX2
+    # and AVX-512, so the same weights give results a few float32 ulps apart (Keras' own
+    # load_model is 1 ulp off here). 1e-6 relative is about 8 ulps: a wrong transpose,
+    # bias or activation is off by orders of magnitude more.
+    assert rel_err(model, io["x"], io["y"]) < 1e-6
 
 
 # --------------------------------------------------------------------------------------

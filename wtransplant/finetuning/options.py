@@ -26,6 +26,7 @@ class FinetuneOptions:
     val_x: str | None = None
     val_y: str | None = None
     val_split: float | None = None
+    skip_nonfinite: bool = False  # leave out samples holding NaN/Inf (else: an input error)
     # training
     epochs: int = 5
     batch_size: int = 32

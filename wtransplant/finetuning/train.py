@@ -46,6 +46,7 @@ from .data import (
     BatchReader,
     DataBundle,
     LabelInfo,
+    NonFiniteGuard,
     Preprocess,
     fit_standardize,
     label_info,
@@ -330,7 +331,7 @@ class _Run:
         self.strategy = get_strategy(o.strategy) if o.strategy not in (None, "none") else None
         original, self.model_info = load_model(self.model_arg)
         self._open_data(original)
-        self.labels = label_info(self.bundle.train.y)
+        self.labels = label_info(self.bundle.train.y, skip_nonfinite=o.skip_nonfinite)
         model = self._shape_model(original)
         self.policy, self.policy_why = resolve_precision(o.precision)
         if self.policy == "mixed_float16" and not capable_gpu():
@@ -405,6 +406,7 @@ class _Run:
             raise InputError(f"model {model.name!r} has {len(model.inputs)} inputs; fine-tuning "
                              f"supports single-input models")
         image = (shape[0], shape[1]) if len(shape) == 3 and None not in shape[:2] else None
+        self.guard = NonFiniteGuard(skip=o.skip_nonfinite)
         self.bundle = load_data(self.data_arg, x=o.x, y=o.y, val_data=o.val_data,
                                 val_x=o.val_x, val_y=o.val_y, val_split=o.val_split,
                                 image_size=image, channels=shape[-1] if image else None)
@@ -661,7 +663,8 @@ class _Run:
             def reader_for(ds, shuffle):
                 return lambda shard: BatchReader(ds, o.batch_size, shuffle=shuffle,
                                                  seed=self.seed, pre=self.pre,
-                                                 augment=shuffle, y_dtype=y_dtype, shard=shard)
+                                                 augment=shuffle, y_dtype=y_dtype, shard=shard,
+                                                 guard=self.guard)
 
             self.train_input, self.steps_per_epoch = multiworker_dataset(
                 self.strategy, reader_for(b.train, True), lambda: self.epoch)
@@ -672,10 +675,10 @@ class _Run:
             self.train_feed = None
             return
         tr = BatchReader(b.train, o.batch_size, shuffle=True, seed=self.seed, pre=self.pre,
-                         augment=True, y_dtype=y_dtype)
+                         augment=True, y_dtype=y_dtype, guard=self.guard)
         vr = None if b.val is None else BatchReader(b.val, o.batch_size, shuffle=False,
                                                     seed=self.seed, pre=self.pre,
-                                                    y_dtype=y_dtype)
+                                                    y_dtype=y_dtype, guard=self.guard)
         self.steps_per_epoch = len(tr)
         self.train_feed = None
         if self.loader == "tf.data":
@@ -700,13 +703,26 @@ class _Run:
             if self.multiworker:
                 return {"data": "none"}
             tr = BatchReader(self.bundle.train, self.opts.batch_size, shuffle=False, seed=0,
-                             pre=self.pre, y_dtype=self.y_dtype)
+                             pre=self.pre, y_dtype=self.y_dtype, guard=self.guard)
             data = Feed(tr, workers=self.workers)
-        with self._patches():
+        with self._patches(), self._data_errors():
             res = self.model.evaluate(data, verbose=0, return_dict=True)
         out = {k: float(v) for k, v in res.items()}
         out["data"] = where
         return out
+
+    @contextlib.contextmanager
+    def _data_errors(self):
+        """A NaN/Inf sample found by a loader thread or tf.data reaches here wrapped by the
+        framework: raise the guard's own one-line error instead."""
+        try:
+            yield
+        except InputError:
+            raise
+        except Exception:
+            if self.guard.error is not None:
+                raise self.guard.error from None
+            raise
 
     def _patches(self):
         from .tfextras import multiworker_patches
@@ -722,7 +738,7 @@ class _Run:
             callbacks.append(tb)
         self._progress(f"phase {phase.name!r}: epochs {start + 1}..{phase.end}, lr {phase.lr:g}, "
                        f"{len(phase.trainable)} trainable layer(s) from {phase.trainable[0]!r}")
-        with self._patches():
+        with self._patches(), self._data_errors():
             self.model.fit(self.train_input, validation_data=self.val_input,
                            epochs=phase.end, initial_epoch=start, callbacks=callbacks,
                            verbose=0, shuffle=False)
@@ -883,6 +899,10 @@ class _Run:
             "loader": self.loader,
             "optimizer": self.opts.optimizer, "schedule": self.opts.schedule,
             "batch_size": self.opts.batch_size,
+            "skipped_nonfinite": {"samples": self.guard.count(),
+                                  "by_array": {k: sorted(v)[:100] for k, v in
+                                               self.guard.skipped.items()}}
+            if self.opts.skip_nonfinite else None,
             "precision": {"policy": self.policy, "why": self.policy_why},
             "jit_compile": bool(getattr(self.model, "jit_compile", False)),
             "strategy": describe(self.strategy),
