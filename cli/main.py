@@ -34,7 +34,7 @@ def handle_errors(fn):
         except WTError as e:
             if DEBUG:
                 raise
-            _err(str(e))
+            _err(_cli_words(str(e)))
             sys.exit(e.exit_code)
         except KeyboardInterrupt:
             _err("interrupted")
@@ -55,6 +55,18 @@ def handle_errors(fn):
             sys.exit(EXIT_INTERNAL)
 
     return wrapper
+
+
+#: library keyword arguments that library messages name, and the options that set them
+_KWARG_FLAGS = {"force=True": "--force", "follow_links=True": "--follow-links"}
+
+
+def _cli_words(msg: str) -> str:
+    """A library message in the command's words: keyword arguments become options (library
+    messages never name command-line options)."""
+    for kw, flag in _KWARG_FLAGS.items():
+        msg = msg.replace(f"pass {kw}", f"pass {flag}").replace(kw, flag)
+    return msg
 
 
 def emit_json(obj) -> None:
@@ -201,12 +213,10 @@ def rebuild(file, spec_path, output, report_path, inputs, expected, input_layout
         if rtol is not None:
             s.verify.rtol = rtol
     out = None if no_save else (output or f"{s.source.stem}.keras")
-    from wtransplant.transplanting import UndecidedError, check_decided
+    from wtransplant.transplanting import check_decided
 
-    try:  # a spec with undecided choices is refused before TensorFlow starts
-        check_decided(s, force=force, model_used=s.model is not None)
-    except UndecidedError as e:
-        raise UndecidedError(_cli_words(str(e)), undecided=e.undecided) from None
+    # a spec with undecided choices is refused before TensorFlow starts
+    check_decided(s, force=force, model_used=s.model is not None)
     from .watchdog import DEFAULT_TIMEOUT, preflight
 
     # a damaged file that makes the HDF5 library loop or crash is refused before TF starts
@@ -219,13 +229,8 @@ def rebuild(file, spec_path, output, report_path, inputs, expected, input_layout
     except ParityError as e:
         if e.report is not None:
             _print_rebuild(e.report, as_json, show_plan)
-        raise ParityError(_cli_words(str(e)), report=e.report) from None
+        raise
     _print_rebuild(report, as_json, show_plan)
-
-
-def _cli_words(msg: str) -> str:
-    """A library message in the command's words: keyword arguments become options."""
-    return msg.replace("pass force=True", "pass --force").replace("force=True", "--force")
 
 
 def _is_hdf5(path: str, signature: bytes) -> bool:

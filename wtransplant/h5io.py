@@ -317,7 +317,7 @@ def resolve_dataset(src: OpenedSource, path: str) -> h5py.Dataset:
             lnk = node.get(part, getlink=True)
             raise UnsafeInputError(
                 f"{where} is an external link to {lnk.filename}:{lnk.path}; not followed "
-                f"(pass --follow-links to allow it)",
+                f"(pass follow_links=True to allow it)",
                 path=src.display,
             )
         try:
@@ -345,13 +345,13 @@ def check_dataset_safe(ds: h5py.Dataset, src: OpenedSource) -> None:
             if outside:
                 raise UnsafeInputError(
                     f"{ds.name} is a virtual dataset reading from {', '.join(outside)}; not "
-                    f"followed (pass --follow-links to allow it)",
+                    f"followed (pass follow_links=True to allow it)",
                     path=src.display,
                 )
         if ds.external:
             raise UnsafeInputError(
                 f"{ds.name} keeps its data in external file(s) "
-                f"{', '.join(str(e[0]) for e in ds.external)}; not read (pass --follow-links "
+                f"{', '.join(str(e[0]) for e in ds.external)}; not read (pass follow_links=True "
                 f"to allow it)",
                 path=src.display,
             )

@@ -93,7 +93,7 @@ def verify(model, *, other=None, inputs=None, expected=None, spec=None, activati
     in_desc = _desc(inputs) if inputs is not None else ""
     if not xs:
         if expected is not None:
-            raise InputError("--expected needs --inputs (the inputs that produced it)")
+            raise InputError("expected outputs need inputs (the inputs that produced them)")
         xs = random_inputs(art, n_random, seed=seed)
         in_desc = f"{n_random} seeded random samples (seed {seed}, standard normal floats)"
     xs = art.check_inputs(xs)
@@ -130,8 +130,8 @@ def verify(model, *, other=None, inputs=None, expected=None, spec=None, activati
                   f"({ref.convention} semantics)"
         method = f"numpy reference ({ref.convention} semantics)"
     else:
-        raise InputError("give reference outputs (--expected Y), another artifact (OTHER), "
-                         "or the rebuild spec (--spec S) to verify against")
+        raise InputError("give reference outputs (expected=), another artifact (other=), "
+                         "or the rebuild spec (spec=) to verify against")
     res = compare(got if len(got) > 1 else got[0], want if len(want) > 1 else want[0],
                   atol=atol, rtol=rtol, method=method, what="outputs")
     report = VerifyReport(art.describe(), against, in_desc, res, other=other_desc, notes=notes)
@@ -216,8 +216,8 @@ def _diagnose(art, xs, spec, activations, ref_acts) -> dict | None:
         _, ref_acts = ref.forward(xs[0])
     if ref_acts is not None:
         return diagnose(model, ref_acts, xs[0], method="numpy reference").to_dict()
-    return {"note": "no per-layer diagnosis: give --spec (the rebuild spec) for the NumPy "
-                    "reference, or --activations with reference activations stored under "
+    return {"note": "no per-layer diagnosis: give spec= (the rebuild spec) for the NumPy "
+                    "reference, or activations= with reference activations stored under "
                     "the layers' names"}
 
 

@@ -145,14 +145,14 @@ def replace_head(model, units: int, activation: str) -> tuple[keras.Model, keras
     such as a softmax Activation) is replaced by ``Dense(units, activation)`` in float32.
     Returns (model, head layer, names of the replaced layers)."""
     if len(model.outputs) != 1:
-        raise InputError(f"--new-head: model {model.name!r} has {len(model.outputs)} outputs; "
+        raise InputError(f"new_head: model {model.name!r} has {len(model.outputs)} outputs; "
                          f"only single-output models are supported")
     top = [lay for lay in model.layers if not isinstance(lay, keras.layers.InputLayer)]
     k = max((i for i, lay in enumerate(top) if lay.weights), default=None)
     if k is None:
-        raise InputError(f"--new-head: model {model.name!r} has no layer with weights")
+        raise InputError(f"new_head: model {model.name!r} has no layer with weights")
     if isinstance(top[k], keras.Model):
-        raise InputError(f"--new-head: the last layer with weights, {top[k].name!r}, is a "
+        raise InputError(f"new_head: the last layer with weights, {top[k].name!r}, is a "
                          f"nested model; replace its head by hand")
     replaced = [lay.name for lay in top[k:]]
     names = {lay.name for lay in _walk_layers(model)}
@@ -318,8 +318,8 @@ class _Run:
         state = arrays = None
         if o.resume:
             if self.ckpt_dir is None:
-                raise InputError("--resume needs the run folder of the interrupted run "
-                                 "(give the same -o OUT, or --run-dir)")
+                raise InputError("resume needs the run folder of the interrupted run "
+                                 "(give the same output, or run_dir)")
             state, arrays = records.load_checkpoint(self.ckpt_dir)
         self.seed = int(state["seed"]) if state else (
             o.seed if o.seed is not None else int(np.random.SeedSequence().entropy % 2**31))
@@ -418,8 +418,8 @@ class _Run:
         in_dtype = str(model.inputs[0].dtype)
         if "int" in in_dtype:  # token ids and the like: passed as they are
             if o.rescale is not None or o.standardize or pre.augments:
-                raise InputError(f"model {model.name!r} takes {in_dtype} inputs: --rescale, "
-                                 f"--standardize, --flip and --rotation do not apply")
+                raise InputError(f"model {model.name!r} takes {in_dtype} inputs: rescale, "
+                                 f"standardize, flip and rotation do not apply")
             pre.dtype = in_dtype
         if None not in shape and got != shape:
             if math.prod(got) == math.prod(shape):
@@ -434,7 +434,7 @@ class _Run:
             raise InputError(f"{self.bundle.train.x.display}: samples of shape {got} do not fit "
                              f"the input {tuple(shape)} of model {model.name!r}")
         if pre.augments and len(pre.reshape or got) != 3:
-            raise InputError(f"--flip/--rotation augment images (h, w, c); samples of "
+            raise InputError(f"flip/rotation augment images (h, w, c); samples of "
                              f"{self.bundle.train.x.display} have shape {got}")
         if o.standardize:
             pre.mean, pre.std = fit_standardize(self.bundle.train.x, pre)
@@ -479,7 +479,7 @@ class _Run:
         if self.task in ("classification", "binary"):
             if lab.kind == "float":
                 raise InputError(f"{y}: targets are real numbers, not class indices; use "
-                                 f"--task regression")
+                                 f"task regression")
             if lab.kind == "onehot":
                 if lab.classes != units and not (self.task == "binary" and units == 1):
                     raise InputError(f"{y}: one-hot targets of width {lab.classes} but the "
@@ -489,7 +489,7 @@ class _Run:
                 raise InputError(f"{y}: class labels must be >= 0, found {lab.minimum:g}")
             limit = 2 if self.task == "binary" else units
             if lab.maximum >= limit:
-                hint = f"; use --new-head {int(lab.maximum) + 1}" if self.task != "binary" \
+                hint = f"; use new_head {int(lab.maximum) + 1}" if self.task != "binary" \
                     else ""
                 raise InputError(f"{y}: labels go up to {int(lab.maximum)} but the output layer "
                                  f"{head!r} has {units} unit(s){hint}")
@@ -549,12 +549,12 @@ class _Run:
             tf_ = o.trainable_from
             if isinstance(tf_, int):
                 if not -len(names) <= tf_ < len(names):
-                    raise InputError(f"--trainable-from {tf_}: the model has {len(names)} layers "
+                    raise InputError(f"trainable_from {tf_}: the model has {len(names)} layers "
                                      f"(index 0..{len(names) - 1} or -{len(names)}..-1)")
                 k = tf_ % len(names)
             else:
                 if tf_ not in names:
-                    raise InputError(f"--trainable-from {tf_!r}: no such layer (layers: "
+                    raise InputError(f"trainable_from {tf_!r}: no such layer (layers: "
                                      f"{', '.join(names)})")
                 k = names.index(tf_)
             body += names[k:]
@@ -562,7 +562,7 @@ class _Run:
             rx = re.compile(o.trainable)
             matched = [n for n in names if rx.search(n)]
             if not matched:
-                raise InputError(f"--trainable {o.trainable!r} matches no layer (layers: "
+                raise InputError(f"trainable {o.trainable!r} matches no layer (layers: "
                                  f"{', '.join(names)})")
             body += matched
         if o.trainable_from is None and not o.trainable:
@@ -752,10 +752,10 @@ class _Run:
 
         if importlib.util.find_spec("tensorboard") is None or \
                 keras.backend.backend() != "tensorflow":
-            msg = ("--tensorboard skipped: the tensorboard package is not installed "
+            msg = ("tensorboard skipped: the tensorboard package is not installed "
                    "(tensorflow-cpu does not bring it; pip install tensorboard)"
                    if importlib.util.find_spec("tensorboard") is None else
-                   "--tensorboard skipped: it needs the TensorFlow backend")
+                   "tensorboard skipped: it needs the TensorFlow backend")
             if msg not in self.notes:
                 self.notes.append(msg)
                 print(f"wtransplant: warning: {msg}", file=sys.stderr)
@@ -799,13 +799,13 @@ class _Run:
         if state is None:
             if self.ckpt_dir is not None and (self.ckpt_dir / records.STATE).exists():
                 self.notes.append(f"the checkpoints of an earlier interrupted run in "
-                                  f"{self.ckpt_dir} are replaced (use --resume to continue one)")
+                                  f"{self.ckpt_dir} are replaced (use resume to continue one)")
             return
         want, have = state.get("fingerprint") or {}, self._fingerprint()
         diff = [k for k in sorted(set(want) | set(have)) if want.get(k) != have.get(k)]
         if diff:
             k = diff[0]
-            raise InputError(f"--resume: the interrupted run had {k}={want.get(k)!r}, this one "
+            raise InputError(f"resume: the interrupted run had {k}={want.get(k)!r}, this one "
                              f"{k}={have.get(k)!r}; resume with the same options")
 
     def write_checkpoint(self, epochs_done: int, p_index: int, resume_at: tuple[int, int],
@@ -932,12 +932,12 @@ def _assign(variables, arrays: dict, prefix: str) -> None:
     checkpoint holds as many arrays as there are variables, of the same shapes."""
     n = sum(1 for k in arrays if k.startswith(prefix + "/"))
     if n != len(variables):
-        raise InputError(f"--resume: the checkpoint holds {n} {prefix} variables, the run has "
+        raise InputError(f"resume: the checkpoint holds {n} {prefix} variables, the run has "
                          f"{len(variables)}")
     for i, v in enumerate(variables):
         a = arrays[f"{prefix}/{i}"]
         if tuple(a.shape) != tuple(v.shape):
-            raise InputError(f"--resume: checkpoint {prefix} variable {i} has shape "
+            raise InputError(f"resume: checkpoint {prefix} variable {i} has shape "
                              f"{tuple(a.shape)}, {v.path} has {tuple(v.shape)}")
         v.assign(a)
 
@@ -995,9 +995,9 @@ class _Bookkeeper(keras.callbacks.Callback):
         run = self.run
         run.status = "diverged"
         run.failure = (f"training diverged: {what} (phase {self.phase.name!r}, lr "
-                       f"{self.phase.lr:g}); nothing was saved. Lower --lr, check the data "
+                       f"{self.phase.lr:g}); nothing was saved. Lower lr, check the data "
                        f"for NaN/Inf (wtransplant inspect --stats) or standardise it "
-                       f"(--standardize)")
+                       f"(standardize)")
         self.model.stop_training = True
 
     def on_epoch_end(self, epoch, logs=None):
