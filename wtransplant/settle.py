@@ -1,0 +1,1092 @@
+"""Settling a draft's undecided choices against reference data (``spec --inputs --expected``).
+
+The tensors in a weight file fix sizes and layer kinds, not everything: activations, which
+way a square matrix is stored, the flatten order before a dense layer, a normalisation
+epsilon, conv padding/strides, and in unnamed lists (``arr_0``, ``arr_1``, ...) which tensor
+feeds which variable among tensors of equal shape. Given inputs X and the source model's
+outputs Y, every such choice is settled by trying its candidates in a float64 NumPy forward
+pass of the spec *as rebuild will read it* (the same recipes turn the stored arrays into
+Keras layout), so a settled draft rebuilds as written.
+
+How (cost grows with the number of choices, not with their product):
+
+* shape-only choices first (no forward pass): conv padding/strides are enumerated on shapes
+  alone and only the settings whose shapes fit go on to the data; the input shape comes from
+  the data;
+* then coordinate descent over the remaining choices in layer order: the activations of the
+  layers before the choice are cached, each candidate costs one forward pass of the layers
+  from the choice to the output; sweeps repeat until nothing changes. A first guess ties
+  all hidden activations together (one pass per candidate), which is right for most models;
+* the last sweep is the evidence: for every choice, the error of the winner and of the
+  runner-up with every other choice at its settled value.
+
+A choice is *settled* when its winner fits (relative error under :data:`FIT_TOL`) and the
+runner-up does not come within the noise floor (``max(TIE_FACTOR * winner, NOISE_FLOOR)``);
+otherwise it stays ``{undecided: [...]}``, ranked best first, with a note saying which data
+would split it. Names of one function (``silu``/``swish``, ``celu``/``elu``) are one
+candidate, found by evaluating every built-in on a probe vector. Inputs that are too
+degenerate (all samples equal, all zeros) settle nothing, and the draft says so.
+
+Layer 1: NumPy, h5py and PyYAML only (the forward pass is :mod:`wtransplant.reference`'s
+operations under Keras semantics, the conversions are :mod:`wtransplant.plan`'s recipes).
+"""
+
+from __future__ import annotations
+
+import itertools
+import math
+import time
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from . import npops as F
+from .errors import InputError
+from .h5io import read_dataset
+from .layouts import TargetLayer, TargetVar
+from .layouts.ops import apply as apply_ops
+from .plan import build_recipe
+from .reference import OPS, Act, NotCovered, RefLayer, Reference, input_kind_for, to_keras
+
+#: a candidate "fits" the data when its relative max error is under this
+FIT_TOL = 1e-4
+#: two candidates are a tie when the runner-up is within TIE_FACTOR x the winner's error
+#: or under NOISE_FLOOR (float32 data: a few ulps of the output's scale)
+TIE_FACTOR = 4.0
+NOISE_FLOOR = 1e-6
+MAX_SWEEPS = 4
+MAX_STRUCT_COMBOS = 4096
+MAX_PERMUTATION = 720  # 6! : equal-shape groups larger than this are not searched
+
+#: Keras 3 built-in activations the NumPy forward pass can evaluate, cheapest first
+BUILTIN_ACTIVATIONS = ["linear", "relu", "tanh", "sigmoid", "softmax", "elu", "selu",
+                       "gelu", "silu", "swish", "softplus", "softsign", "hard_sigmoid",
+                       "relu6", "leaky_relu", "exponential", "mish", "hard_silu",
+                       "log_softmax", "celu", "hard_tanh", "log_sigmoid"]
+#: tried first; the other built-ins only when no combination of these fits the data
+USUAL_ACTIVATIONS = ["linear", "relu", "tanh", "sigmoid", "softmax"]
+EPSILONS = [1e-3, 1e-5, 1e-6, 1.001e-5]
+FLATTEN_ORDERS = {"chw": "C,H,W (PyTorch)", "none": "H,W,C (Keras)", "whc": "W,H,C",
+                  "fortran": "column-major (MATLAB)"}
+
+_EXTRA = {
+    "mish": lambda x: x * np.tanh(np.logaddexp(0, x)),
+    "hard_silu": lambda x: x * np.clip(x / 6 + 0.5, 0, 1),
+    "log_softmax": lambda x: x - x.max(-1, keepdims=True) - np.log(
+        np.exp(x - x.max(-1, keepdims=True)).sum(-1, keepdims=True)),
+    "celu": lambda x: np.where(x > 0, x, np.expm1(np.minimum(x, 0))),
+    "hard_tanh": lambda x: np.clip(x, -1, 1),
+    "log_sigmoid": lambda x: -np.logaddexp(0, -x),
+}
+
+
+def act_fn(name):
+    if name in _EXTRA:
+        return _EXTRA[name]
+    return F.activation(name)
+
+
+def _alias_groups(names: list[str]) -> dict[str, str]:
+    """name -> canonical name (the first in ``names`` computing the same function)."""
+    probe = np.linspace(-8, 8, 161).reshape(7, 23)
+    seen: list[tuple[str, np.ndarray]] = []
+    out = {}
+    with np.errstate(all="ignore"):
+        for n in names:
+            try:
+                v = act_fn(n)(probe)
+            except NotImplementedError:
+                continue
+            for c, cv in seen:
+                if np.allclose(v, cv, rtol=1e-12, atol=1e-12, equal_nan=True):
+                    out[n] = c
+                    break
+            else:
+                seen.append((n, v))
+                out[n] = n
+    return out
+
+
+ALIAS = _alias_groups(BUILTIN_ACTIVATIONS)
+
+#: where two activations differ: what inputs would split a tie between them
+_SPLIT_HINTS = [
+    ({"relu", "linear"}, "pre-activations below zero at this layer (e.g. inputs with "
+                         "negative values)"),
+    ({"relu", "relu6"}, "pre-activations above 6 at this layer (larger inputs)"),
+    ({"relu6", "linear"}, "pre-activations below 0 or above 6 at this layer"),
+    ({"hard_tanh", "linear"}, "pre-activations outside [-1, 1] at this layer (larger inputs)"),
+    ({"hard_tanh", "tanh"}, "pre-activations away from zero at this layer"),
+    ({"sigmoid", "hard_sigmoid"}, "pre-activations away from zero at this layer"),
+    ({"elu", "selu"}, "any non-zero pre-activations at this layer"),
+    ({"softmax", "linear"}, "outputs that do not sum to one (the data may be probabilities "
+                            "already)"),
+]
+
+
+def split_hint(kind: str, labels: list[str], stats: dict | None = None) -> str:
+    if kind == "activation":
+        pair = set(labels[:2])
+        for names, why in _SPLIT_HINTS:
+            if pair <= names or names <= pair:
+                return why
+        span = ""
+        if stats:
+            span = f" (they spanned [{stats['min']:.3g}, {stats['max']:.3g}] here)"
+        return f"pre-activations over a wider range at this layer{span}"
+    if kind == "epsilon":
+        return ("data where this layer's running variances matter: channels with small "
+                "variance, or inputs far from the running mean")
+    if kind == "orientation":
+        return "more samples with varied inputs (the matrix's two orientations agree on these)"
+    if kind == "flatten":
+        return "inputs that vary across positions and channels (the orders agree on these)"
+    if kind == "mapping":
+        return "more varied samples (the tensors of equal shape act alike on these)"
+    return "more varied samples"
+
+
+# --------------------------------------------------------------------------------------
+# choices
+
+
+@dataclass
+class Choice:
+    kind: str  # activation | orientation | flatten | epsilon | mapping | structure | other
+    where: str  # model.layers[2].activation, weights.fc2/kernel, ...
+    layer: str | None
+    index: int  # first layer it affects
+    candidates: list  # values, as the spec writes them
+    labels: list[str]  # one short text per candidate
+    targets: list = field(default_factory=list)  # (path tuple) the value(s) go to
+    why: str | None = None
+    value: object = None
+    status: str = "undecided"  # settled | tie | unfit | degenerate | shapes | fixed
+    errors: dict = field(default_factory=dict)  # label -> relative max error
+    evidence: str = ""
+    split: str = ""
+    implicit: bool = False  # not marked undecided in the draft (e.g. flatten order)
+    stats: dict | None = None
+    #: candidates tried only if the first ones cannot fit the data (rarer built-ins)
+    extra: list = field(default_factory=list)
+
+    def ranked(self) -> list[tuple[str, float]]:
+        return sorted(self.errors.items(), key=lambda kv: (kv[1], self.labels.index(kv[0])))
+
+    def to_dict(self) -> dict:
+        r = self.ranked()
+        d = {"kind": self.kind, "where": self.where, "layer": self.layer,
+             "status": self.status, "value": _jsonable(self.value),
+             "candidates": [_jsonable(c) for c in self.candidates],
+             "errors": {k: _num(v) for k, v in r},
+             "winner": r[0][0] if r else None, "winner_error": _num(r[0][1]) if r else None,
+             "runner_up": r[1][0] if len(r) > 1 else None,
+             "runner_up_error": _num(r[1][1]) if len(r) > 1 else None,
+             "evidence": self.evidence}
+        if self.split:
+            d["split_with"] = self.split
+        return d
+
+
+def _num(v):
+    return None if v is None or not math.isfinite(v) else float(v)
+
+
+def _jsonable(v):
+    if isinstance(v, tuple):
+        return [_jsonable(x) for x in v]
+    if isinstance(v, list):
+        return [_jsonable(x) for x in v]
+    if isinstance(v, dict):
+        return {k: _jsonable(x) for k, x in v.items()}
+    return v
+
+
+def _label(v) -> str:
+    from .spec import _short
+
+    if isinstance(v, dict) and "transpose" in v:
+        return "out-by-in" if list(v["transpose"]) == [1, 0] else "in-by-out"
+    if isinstance(v, tuple):
+        return ", ".join(_short(x) for x in v)
+    return _short(v)
+
+
+# --------------------------------------------------------------------------------------
+# shapes (one sample, channels last) and Keras variables, without Keras
+
+
+PASS_THROUGH = {"Dropout", "AlphaDropout", "GaussianDropout", "GaussianNoise", "Activation",
+                "ReLU", "ELU", "LeakyReLU", "Softmax", "Identity", "ActivityRegularization",
+                "SpatialDropout1D", "SpatialDropout2D"}
+
+
+class ShapeMismatch(Exception):
+    pass
+
+
+def _tup(v, n):
+    if isinstance(v, int):
+        return (v,) * n
+    v = tuple(v)
+    return v * n if len(v) == 1 else v
+
+
+def layer_shapes(d: dict, shape: tuple) -> tuple[tuple, list[tuple[str, tuple]]]:
+    """(output shape, [(variable, shape)...]) of a spec layer on one sample of ``shape``."""
+    cls = d["class"]
+    if cls == "Dense":
+        n = int(d["units"])
+        vs = [("kernel", (shape[-1], n))]
+        if d.get("use_bias", True):
+            vs.append(("bias", (n,)))
+        return (*shape[:-1], n), vs
+    if cls in ("Conv1D", "Conv2D", "Conv3D"):
+        nd = int(cls[4])
+        if len(shape) != nd + 1:
+            raise ShapeMismatch(f"{cls} on a {len(shape)}-D sample")
+        k = _tup(d["kernel_size"], nd)
+        s = _tup(d.get("strides", 1), nd)
+        dil = _tup(d.get("dilation_rate", 1), nd)
+        pad = d.get("padding", "valid")
+        out = []
+        for i in range(nd):
+            eff = (k[i] - 1) * dil[i] + 1
+            if pad == "same":
+                out.append(-(-shape[i] // s[i]))
+            elif pad == "valid":
+                out.append((shape[i] - eff) // s[i] + 1)
+            else:
+                raise NotCovered(f"padding {pad!r}")
+            if out[-1] <= 0:
+                raise ShapeMismatch("map too small")
+        f = int(d["filters"])
+        g = int(d.get("groups", 1))
+        vs = [("kernel", (*k, shape[-1] // g, f))]
+        if d.get("use_bias", True):
+            vs.append(("bias", (f,)))
+        return (*out, f), vs
+    if cls == "BatchNormalization":
+        c = (shape[-1],)
+        vs = ([("gamma", c)] if d.get("scale", True) else []) + \
+             ([("beta", c)] if d.get("center", True) else []) + \
+             [("moving_mean", c), ("moving_variance", c)]
+        return shape, vs
+    if cls == "LayerNormalization":
+        c = (shape[-1],)
+        vs = ([("gamma", c)] if d.get("scale", True) else []) + \
+             ([("beta", c)] if d.get("center", True) else [])
+        return shape, vs
+    if cls == "Flatten":
+        return (math.prod(shape),), []
+    if cls in ("MaxPooling1D", "MaxPooling2D", "AveragePooling1D", "AveragePooling2D"):
+        nd = int(cls[-2])
+        p = _tup(d.get("pool_size", 2), nd)
+        s = _tup(d.get("strides") or p, nd)
+        pad = d.get("padding", "valid")
+        out = [(-(-shape[i] // s[i])) if pad == "same" else (shape[i] - p[i]) // s[i] + 1
+               for i in range(nd)]
+        if any(o <= 0 for o in out):
+            raise ShapeMismatch("map too small")
+        return (*out, shape[-1]), []
+    if cls.startswith("Global") and cls[-2:] in ("1D", "2D"):
+        return (shape[-1],), []
+    if cls in PASS_THROUGH:
+        return shape, []
+    if cls in ("SimpleRNN", "GRU", "LSTM"):
+        u = int(d["units"])
+        g = {"SimpleRNN": 1, "GRU": 3, "LSTM": 4}[cls]
+        vs = [("kernel", (shape[-1], g * u)), ("recurrent_kernel", (u, g * u))]
+        if d.get("use_bias", True):
+            two = cls == "GRU" and d.get("reset_after", True)
+            vs.append(("bias", (2, g * u) if two else (g * u,)))
+        out = (shape[0], u) if d.get("return_sequences") else (u,)
+        return out, vs
+    raise NotCovered(f"{cls} layers are not covered by the settler")
+
+
+# --------------------------------------------------------------------------------------
+# the NumPy model of a spec document
+
+
+class Evaluator:
+    """Forward passes of a spec document (dict) under Keras semantics, layer by layer, with
+    the activations before each layer cached for the current document."""
+
+    def __init__(self, doc: dict, loaded, src, convention: str, x: np.ndarray,
+                 y: np.ndarray):
+        self.doc = doc
+        self.loaded = loaded
+        self.src = src
+        self.conv = convention
+        self.x = x
+        self.y = y.astype(np.float64)
+        self.scale = float(np.abs(self.y).max()) or 1.0
+        self._raw: dict[str, np.ndarray] = {}
+        self._conv_cache: dict = {}
+        self.prefix: list[Act | None] = []
+        self.evaluations = 0  # forward passes (whole or from a cached layer to the output)
+        self.layer_ops = 0  # single-layer evaluations
+        self.pre_stats: dict[int, dict] = {}
+
+    # -- weights
+    def raw(self, name: str) -> np.ndarray:
+        if name not in self._raw:
+            t = self.loaded.tensor(name)
+            if t is None:
+                raise InputError(f"no tensor {name!r} in {self.loaded.tree.display}")
+            self._raw[name] = read_dataset(self.src, t.path)
+        return self._raw[name]
+
+    def _weights(self, i: int, d: dict, in_shape: tuple, vs, flatten_from) -> dict:
+        from .spec import _weight
+
+        name = d.get("name")
+        tl = TargetLayer(name, d["class"], dict(d), [], index=i, input_shape=in_shape,
+                         flatten_from=flatten_from)
+        out = {}
+        for var, shape in vs:
+            key = f"{name}/{var}"
+            entry = (self.doc.get("weights") or {}).get(key)
+            if entry is None:
+                raise NotCovered(f"{key}: no weights entry in the draft")
+            ck = (key, repr(entry), shape, flatten_from, repr(sorted(
+                (k, repr(v)) for k, v in d.items())) if d["class"] in ("GRU", "LSTM") else "")
+            if ck not in self._conv_cache:
+                wref = _weight(entry, ("weights", key))
+                srcs = []
+                for n in wref.sources:
+                    t = self.loaded.tensor(n)
+                    if t is None:
+                        raise InputError(f"weights: {key} <- {n}: no such tensor in "
+                                         f"{self.loaded.tree.display}")
+                    srcs.append(t)
+                tv = TargetVar(key, name, var, tuple(shape))
+                tl.vars.append(tv)
+                ops = build_recipe(tv, tl, srcs, self.conv, wref)
+                arr = apply_ops(ops, [self.raw(n) for n in wref.sources])
+                self._conv_cache[ck] = np.asarray(arr, dtype=np.float64)
+            out[var] = [self._conv_cache[ck]]
+        return out
+
+    # -- structure
+    def plan(self, doc: dict | None = None) -> list[tuple[dict, tuple, tuple, list, tuple]]:
+        """[(layer dict, in shape, out shape, vars, flatten_from)] or ShapeMismatch."""
+        doc = doc or self.doc
+        shape = tuple(doc["model"]["input_shape"])
+        out = []
+        flat_from = None
+        for d in doc["model"]["layers"]:
+            if "inputs" in d:
+                raise NotCovered("graph specs (items with 'inputs') are not covered by the "
+                                 "settler yet")
+            o, vs = layer_shapes(d, shape)
+            ff = flat_from if d["class"] == "Dense" else None
+            out.append((d, shape, o, vs, ff))
+            if d["class"] == "Flatten":
+                flat_from = shape if len(shape) >= 2 else None
+            elif d["class"] not in PASS_THROUGH:
+                flat_from = None
+            shape = o
+        if tuple(out[-1][2]) != tuple(self.y.shape[1:]):
+            raise ShapeMismatch(f"output {out[-1][2]} vs expected {self.y.shape[1:]}")
+        return out
+
+    def initial(self) -> Act:
+        first = self.doc["model"]["layers"][0]["class"]
+        kind = input_kind_for(first, self.x.ndim - 1, self.x.dtype)
+        a = np.asarray(self.x, dtype=np.float64)
+        return Act(np.moveaxis(a, -1, 1), "map") if kind == "map" else Act(a, kind)
+
+    def run(self, start: int = 0, *, record: bool = False) -> float:
+        """Relative max error of the output, running from layer ``start`` on the cached
+        activation before it. ``record``: refresh the cache from ``start`` on."""
+        try:
+            plan = self.plan()
+        except ShapeMismatch:
+            return math.inf
+        if start == 0 or len(self.prefix) < start or self.prefix[start - 1] is None:
+            start = 0
+        act = self.initial() if start == 0 else self.prefix[start - 1]
+        ref = Reference([], "keras", "")
+        self.evaluations += 1
+        if record:
+            self.prefix = self.prefix[:start] + [None] * (len(plan) - start)
+        with np.errstate(all="ignore"):
+            for i in range(start, len(plan)):
+                d, in_shape, _o, vs, ff = plan[i]
+                cfg = {k: v for k, v in d.items() if k not in ("class",)}
+                if d["class"] in ("Dense", "Conv1D", "Conv2D", "Conv3D"):
+                    cfg.setdefault("activation", "linear")
+                lay = RefLayer(d.get("name", f"layer{i}"), d["class"], cfg, set(cfg))
+                if vs:
+                    lay.weights = self._weights(i, d, in_shape, vs, ff)
+                act = self._op(ref, lay, act, i, record)
+                self.layer_ops += 1
+                if record:
+                    self.prefix[i] = act
+                if not np.all(np.isfinite(act.a)):
+                    return math.inf
+            out = to_keras(act)
+            y = self.y
+            if out.shape != y.shape:
+                if out.size == y.size:
+                    out = out.reshape(y.shape)
+                else:
+                    return math.inf
+            err = float(np.abs(out - y).max()) / self.scale
+        return err if math.isfinite(err) else math.inf
+
+    def _op(self, ref, lay, act, i, record):
+        act_name = lay.config.get("activation")
+        if act_name in _EXTRA and lay.class_name in ("Dense", "Conv1D", "Conv2D",
+                                                     "Activation"):
+            lin = RefLayer(lay.name, lay.class_name, {**lay.config, "activation": "linear"},
+                           lay.explicit, lay.weights)
+            z = OPS[lay.class_name](ref, lin, act)
+            if record:
+                self._note_stats(i, z.a)
+            return Act(_EXTRA[act_name](z.a), z.kind, z.map_shape, z.flat_order)
+        if record and act_name not in (None, "linear"):
+            lin = RefLayer(lay.name, lay.class_name, {**lay.config, "activation": "linear"},
+                           lay.explicit, lay.weights)
+            if lay.class_name in ("Dense", "Conv1D", "Conv2D"):
+                self._note_stats(i, OPS[lay.class_name](ref, lin, act).a)
+            elif lay.class_name == "Activation":
+                self._note_stats(i, act.a)
+        if lay.class_name == "Activation" and act_name not in ("softmax",):
+            f = act_fn(act_name)
+            return Act(f(act.a), act.kind, act.map_shape, act.flat_order)
+        try:
+            return OPS[lay.class_name](ref, lay, act)
+        except KeyError:
+            raise NotCovered(f"{lay.class_name}") from None
+
+    def _note_stats(self, i, z):
+        self.pre_stats[i] = {"min": float(np.min(z)), "max": float(np.max(z))}
+
+
+# --------------------------------------------------------------------------------------
+# the data
+
+
+def check_data(x: np.ndarray) -> tuple[list[str], str | None]:
+    """(warnings, why the inputs cannot settle anything or None)."""
+    warns = []
+    n = x.shape[0] if x.ndim else 0
+    if n == 0:
+        return warns, "no samples"
+    flat = np.asarray(x, dtype=np.float64).reshape(n, -1)
+    if not np.all(np.isfinite(flat)):
+        return warns, "the inputs hold NaN/Inf values"
+    distinct = len(np.unique(flat, axis=0)) if flat.size <= 50_000_000 else n
+    vals = np.unique(flat[: min(n, 4096)])
+    kind = ""
+    if vals.size == 1:
+        kind = f"every input value is {vals[0]:g}" + (" (all zeros)" if vals[0] == 0 else
+                                                      " (all ones)" if vals[0] == 1 else "")
+    if distinct < 2:
+        return warns, (f"all {n} samples are the same" + (f": {kind}" if kind else "")
+                       + "; every choice would be settled from one point")
+    if n < 8:
+        warns.append(f"only {n} samples: choices are settled on little evidence; 32 or more "
+                     f"varied samples are better")
+    if flat.shape[1] > 1 and n * flat.shape[1] <= 4_000_000:
+        r = int(np.linalg.matrix_rank(flat - flat.mean(axis=0)))
+        full = min(n - 1, flat.shape[1])
+        if r < full:
+            warns.append(f"the inputs are rank-deficient (rank {r} of {full} after centring): "
+                         f"choices that differ only off that subspace cannot be told apart")
+    if np.all(flat >= 0):
+        warns.append("the inputs are never negative: choices that differ only on negative "
+                     "values (relu vs linear in the first layer) may tie")
+    return warns, None
+
+
+# --------------------------------------------------------------------------------------
+# collecting choices from a draft document
+
+
+def _is_und(v) -> bool:
+    return isinstance(v, dict) and "undecided" in v
+
+
+def collect_choices(doc: dict, conv: str) -> list[Choice]:
+    layers = doc["model"]["layers"]
+    index = {d.get("name"): i for i, d in enumerate(layers)}
+    out: list[Choice] = []
+    struct: list[Choice] = []
+    for i, d in enumerate(layers):
+        for k, v in list(d.items()):
+            if not _is_und(v):
+                continue
+            cands = list(v["undecided"])
+            where = f"model.layers[{i}].{k}"
+            if k == "activation":
+                keep = []
+                for c in cands + USUAL_ACTIVATIONS + BUILTIN_ACTIVATIONS:
+                    c = ALIAS.get(c, c) if isinstance(c, str) else c
+                    if c not in keep and (c in ALIAS.values()):
+                        keep.append(c)
+                first = [c for c in keep if c in cands or c in USUAL_ACTIVATIONS]
+                ch = Choice("activation", where, d.get("name"), i, first, list(first),
+                            [("model", "layers", i, k)], v.get("why"),
+                            extra=[c for c in keep if c not in first])
+            elif k == "epsilon":
+                keep = list(dict.fromkeys([*cands, *EPSILONS]))
+                ch = Choice("epsilon", where, d.get("name"), i, keep, [_label(c) for c in keep],
+                            [("model", "layers", i, k)], v.get("why"))
+            elif k in ("padding", "strides"):
+                ch = Choice("structure", where, d.get("name"), i, cands,
+                            [_label(c) for c in cands], [("model", "layers", i, k)],
+                            v.get("why"))
+                struct.append(ch)
+                continue
+            else:
+                ch = Choice("other", where, d.get("name"), i, cands, [_label(c) for c in cands],
+                            [("model", "layers", i, k)], v.get("why"))
+            out.append(ch)
+    weights = doc.get("weights") or {}
+    groups: dict[tuple, list[str]] = {}
+    for key, v in weights.items():
+        lname = key.split("/", 1)[0]
+        i = index.get(lname, 0)
+        if _is_und(v):
+            cands = list(v["undecided"])
+            if all(isinstance(c, str) for c in cands):
+                groups.setdefault(tuple(sorted(cands)), []).append(key)
+                continue
+            kind = "orientation" if all(isinstance(c, dict) and "transpose" in c
+                                        for c in cands) else "other"
+            out.append(Choice(kind, f"weights.{key}", lname, i, cands,
+                              [_label(c) for c in cands], [("weights", key)], v.get("why")))
+        elif conv in ("torch", "matlab") and lname in index and \
+                layers[index[lname]]["class"] == "Dense" and key.endswith("/kernel") and \
+                _after_flatten(layers, index[lname]):
+            entry = v if isinstance(v, dict) else {"from": v}
+            if any(k in entry for k in ("transpose", "reshape", "convert", "flatten")):
+                continue
+            default = {"torch": "chw", "matlab": "fortran"}[conv]
+            orders = [default] + [o for o in FLATTEN_ORDERS if o != default]
+            cands = [{**entry, "flatten": o} for o in orders]
+            out.append(Choice("flatten", f"weights.{key}", lname, index[lname], cands,
+                              [f"{o}: {FLATTEN_ORDERS[o]}" for o in orders],
+                              [("weights", key)], "the weights do not record the order in "
+                              "which the source flattened its feature map", implicit=True))
+    for names, keys in groups.items():
+        keys = sorted(keys, key=lambda k: (index.get(k.split("/", 1)[0], 0), k))
+        first = [weights[k]["undecided"][0] for k in keys]
+        pool = list(names)
+        if len(keys) > len(pool):
+            raise InputError(f"weights: {', '.join(keys)} share {len(pool)} candidate "
+                             f"tensors: not enough for each")
+        perms = []
+        for p in itertools.permutations(pool, len(keys)):
+            perms.append(p)
+            if len(perms) > MAX_PERMUTATION:
+                break
+        if len(perms) > MAX_PERMUTATION:
+            continue  # left undecided: too many to search
+        perms.sort(key=lambda p: (p != tuple(first), perms.index(p)))
+        i = min(index.get(k.split("/", 1)[0], 0) for k in keys)
+        out.append(Choice("mapping", "weights." + " + ".join(keys), keys[0].split("/")[0], i,
+                          perms, [", ".join(p) for p in perms],
+                          [("weights", k) for k in keys],
+                          "tensors of equal shape whose names say nothing"))
+    if struct:
+        out.insert(0, _joint(struct))
+    out.sort(key=lambda c: (c.kind != "structure", c.index))
+    return out
+
+
+def _after_flatten(layers, i) -> bool:
+    j = i - 1
+    while j >= 0 and layers[j]["class"] in PASS_THROUGH:
+        j -= 1
+    return j >= 0 and layers[j]["class"] == "Flatten"
+
+
+def _joint(struct: list[Choice]) -> Choice:
+    """One choice whose candidates are every combination of the shape-setting choices."""
+    combos = list(itertools.product(*[c.candidates for c in struct]))[:MAX_STRUCT_COMBOS]
+    targets = [t for c in struct for t in c.targets]
+    labels = ["; ".join(f"{c.layer} {c.where.rsplit('.', 1)[1]}={_label(v)}"
+                        for c, v in zip(struct, combo)) for combo in combos]
+    ch = Choice("structure", ", ".join(c.where for c in struct), None,
+                min(c.index for c in struct), combos, labels, targets,
+                "the weights do not fix padding and strides")
+    ch.parts = struct  # type: ignore[attr-defined]
+    return ch
+
+
+def set_value(doc: dict, ch: Choice, value) -> None:
+    vals = value if (ch.kind in ("mapping", "structure")) else (value,)
+    for t, v in zip(ch.targets, vals):
+        node = doc
+        for p in t[:-1]:
+            node = node[p]
+        node[t[-1]] = v
+
+
+def _first_values(doc: dict) -> None:
+    """Replace every {undecided: [...]} in the document with its first candidate."""
+    def walk(v):
+        if _is_und(v):
+            return walk(v["undecided"][0])
+        if isinstance(v, dict):
+            return {k: walk(x) for k, x in v.items()}
+        if isinstance(v, list):
+            return [walk(x) for x in v]
+        return v
+    new = walk(doc)
+    doc.clear()
+    doc.update(new)
+
+
+# --------------------------------------------------------------------------------------
+# settling
+
+
+@dataclass
+class SettleResult:
+    doc: dict  # the document with settled values (ties/unfit: undecided, ranked)
+    choices: list[Choice]
+    warnings: list[str]
+    degenerate: str | None
+    evaluations: int  # forward passes (whole, or from a cached layer to the output)
+    layer_ops: int
+    product: int  # forward passes trying every combination would take
+    seconds: float
+    final_error: float | None
+
+    def to_dict(self) -> dict:
+        return {"choices": [c.to_dict() for c in self.choices], "warnings": self.warnings,
+                "degenerate": self.degenerate, "forward_evaluations": self.evaluations,
+                "layer_evaluations": self.layer_ops,
+                "exhaustive_evaluations": self.product, "seconds": round(self.seconds, 4),
+                "final_error": _num(self.final_error) if self.final_error is not None
+                else None,
+                "settled": sum(c.status == "settled" for c in self.choices),
+                "undecided": sum(c.status != "settled" for c in self.choices)}
+
+
+def settle(doc: dict, loaded, src, x: np.ndarray, y: np.ndarray, *, convention: str,
+           progress=None) -> SettleResult:
+    """Settle the undecided choices of a draft document (a dict as YAML-loaded, holding
+    ``{undecided: [...]}`` values) against inputs ``x`` (Keras layout) and outputs ``y``.
+    Returns the settled document and the evidence for every choice."""
+    t0 = time.perf_counter()
+    original = _deepcopy(doc)
+    work = _deepcopy(doc)
+    choices = collect_choices(work, convention)
+    warns, degenerate = check_data(x)
+    _first_values(work)
+    if x.ndim >= 2:
+        work["model"]["input_shape"] = list(x.shape[1:])
+    ev = Evaluator(work, loaded, src, convention, x, y)
+    product = math.prod(max(1, len(c.candidates)) for c in choices)
+    if degenerate:
+        for c in choices:
+            c.status = "degenerate"
+            c.evidence = f"not settled: the inputs are too degenerate ({degenerate})"
+            c.split = "varied inputs (several different samples)"
+        return _finish(original, work, choices, warns, degenerate, ev, product, t0, None)
+    # 1. shapes only
+    for c in choices:
+        if c.kind != "structure":
+            continue
+        fit = []
+        for v, lab in zip(c.candidates, c.labels):
+            probe = _deepcopy(work)
+            set_value(probe, c, v)
+            try:
+                ev.plan(probe)
+                fit.append((v, lab))
+            except (ShapeMismatch, NotCovered):
+                c.errors[lab] = math.inf
+        if not fit:
+            raise InputError("no padding/strides setting makes the layers' shapes fit the "
+                             "data and the weights: "
+                             + "; ".join(c.labels[:3]))
+        c.shape_fit = [lab for _, lab in fit]  # type: ignore[attr-defined]
+        c.candidates = [v for v, _ in fit]
+        c.labels = [lab for _, lab in fit]
+        set_value(work, c, c.candidates[0])
+    try:
+        ev.plan()
+    except ShapeMismatch as e:
+        raise InputError(f"the draft's layers do not fit the data: {e}") from None
+    data_choices = [c for c in choices if len(c.candidates) > 1 or c.kind == "structure"]
+    # 2. a first guess: every hidden activation the same (one pass per candidate)
+    acts = [c for c in data_choices if c.kind == "activation"]
+    if len(acts) > 2:
+        last = max(c.index for c in acts)
+        hidden = [c for c in acts if c.index != last]
+        common = [v for v in hidden[0].candidates if all(v in c.candidates for c in hidden)]
+        best = None
+        for v in common:
+            for c in hidden:
+                set_value(work, c, v)
+            err = _best_last(ev, work, [c for c in acts if c.index == last], hidden[0].index)
+            if best is None or err < best[0]:
+                best = (err, v)
+            if progress:
+                progress(f"first guess: every hidden activation {v}: error {err:.3g}")
+        if best is not None:
+            for c in hidden:
+                set_value(work, c, best[1])
+    # 3. coordinate descent, layer order; the last sweep is the evidence
+    _descend(ev, work, data_choices, progress)
+    final = ev.run(0, record=True)
+    if final > FIT_TOL and any(c.extra for c in data_choices):
+        # the usual candidates cannot fit: every built-in (rarer ones too)
+        for c in data_choices:
+            c.candidates += c.extra
+            c.labels += [_label(v) for v in c.extra]
+            c.extra = []
+        if progress:
+            progress("the usual activations do not fit: trying every Keras built-in")
+        _descend(ev, work, data_choices, progress)
+        final = ev.run(0, record=True)
+    for c in data_choices:
+        c.stats = ev.pre_stats.get(c.index)
+        _verdict(c, _get(work, c))
+    for c in choices:
+        if c not in data_choices:
+            c.value = c.candidates[0]
+            c.status = "settled"
+            c.evidence = ("the only setting whose shapes fit" if c.kind == "structure"
+                          else "the only candidate")
+    return _finish(original, work, choices, warns, None, ev, product, t0, final)
+
+
+def _descend(ev, work, data_choices, progress) -> None:
+    ev.run(0, record=True)
+    for sweep in range(MAX_SWEEPS):
+        changed = False
+        for c in data_choices:
+            cur = _get(work, c)
+            errs = {}
+            for v, lab in zip(c.candidates, c.labels):
+                set_value(work, c, v)
+                errs[lab] = ev.run(c.index)
+            best_lab = min(c.labels, key=lambda lab: (errs[lab], c.labels.index(lab)))
+            best_v = c.candidates[c.labels.index(best_lab)]
+            c.errors = errs
+            if _ne(best_v, cur) and errs[best_lab] < errs[c.labels[_index(c, cur)]]:
+                changed = True
+                set_value(work, c, best_v)
+            else:
+                set_value(work, c, cur)
+            ev.run(c.index, record=True)
+            if progress:
+                progress(f"sweep {sweep + 1}: {c.where}: {best_lab} ({errs[best_lab]:.3g})")
+        if not changed:
+            break
+
+
+def _best_last(ev, work, last: list[Choice], start: int) -> float:
+    if not last:
+        return ev.run(start)
+    c = last[0]
+    cur = _get(work, c)
+    best = math.inf
+    for v in c.candidates:
+        set_value(work, c, v)
+        best = min(best, ev.run(start))
+    set_value(work, c, cur)
+    return best
+
+
+def _get(doc, c: Choice):
+    vals = []
+    for t in c.targets:
+        node = doc
+        for p in t:
+            node = node[p]
+        vals.append(node)
+    return tuple(vals) if c.kind in ("mapping", "structure") else vals[0]
+
+
+def _index(c: Choice, v) -> int:
+    for i, x in enumerate(c.candidates):
+        if not _ne(x, v):
+            return i
+    return 0
+
+
+def _ne(a, b) -> bool:
+    return repr(_jsonable(a)) != repr(_jsonable(b))
+
+
+def _verdict(c: Choice, value) -> None:
+    r = c.ranked()
+    c.value = value
+    w_lab, w = r[0]
+    ru = r[1] if len(r) > 1 else None
+    if not math.isfinite(w) or w > FIT_TOL:
+        c.status = "unfit"
+        c.evidence = (f"no candidate fits the data (best {w_lab}: relative error {w:.2g}); "
+                      f"another choice, or the layer list, is likely wrong")
+        return
+    if ru is not None and ru[1] <= max(TIE_FACTOR * w, NOISE_FLOOR):
+        c.status = "tie"
+        ties = [lab for lab, e in r if e <= max(TIE_FACTOR * w, NOISE_FLOOR)]
+        c.evidence = (f"tie: {', '.join(ties)} fit the data equally (errors "
+                      f"{', '.join(f'{e:.2g}' for _, e in r[:len(ties)])})")
+        c.split = split_hint(c.kind, ties, c.stats)
+        c.tied = ties  # type: ignore[attr-defined]
+        return
+    c.status = "settled"
+    c.evidence = (f"settled by data: {w_lab} error {w:.2g}" +
+                  (f", runner-up {ru[0]} {ru[1]:.2g}" if ru else ""))
+
+
+def _finish(original, work, choices, warns, degenerate, ev, product, t0, final):
+    out = _deepcopy(work)
+    for c in choices:
+        if c.status == "settled":
+            continue
+        # stays undecided: candidates ranked best first (ties first)
+        order = [lab for lab, _ in c.ranked()] if c.errors else []
+        order = [lab for lab in order if lab in c.labels] + [lab for lab in c.labels
+                                                            if lab not in order]
+        if c.status == "tie":
+            order = list(c.tied) + [lab for lab in order if lab not in c.tied]  # noqa
+        cands = [c.candidates[c.labels.index(lab)] for lab in order]
+        why = c.evidence + (f"; to split them: {c.split}" if c.split else "")
+        if c.kind in ("mapping", "structure"):
+            for j, t in enumerate(c.targets):
+                _set(out, t, {"undecided": _uniq([v[j] for v in cands]), "why": why})
+        else:
+            _set(out, c.targets[0], {"undecided": cands, "why": why})
+    return SettleResult(out, choices, warns, degenerate, ev.evaluations, ev.layer_ops,
+                        product, time.perf_counter() - t0, final)
+
+
+def _uniq(vals):
+    out = []
+    for v in vals:
+        if all(_ne(v, o) for o in out):
+            out.append(v)
+    return out
+
+
+def _set(doc, t, v):
+    node = doc
+    for p in t[:-1]:
+        node = node[p]
+    node[t[-1]] = v
+
+
+def _deepcopy(d):
+    import copy
+
+    return copy.deepcopy(d)
+
+
+# --------------------------------------------------------------------------------------
+# the draft, settled: YAML text with the evidence as comments
+
+
+def _flow(v) -> str:
+    from .draft import _flow as flow
+
+    return flow(v)
+
+
+def _comments_for(choices: list[Choice]) -> dict[tuple, list[str]]:
+    """(path prefix of a line) -> comments; lines are a layer (model, layers, i) or a
+    weights entry (weights, key)."""
+    out: dict[tuple, list[str]] = {}
+    for c in choices:
+        for t in c.targets:
+            line = t[:3] if t[0] == "model" else t[:2]
+            key = t[3] if t[0] == "model" else "value"
+            if c.status == "settled":
+                text = c.evidence
+                if c.kind == "structure" and len(c.targets) > 1:
+                    text = c.evidence
+                msg = f"{key} {text}" if t[0] == "model" else text
+            elif c.status == "tie":
+                msg = f"{key}: undecided (a tie)" if t[0] == "model" else "undecided (a tie)"
+            else:
+                msg = f"{key}: undecided ({c.status})" if t[0] == "model" else \
+                    f"undecided ({c.status})"
+            lst = out.setdefault(line, [])
+            if msg not in lst:
+                lst.append(msg)
+    return out
+
+
+def render(doc: dict, res: SettleResult | None, header: list[str], notes: list[str],
+           data_note: str | None = None) -> str:
+    """The settled document as YAML, one layer / weights entry per line, each settled value
+    followed by a comment with its evidence."""
+    com = _comments_for(res.choices) if res else {}
+    lines = list(header)
+    if data_note:
+        lines.append(f"# {data_note}")
+    lines.append(f"version: {doc.get('version', 1)}")
+    lines.append(f"source: {_flow(doc['source'])}")
+    lines.append(f"convention: {_flow(doc.get('convention', 'auto'))}")
+    m = doc["model"]
+    lines.append("model:")
+    ishape = m.get("input_shape")
+    lines.append(f"  input_shape: {_flow(ishape)}" + ("  # from the data" if res else ""))
+    for k in ("input_dtype", "name"):
+        if k in m:
+            lines.append(f"  {k}: {_flow(m[k])}")
+    lines.append("  layers:")
+    for i, d in enumerate(m["layers"]):
+        c = com.get(("model", "layers", i))
+        lines.append(f"    - {_flow(d)}" + (f"  # {'; '.join(c)}" if c else ""))
+    if doc.get("weights"):
+        lines.append("weights:")
+        for k, v in doc["weights"].items():
+            c = com.get(("weights", k))
+            lines.append(f"  {_flow(k)}: {_flow(v)}" + (f"  # {'; '.join(c)}" if c else ""))
+    for k in ("rules", "options"):
+        if doc.get(k):
+            lines.append(f"{k}: {_flow(doc[k])}")
+    if doc.get("verify"):
+        lines.append("verify:")
+        for k, v in doc["verify"].items():
+            lines.append(f"  {k}: {_flow(v)}" + ("  # the data given to `wtransplant spec`"
+                                                 if k == "inputs" and res else ""))
+    for n in notes:
+        lines.append(f"# note: {_one_line(n)}")
+    if res is not None:
+        for w in res.warnings:
+            lines.append(f"# warning: {_one_line(w)}")
+        if res.degenerate:
+            lines.append(f"# the inputs are too degenerate to settle anything: "
+                         f"{_one_line(res.degenerate)}; give varied samples (not all equal, "
+                         f"not all zeros or ones)")
+        for c in res.choices:
+            if c.status in ("tie", "unfit"):
+                lines.append(f"# undecided: {c.where}: {_one_line(c.evidence)}"
+                             + (f"; to split them: {_one_line(c.split)}" if c.split else ""))
+        n_set = sum(c.status == "settled" for c in res.choices)
+        lines.append(f"# settled {n_set} of {len(res.choices)} choices with "
+                     f"{res.evaluations} forward passes (every combination: "
+                     f"{res.product}) in {res.seconds:.2f} s")
+    undecided_left = _has_undecided(doc)
+    if undecided_left:
+        lines.append("# choices written {undecided: [...]} are not settled: `wtransplant "
+                     "rebuild` refuses the spec until each holds one value (or --force, and "
+                     "the result is unverified)")
+    return "\n".join(lines) + "\n"
+
+
+def _one_line(s: str) -> str:
+    return " ".join(str(s).split())
+
+
+def _has_undecided(v) -> bool:
+    if _is_und(v):
+        return True
+    if isinstance(v, dict):
+        return any(_has_undecided(x) for x in v.values())
+    if isinstance(v, list):
+        return any(_has_undecided(x) for x in v)
+    return False
+
+
+def _rel_ref(ref, base) -> str:
+    """A data reference (file, file:key, or a name in the source) relative to ``base``."""
+    import os
+    from pathlib import Path
+
+    from .data import split_ref
+
+    path, key = split_ref(str(ref))
+    p = Path(path)
+    if not p.exists():
+        return str(ref)  # a tensor of the source file
+    rel = os.path.relpath(p.resolve(), Path(base).resolve())
+    return f"{rel}:{key}" if key else rel
+
+
+def draft_settled(path, *, spec_dir=None, inputs, expected, input_layout=None,
+                  progress=None):
+    """``spec FILE --inputs X --expected Y``: the draft with every choice the data settle
+    written as a plain value (and its evidence as a comment). Returns a
+    :class:`wtransplant.draft.Draft` whose ``spec``, ``choices`` and ``report`` carry the
+    parsed spec and the evidence."""
+    import os
+    from pathlib import Path
+
+    import yaml
+
+    from .data import load_array, to_channels_last
+    from .draft import Draft, draft_spec
+    from .h5io import open_source
+    from .hints import split_io
+    from .inspect import load_source
+    from .spec import load_spec
+    from .unnamed import draft_unnamed, is_unnamed
+
+    if isinstance(expected, list | tuple):
+        if len(expected) != 1:
+            raise InputError(f"{len(expected)} expected outputs: settling covers models with "
+                             f"one output so far; give one")
+        expected = expected[0]
+    if isinstance(inputs, dict):
+        if len(inputs) != 1:
+            raise InputError("several named inputs: settling covers models with one input "
+                             "so far")
+        inputs = next(iter(inputs.values()))
+    if inputs is None or expected is None:
+        raise InputError("settling needs both inputs and expected outputs")
+    base = Path(spec_dir) if spec_dir is not None else Path.cwd()
+    path = Path(path)
+    t0 = time.perf_counter()
+    with open_source(path) as src:
+        loaded = load_source(src)
+        x = load_array(str(inputs), loaded=loaded, src=src)
+        y = load_array(str(expected), loaded=loaded, src=src)
+        if x.shape[:1] != y.shape[:1]:
+            raise InputError(f"inputs {inputs} {x.shape} and expected {expected} {y.shape} "
+                             f"hold different numbers of samples")
+        x = to_channels_last(x, input_layout, f"inputs {inputs}")
+        weights, _io = split_io(loaded.tensors)
+        refs = {str(inputs), str(expected)}
+        weights = [t for t in weights if t.name not in refs]
+        header = [f"# Draft spec written by `wtransplant spec` for {path.name}",
+                  f"# format: {loaded.format}; writer: {loaded.detection.writer or 'unknown'}"]
+        if is_unnamed(weights):
+            try:
+                doc, conv, notes = draft_unnamed(weights, tuple(x.shape[1:]))
+            except ValueError as e:
+                raise InputError(f"unnamed tensors: {e}", path=str(path)) from None
+            header.append("# the tensors are an unnamed list: layers read by order and shape")
+        else:
+            d0 = draft_spec(path, spec_dir=spec_dir)
+            doc = yaml.safe_load(d0.text)
+            notes = list(d0.notes)
+            conv = loaded.detection.convention if doc.get("convention", "auto") == "auto" \
+                else doc["convention"]
+            layers = (doc.get("model") or {}).get("layers")
+            if not layers:
+                d0.notes.append("nothing to settle: the draft has no layer list")
+                return d0
+        doc["source"] = os.path.relpath(path.resolve(), base.resolve())
+        res = settle(doc, loaded, src, x, y, convention=conv, progress=progress)
+    out = res.doc
+    out["source"] = doc["source"]
+    v = {"inputs": _rel_ref(inputs, base), "expected": _rel_ref(expected, base)}
+    if input_layout and input_layout != "none":
+        v["input_layout"] = input_layout
+    out["verify"] = v
+    data_note = (f"settled against {inputs} -> {expected} ({x.shape[0]} samples) in "
+                 f"{time.perf_counter() - t0:.2f} s")
+    text = render(out, res, header, notes, data_note)
+    spec = load_spec(text=text, base_dir=base)
+    todo = [f"{c.where}: {c.status}" for c in res.choices if c.status != "settled"]
+    report = res.to_dict()
+    d = Draft(text, rebuildable=not spec.undecided, todo=todo, notes=notes)
+    d.spec = spec
+    d.choices = report["choices"]
+    d.report = report
+    return d
