@@ -52,7 +52,7 @@ from .reference import OPS, Act, NotCovered, RefLayer, Reference, input_kind_for
 FIT_TOL = 1e-4
 #: two candidates are a tie when the runner-up is within TIE_FACTOR x the winner's error
 #: or under NOISE_FLOOR (float32 data: a few ulps of the output's scale)
-TIE_FACTOR = 4.0
+TIE_FACTOR = 2.0
 NOISE_FLOOR = 1e-6
 MAX_SWEEPS = 4
 MAX_STRUCT_COMBOS = 4096
@@ -382,6 +382,7 @@ class Evaluator:
                                  "settler yet")
             o, vs = layer_shapes(d, shape)
             ff = flat_from if d["class"] == "Dense" else None
+            self._check_fit(doc, d, shape, vs, ff)
             out.append((d, shape, o, vs, ff))
             if d["class"] == "Flatten":
                 flat_from = shape if len(shape) >= 2 else None
@@ -391,6 +392,38 @@ class Evaluator:
         if tuple(out[-1][2]) != tuple(self.y.shape[1:]):
             raise ShapeMismatch(f"output {out[-1][2]} vs expected {self.y.shape[1:]}")
         return out
+
+    def _check_fit(self, doc, d, in_shape, vs, ff) -> None:
+        """ShapeMismatch unless every variable's source converts to its Keras shape (shapes
+        only: nothing is read)."""
+        from .errors import MappingError
+        from .spec import _weight
+
+        name = d.get("name")
+        for var, shape in vs:
+            key = f"{name}/{var}"
+            entry = (doc.get("weights") or {}).get(key)
+            if entry is None or _is_und(entry):
+                continue
+            ck = ("fit", key, repr(entry), tuple(shape), ff)
+            ok = self._conv_cache.get(ck)
+            if ok is None:
+                wref = _weight(entry, ("weights", key))
+                srcs = [self.loaded.tensor(n) for n in wref.sources]
+                ok = "ok"
+                if any(t is None for t in srcs):
+                    ok = f"{key}: no such source tensor"
+                else:
+                    tl = TargetLayer(name, d["class"], dict(d), [], input_shape=in_shape,
+                                     flatten_from=ff)
+                    try:
+                        build_recipe(TargetVar(key, name, var, tuple(shape)), tl, srcs,
+                                     self.conv, wref)
+                    except MappingError as e:
+                        ok = str(e)
+                self._conv_cache[ck] = ok
+            if ok != "ok":
+                raise ShapeMismatch(ok)
 
     def initial(self) -> Act:
         first = self.doc["model"]["layers"][0]["class"]
@@ -454,6 +487,8 @@ class Evaluator:
                 self._note_stats(i, OPS[lay.class_name](ref, lin, act).a)
             elif lay.class_name == "Activation":
                 self._note_stats(i, act.a)
+        if lay.class_name in ("Conv1D", "Conv2D") and int(lay.config.get("groups", 1)) == 1:
+            return _fast_conv(ref, lay, act)
         if lay.class_name == "Activation" and act_name not in ("softmax",):
             f = act_fn(act_name)
             return Act(f(act.a), act.kind, act.map_shape, act.flat_order)
@@ -464,6 +499,50 @@ class Evaluator:
 
     def _note_stats(self, i, z):
         self.pre_stats[i] = {"min": float(np.min(z)), "max": float(np.max(z))}
+
+
+def _fast_conv(ref, lay, act) -> Act:
+    """The reference's convolution (same padding rule and equations) as one matrix product
+    of the unfolded windows: the settler runs thousands of them."""
+    from numpy.lib.stride_tricks import sliding_window_view
+
+    from .reference import _act_fn, _conv_weight, _pads, _to_map
+
+    cfg = lay.config
+    nd = int(lay.class_name[4])
+    act = _to_map(lay, act, nd)
+    w = _conv_weight(ref, lay)  # (O, I, k...)
+    s = F._tup(cfg.get("strides", 1), nd)
+    d = F._tup(cfg.get("dilation_rate", 1), nd)
+    x = F.pad_spatial(act.a, _pads(cfg, act.a.shape[2:], w.shape[2:], s, d))
+    k = w.shape[2:]
+    eff = [(k[i] - 1) * d[i] + 1 for i in range(nd)]
+    win = sliding_window_view(x, eff, axis=tuple(range(2, 2 + nd)))
+    sl = (slice(None), slice(None)) + tuple(slice(None, None, v) for v in s) + \
+        tuple(slice(None, None, v) for v in d)
+    win = win[sl]  # (N, C, *S', *K)
+    y = np.tensordot(win, w, axes=([1, *range(2 + nd, 2 + 2 * nd)],
+                                   [1, *range(2, 2 + nd)]))  # (N, *S', O)
+    y = np.moveaxis(y, -1, 1)
+    b = _w_of(lay, "bias")
+    if b is not None:
+        y = y + b.reshape((1, -1) + (1,) * nd)
+    return Act(_act_fn(cfg)(y), "map")
+
+
+def _w_of(lay, var):
+    v = lay.weights.get(var)
+    return None if v is None else v[0]
+
+
+def _feasible(ev, c: Choice, v) -> bool:
+    """Cheap checks before a forward pass: a BatchNorm variance is never negative."""
+    if c.kind != "mapping":
+        return True
+    for t, name in zip(c.targets, v):
+        if t[-1].endswith("/moving_variance") and float(np.min(ev.raw(name))) < 0:
+            return False
+    return True
 
 
 # --------------------------------------------------------------------------------------
@@ -587,10 +666,12 @@ def collect_choices(doc: dict, conv: str) -> list[Choice]:
                 break
         if len(perms) > MAX_PERMUTATION:
             continue  # left undecided: too many to search
-        perms.sort(key=lambda p: (p != tuple(first), perms.index(p)))
+        perms = [p for _, p in sorted(enumerate(perms),
+                                      key=lambda ip: (ip[1] != tuple(first), ip[0]))]
         i = min(index.get(k.split("/", 1)[0], 0) for k in keys)
         out.append(Choice("mapping", "weights." + " + ".join(keys), keys[0].split("/")[0], i,
-                          perms, [", ".join(p) for p in perms],
+                          perms, [", ".join(f"{k} <- {n}" for k, n in zip(keys, p))
+                                  for p in perms],
                           [("weights", k) for k in keys],
                           "tensors of equal shape whose names say nothing"))
     if struct:
@@ -610,7 +691,7 @@ def _joint(struct: list[Choice]) -> Choice:
     """One choice whose candidates are every combination of the shape-setting choices."""
     combos = list(itertools.product(*[c.candidates for c in struct]))[:MAX_STRUCT_COMBOS]
     targets = [t for c in struct for t in c.targets]
-    labels = ["; ".join(f"{c.layer} {c.where.rsplit('.', 1)[1]}={_label(v)}"
+    labels = [", ".join(f"{c.layer} {c.where.rsplit('.', 1)[1]} {_label(v)}"
                         for c, v in zip(struct, combo)) for combo in combos]
     ch = Choice("structure", ", ".join(c.where for c in struct), None,
                 min(c.index for c in struct), combos, labels, targets,
@@ -684,7 +765,7 @@ def settle(doc: dict, loaded, src, x: np.ndarray, y: np.ndarray, *, convention: 
     if x.ndim >= 2:
         work["model"]["input_shape"] = list(x.shape[1:])
     ev = Evaluator(work, loaded, src, convention, x, y)
-    product = math.prod(max(1, len(c.candidates)) for c in choices)
+    product = math.prod(max(1, len(c.candidates) + len(c.extra)) for c in choices)
     if degenerate:
         for c in choices:
             c.status = "degenerate"
@@ -717,37 +798,20 @@ def settle(doc: dict, loaded, src, x: np.ndarray, y: np.ndarray, *, convention: 
     except ShapeMismatch as e:
         raise InputError(f"the draft's layers do not fit the data: {e}") from None
     data_choices = [c for c in choices if len(c.candidates) > 1 or c.kind == "structure"]
-    # 2. a first guess: every hidden activation the same (one pass per candidate)
-    acts = [c for c in data_choices if c.kind == "activation"]
-    if len(acts) > 2:
-        last = max(c.index for c in acts)
-        hidden = [c for c in acts if c.index != last]
-        common = [v for v in hidden[0].candidates if all(v in c.candidates for c in hidden)]
-        best = None
-        for v in common:
-            for c in hidden:
-                set_value(work, c, v)
-            err = _best_last(ev, work, [c for c in acts if c.index == last], hidden[0].index)
-            if best is None or err < best[0]:
-                best = (err, v)
-            if progress:
-                progress(f"first guess: every hidden activation {v}: error {err:.3g}")
-        if best is not None:
-            for c in hidden:
-                set_value(work, c, best[1])
-    # 3. coordinate descent, layer order; the last sweep is the evidence
-    _descend(ev, work, data_choices, progress)
-    final = ev.run(0, record=True)
+    # 2. first guesses: every hidden activation the same (one pass per candidate), then
+    # 3. coordinate descent in layer order from the best of them, then from the next ones
+    # if it sticks; the rarer built-ins join only if the usual candidates cannot fit
+    final = _search(ev, work, data_choices, progress)
     if final > FIT_TOL and any(c.extra for c in data_choices):
-        # the usual candidates cannot fit: every built-in (rarer ones too)
         for c in data_choices:
             c.candidates += c.extra
             c.labels += [_label(v) for v in c.extra]
             c.extra = []
         if progress:
             progress("the usual activations do not fit: trying every Keras built-in")
-        _descend(ev, work, data_choices, progress)
-        final = ev.run(0, record=True)
+        final = _search(ev, work, data_choices, progress)
+    _evidence(ev, work, data_choices)
+    final = ev.run(0, record=True)
     for c in data_choices:
         c.stats = ev.pre_stats.get(c.index)
         _verdict(c, _get(work, c))
@@ -760,6 +824,60 @@ def settle(doc: dict, loaded, src, x: np.ndarray, y: np.ndarray, *, convention: 
     return _finish(original, work, choices, warns, None, ev, product, t0, final)
 
 
+MAX_STARTS = 6
+
+
+def _search(ev, work, data_choices, progress) -> float:
+    """Descents from the current values and from uniform hidden activations; leaves the
+    best values in ``work`` and their evidence in each choice; returns the error."""
+    acts = [c for c in data_choices if c.kind == "activation"]
+    starts: list = [None]
+    if len(acts) >= 2:
+        last = max(c.index for c in acts)
+        hidden = [c for c in acts if c.index != last]
+        common = [v for v in hidden[0].candidates if all(v in c.candidates for c in hidden)]
+        scored = []
+        for v in common:
+            for c in hidden:
+                set_value(work, c, v)
+            err = _best_last(ev, work, [c for c in acts if c.index == last], hidden[0].index)
+            scored.append((err, common.index(v), v))
+            if progress:
+                progress(f"first guess: every hidden activation {v}: error {err:.3g}")
+        scored.sort()
+        starts = [[(c, v) for c in hidden] for _e, _i, v in scored[:MAX_STARTS]]
+    best = None
+    for st in starts:
+        for c, v in st or []:
+            set_value(work, c, v)
+        _descend(ev, work, data_choices, progress)
+        err = ev.run(0, record=True)
+        if best is None or err < best[0]:
+            best = (err, [_get(work, c) for c in data_choices],
+                    [dict(c.errors) for c in data_choices])
+        if err <= FIT_TOL:
+            break
+    for c, v in zip(data_choices, best[1]):
+        set_value(work, c, v)
+    return ev.run(0, record=True)
+
+
+def _evidence(ev, work, data_choices) -> None:
+    """Every candidate of every choice with the others at their settled values."""
+    ev.run(0, record=True)
+    for c in data_choices:
+        cur = _get(work, c)
+        c.errors = {}
+        for v, lab in zip(c.candidates, c.labels):
+            if not _feasible(ev, c, v):
+                c.errors[lab] = math.inf
+                continue
+            set_value(work, c, v)
+            c.errors[lab] = ev.run(c.index)
+        set_value(work, c, cur)
+        ev.run(c.index, record=True)
+
+
 def _descend(ev, work, data_choices, progress) -> None:
     ev.run(0, record=True)
     for sweep in range(MAX_SWEEPS):
@@ -768,6 +886,9 @@ def _descend(ev, work, data_choices, progress) -> None:
             cur = _get(work, c)
             errs = {}
             for v, lab in zip(c.candidates, c.labels):
+                if not _feasible(ev, c, v):
+                    errs[lab] = math.inf
+                    continue
                 set_value(work, c, v)
                 errs[lab] = ev.run(c.index)
             best_lab = min(c.labels, key=lambda lab: (errs[lab], c.labels.index(lab)))
@@ -838,6 +959,12 @@ def _verdict(c: Choice, value) -> None:
         c.tied = ties  # type: ignore[attr-defined]
         return
     c.status = "settled"
+    if c.kind == "mapping" and ru:
+        win = set(w_lab.split(", "))
+        diff = ", ".join(p for p in ru[0].split(", ") if p not in win)
+        c.evidence = (f"settled by data: this mapping error {w:.2g}, runner-up ({diff}) "
+                      f"{ru[1]:.2g}")
+        return
     c.evidence = (f"settled by data: {w_lab} error {w:.2g}" +
                   (f", runner-up {ru[0]} {ru[1]:.2g}" if ru else ""))
 

@@ -166,6 +166,11 @@ def draft_unnamed(tensors: list[SourceTensor], x_shape: tuple | None) -> tuple[d
                 rest = pool[j:] + pool[:j]
                 weights_doc[target] = _und(rest, "tensors of equal shape whose names say "
                                                  "nothing")
+    order = {"kernel": 0, "bias": 1, "gamma": 2, "beta": 3, "moving_mean": 4,
+             "moving_variance": 5}
+    pos = {d["name"]: i for i, d in enumerate(layers)}
+    weights_doc = dict(sorted(weights_doc.items(), key=lambda kv: (
+        pos.get(kv[0].split("/")[0], 0), order.get(kv[0].split("/")[-1], 9))))
     if unused:
         notes.append(f"tensors no layer takes: {', '.join(unused[:8])}")
     in_shape = list(x_shape) if x_shape else (
