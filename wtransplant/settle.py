@@ -183,6 +183,8 @@ class Choice:
              "runner_up": r[1][0] if len(r) > 1 else None,
              "runner_up_error": _num(r[1][1]) if len(r) > 1 else None,
              "evidence": self.evidence}
+        if self.status == "tie":
+            d["tied"] = list(getattr(self, "tied", []))
         if self.split:
             d["split_with"] = self.split
         return d
