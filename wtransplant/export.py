@@ -165,13 +165,39 @@ def export_model(model, fmt: str, output: str | os.PathLike, *, verify: bool = T
                  repeats: int = DEFAULT_REPEATS, report_path: str | os.PathLike | None = None,
                  progress: bool | None = None) -> ExportReport:
     """Export ``model`` (a path wtransplant can load, a Keras model, or a KerasArtifact) to
-    ``fmt`` (one of FORMATS, or ``all``: every format into the folder ``output``)."""
+    ``fmt`` (one of FORMATS, or ``all``: every format into the folder ``output``).
+
+    Args:
+        model: a ``.keras``/``.h5`` file, a spec, a ``keras.Model`` or a KerasArtifact.
+        fmt: ``keras``, ``h5``, ``savedmodel``, ``onnx``, ``tflite`` or ``all``.
+        output: the file (or folder, for ``savedmodel`` and ``all``) to write.
+        verify: reload the written file in its own runtime and compare it with the model
+            before giving it its final name.
+        opset: ONNX opset (default: the highest tf2onnx writes).
+        rebuild_report: a rebuild report (JSON) whose source sha256 and spec go into the
+            exported file's provenance.
+        samples, second_batch: sizes of the two checked batches of seeded random inputs.
+        seed: seed of those inputs.
+        rel_tol: allowed max |exported - keras| / max |keras|, per output.
+        repeats: timed runs per runtime (the median is reported).
+        report_path: where to write the export report (JSON).
+        progress: show progress (None: on a terminal only).
+
+    Returns:
+        The :class:`ExportReport` (one result per format written, with its parity and
+        latency, and the provenance).
+
+    Raises:
+        InputError: bad model, format, output path or option value; a layer the converter
+            cannot handle (exit 2).
+        ParityError: a written file computes something else; it is not kept (exit 1).
+    """
     fmt, targets = plan_outputs(model, fmt, output)
     opset = check_opset(opset) if fmt in ("onnx", "all") else opset
     if samples < 1 or second_batch < 1:
-        raise InputError("--samples and the second batch size must be at least 1")
+        raise InputError("samples and second_batch must be at least 1")
     if not rel_tol > 0:
-        raise InputError(f"--rel-tol must be positive, got {rel_tol}")
+        raise InputError(f"rel_tol must be positive, got {rel_tol}")
     src = source_artifact(model)
     prov = build_provenance(src, rebuild_report)
     settings = {"verify": verify, "samples": samples, "second_batch": second_batch,
@@ -240,7 +266,7 @@ def plan_outputs(model, fmt: str, output) -> tuple[str, list[tuple[str, Path]]]:
     out = Path(output)
     if fmt == "all":
         if out.exists() and not out.is_dir():
-            raise InputError("--format all writes a folder, but this is a file", path=str(out))
+            raise InputError("format all writes a folder, but this is a file", path=str(out))
         return fmt, [(f, out / ALL_NAMES[f]) for f in FORMATS]
     check_output_name(fmt, out)
     return fmt, [(fmt, out)]
@@ -275,7 +301,7 @@ def check_opset(opset: int | None) -> int:
         return top
     low = 13  # tf2onnx's converters for Keras' ops (e.g. Split, Squeeze as inputs) need 13
     if not low <= int(opset) <= top:
-        raise InputError(f"--opset {opset}: tf2onnx {_version('tf2onnx')} writes opsets "
+        raise InputError(f"opset {opset}: tf2onnx {_version('tf2onnx')} writes opsets "
                          f"{low} to {top}")
     return int(opset)
 

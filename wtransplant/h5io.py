@@ -160,7 +160,19 @@ def open_source(path: str | os.PathLike, *, follow_links: bool = False,
                 in_memory: bool = False) -> OpenedSource:
     """Open an HDF5 file, MAT v7.3 file or ``.keras`` archive read-only.
 
-    Raises :class:`InputError` with a one-line message for anything that is not one.
+    Args:
+        path: the file.
+        follow_links: allow external links, virtual datasets and external storage that
+            point outside the file.
+        in_memory: read the whole file into memory first (faster metadata walks).
+
+    Returns:
+        An :class:`OpenedSource` (a context manager: use it in a ``with`` block).
+
+    Raises:
+        InputError: a one-line message for anything that is not one of those files
+            (missing, unreadable, truncated, not HDF5) (exit 2).
+        UnsafeInputError: a ``.keras`` archive whose member paths escape it (exit 2).
     """
     p = check_readable_file(path)
     size = p.stat().st_size

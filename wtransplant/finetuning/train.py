@@ -79,12 +79,28 @@ def finetune(model, data, *, output: str | os.PathLike | None = None,
     """Fine-tune ``model`` (a ``keras.Model``, a ``.keras`` file or a Keras 2 full-model
     ``.h5``) on ``data`` (an HDF5/``.npz``/CSV file, an image folder, or ``(x, y)``
     arrays) and, if ``output`` is given, save it there (``.keras`` or ``.h5``) with the
-    history, curves and report next to it. Options: see
-    :class:`~wtransplant.finetuning.options.FinetuneOptions`. Returns ``(model, history)``.
+    history, curves and report next to it.
 
-    Raises :class:`~wtransplant.errors.InputError` on bad input and
-    :class:`~wtransplant.errors.TrainingError` if the loss becomes NaN/Inf (nothing is
-    saved then)."""
+    Args:
+        model: a ``keras.Model``, a ``.keras`` archive or a Keras 2 full-model ``.h5``.
+        data: training data: an HDF5 (streamed), ``.npz`` or CSV file, an image folder,
+            or ``(x, y)`` arrays.
+        output: where to save the fine-tuned model; None: nothing is written.
+        **options: the ``finetune`` command's options with underscores, e.g.
+            ``epochs=4, batch_size=32, lr=3e-3, new_head=10, trainable_from="features",
+            seed=1, quiet=True, no_plot=True`` (all in
+            :class:`~wtransplant.finetuning.options.FinetuneOptions`; ``val_data`` also
+            takes ``(x, y)``).
+
+    Returns:
+        ``(model, history)``: the fine-tuned ``keras.Model`` and a :class:`FinetuneHistory`
+        (``history`` per metric and epoch, the whole ``report``).
+
+    Raises:
+        TypeError: an unknown keyword (a misspelt option).
+        InputError: bad input or option value; messages name keyword arguments (exit 2).
+        TrainingError: the loss became NaN/Inf; nothing is saved (exit 1).
+    """
     opts = make_options(**options)
     run = _Run(model, data, output, opts)
     try:
