@@ -848,6 +848,10 @@ def _search(ev, work, data_choices, progress) -> float:
                 progress(f"first guess: every hidden activation {v}: error {err:.3g}")
         scored.sort()
         starts = [[(c, v) for c in hidden] for _e, _i, v in scored[:MAX_STARTS]]
+        if scored and scored[0][0] > FIT_TOL and len(hidden) >= 2:
+            two = _two_blocks(ev, work, acts, progress)
+            if two is not None and two[0] < scored[0][0]:
+                starts.insert(0, two[1])
     best = None
     for st in starts:
         for c, v in st or []:
@@ -862,6 +866,38 @@ def _search(ev, work, data_choices, progress) -> float:
     for c, v in zip(data_choices, best[1]):
         set_value(work, c, v)
     return ev.run(0, record=True)
+
+
+def _two_blocks(ev, work, acts: list[Choice], progress):
+    """The best model made of two blocks of hidden activations (a up to some layer, b
+    after it: relu features then a tanh head), as a starting point: L x C^2 passes. Single
+    layer moves alone get stuck there, since one wrong layer anywhere hides every other
+    improvement. Returns (error, [(choice, value)...]) or None."""
+    last = max(c.index for c in acts)
+    hidden = [c for c in acts if c.index != last]
+    if len(hidden) < 2:
+        return None
+    common = [v for v in hidden[0].candidates if all(v in c.candidates for c in hidden)]
+    keep = [_get(work, c) for c in hidden]
+    best = None
+    for j in range(1, len(hidden)):
+        for a in common:
+            for c in hidden[:j]:
+                set_value(work, c, a)
+            ev.run(0, record=True)
+            for b in common:
+                if b == a:
+                    continue
+                for c in hidden[j:]:
+                    set_value(work, c, b)
+                err = ev.run(hidden[j].index)
+                if best is None or err < best[0]:
+                    best = (err, [(c, a) for c in hidden[:j]] + [(c, b) for c in hidden[j:]])
+    for c, v in zip(hidden, keep):
+        set_value(work, c, v)
+    if progress and best:
+        progress(f"two blocks: error {best[0]:.3g}")
+    return best
 
 
 def _evidence(ev, work, data_choices) -> None:
