@@ -1235,9 +1235,19 @@ def draft_settled(path, *, spec_dir=None, inputs, expected, input_layout=None,
             layers = (doc.get("model") or {}).get("layers")
             if not layers:
                 d0.notes.append("nothing to settle: the draft has no layer list")
+                if "verify" not in (doc or {}):
+                    v = {"inputs": _rel_ref(inputs, base), "expected": _rel_ref(expected, base)}
+                    if input_layout and input_layout != "none":
+                        v["input_layout"] = input_layout
+                    d0.text += "verify:  # the data given to `wtransplant spec`\n" + "".join(
+                        f"  {k}: {_flow(x)}\n" for k, x in v.items())
                 return d0
         doc["source"] = os.path.relpath(path.resolve(), base.resolve())
-        res = settle(doc, loaded, src, x, y, convention=conv, progress=progress)
+        try:
+            res = settle(doc, loaded, src, x, y, convention=conv, progress=progress)
+        except NotCovered as e:
+            raise InputError(f"cannot settle this draft against the data: {e}",
+                             path=str(path)) from None
     out = res.doc
     out["source"] = doc["source"]
     v = {"inputs": _rel_ref(inputs, base), "expected": _rel_ref(expected, base)}
