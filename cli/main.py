@@ -158,7 +158,17 @@ def spec(file, output, inputs, expected, input_layout, report_path, as_json, qui
             inputs = {name: ref}
         kw = {"inputs": inputs, "expected": list(expected), "input_layout": input_layout}
         if not quiet and not as_json:
-            kw["progress"] = None
+            import time
+
+            last = [time.monotonic()]
+
+            def progress(msg: str) -> None:  # at most one line every 2 s
+                if time.monotonic() - last[0] >= 2.0:
+                    last[0] = time.monotonic()
+                    msg = "".join(ch if ch.isprintable() else "?" for ch in msg)
+                    click.echo(f"settling: {msg[:200]}", err=True)
+
+            kw["progress"] = progress
     d = draft_spec(file, spec_dir=Path(output).parent if output else None, **kw)
     if output:
         from wtransplant.atomic import atomic_path

@@ -253,3 +253,23 @@ def test_cli_tie_spec_refused_by_rebuild(tmp_path):
 def test_cli_spec_needs_both(tmp_path):
     r = run_cli("spec", fx(SEEDS + ".h5"), "--inputs", fx(SEEDS + ".io.npz"))
     assert_one_line_error(r, 2, "--expected")
+
+
+def test_names_with_control_characters_stay_in_their_yaml_values(tmp_path):
+    """File names reach the settled draft's comments and values: one line each, escaped,
+    and the draft still loads (the source and the data refer to the same files)."""
+    import shutil
+
+    from wtransplant.spec import load_spec
+
+    weird = tmp_path / "we\nird\x1b.h5"
+    shutil.copy(fx(SEEDS + ".h5"), weird)
+    io = np.load(fx(SEEDS + ".io.npz"))
+    xs = tmp_path / "x\nx.npy"
+    np.save(xs, io["x"])
+    np.save(tmp_path / "y.npy", io["y"])
+    d = draft_spec(weird, spec_dir=tmp_path, inputs=str(xs), expected=str(tmp_path / "y.npy"))
+    assert all(line.isprintable() for line in d.text.splitlines())
+    s = load_spec(text=d.text, base_dir=tmp_path)
+    assert s.source == weird.resolve() and s.verify.inputs == "x\nx.npy"
+    assert s.undecided == []

@@ -57,6 +57,8 @@ NOISE_FLOOR = 1e-6
 MAX_SWEEPS = 4
 MAX_STRUCT_COMBOS = 4096
 MAX_PERMUTATION = 720  # 6! : equal-shape groups larger than this are not searched
+#: the search runs on the first samples only (rebuild's parity check uses them all)
+MAX_SETTLE_SAMPLES = 256
 
 #: Keras 3 built-in activations the NumPy forward pass can evaluate, cheapest first
 BUILTIN_ACTIVATIONS = ["linear", "relu", "tanh", "sigmoid", "softmax", "elu", "selu",
@@ -1089,9 +1091,9 @@ def render(doc: dict, res: SettleResult | None, header: list[str], notes: list[s
     """The settled document as YAML, one layer / weights entry per line, each settled value
     followed by a comment with its evidence."""
     com = _comments_for(res.choices) if res else {}
-    lines = list(header)
+    lines = [f"# {_one_line(h.lstrip('#'))}" for h in header]
     if data_note:
-        lines.append(f"# {data_note}")
+        lines.append(f"# {_one_line(data_note)}")
     lines.append(f"version: {doc.get('version', 1)}")
     lines.append(f"source: {_flow(doc['source'])}")
     lines.append(f"convention: {_flow(doc.get('convention', 'auto'))}")
@@ -1105,12 +1107,13 @@ def render(doc: dict, res: SettleResult | None, header: list[str], notes: list[s
     lines.append("  layers:")
     for i, d in enumerate(m["layers"]):
         c = com.get(("model", "layers", i))
-        lines.append(f"    - {_flow(d)}" + (f"  # {'; '.join(c)}" if c else ""))
+        lines.append(f"    - {_flow(d)}" + (f"  # {_one_line('; '.join(c))}" if c else ""))
     if doc.get("weights"):
         lines.append("weights:")
         for k, v in doc["weights"].items():
             c = com.get(("weights", k))
-            lines.append(f"  {_flow(k)}: {_flow(v)}" + (f"  # {'; '.join(c)}" if c else ""))
+            lines.append(f"  {_flow(k)}: {_flow(v)}" + (f"  # {_one_line('; '.join(c))}"
+                                                         if c else ""))
     for k in ("rules", "options"):
         if doc.get(k):
             lines.append(f"{k}: {_flow(doc[k])}")
@@ -1145,7 +1148,8 @@ def render(doc: dict, res: SettleResult | None, header: list[str], notes: list[s
 
 
 def _one_line(s: str) -> str:
-    return " ".join(str(s).split())
+    """Comment text: one line, printable characters only (names come from files)."""
+    return "".join(ch if ch.isprintable() else "?" for ch in " ".join(str(s).split()))
 
 
 def _has_undecided(v) -> bool:
@@ -1215,6 +1219,9 @@ def draft_settled(path, *, spec_dir=None, inputs, expected, input_layout=None,
             raise InputError(f"inputs {inputs} {x.shape} and expected {expected} {y.shape} "
                              f"hold different numbers of samples")
         x = to_channels_last(x, input_layout, f"inputs {inputs}")
+        n_all = x.shape[0]
+        if n_all > MAX_SETTLE_SAMPLES:
+            x, y = x[:MAX_SETTLE_SAMPLES], y[:MAX_SETTLE_SAMPLES]
         weights, _io = split_io(loaded.tensors)
         refs = {str(inputs), str(expected)}
         weights = [t for t in weights if t.name not in refs]
@@ -1228,7 +1235,12 @@ def draft_settled(path, *, spec_dir=None, inputs, expected, input_layout=None,
             header.append("# the tensors are an unnamed list: layers read by order and shape")
         else:
             d0 = draft_spec(path, spec_dir=spec_dir)
-            doc = yaml.safe_load(d0.text)
+            # the header and whole-line comments hold names from the file (unescaped in
+            # the plain draft); the settled draft writes its own
+            body = d0.text.splitlines()
+            start = next((i for i, x in enumerate(body) if x.startswith("version:")), 0)
+            doc = yaml.safe_load("\n".join(x for x in body[start:]
+                                           if not x.lstrip().startswith("#")))
             notes = list(d0.notes)
             conv = loaded.detection.convention if doc.get("convention", "auto") == "auto" \
                 else doc["convention"]
@@ -1254,12 +1266,16 @@ def draft_settled(path, *, spec_dir=None, inputs, expected, input_layout=None,
     if input_layout and input_layout != "none":
         v["input_layout"] = input_layout
     out["verify"] = v
-    data_note = (f"settled against {inputs} -> {expected} ({x.shape[0]} samples) in "
+    used = f"{x.shape[0]} samples" if x.shape[0] == n_all else \
+        f"the first {x.shape[0]} of {n_all} samples"
+    data_note = (f"settled against {inputs} -> {expected} ({used}) in "
                  f"{time.perf_counter() - t0:.2f} s")
     text = render(out, res, header, notes, data_note)
     spec = load_spec(text=text, base_dir=base)
     todo = [f"{c.where}: {c.status}" for c in res.choices if c.status != "settled"]
     report = res.to_dict()
+    report["samples_used"] = int(x.shape[0])
+    report["samples_given"] = int(n_all)
     d = Draft(text, rebuildable=not spec.undecided, todo=todo, notes=notes)
     d.spec = spec
     d.choices = report["choices"]
