@@ -761,6 +761,11 @@ def settle(doc: dict, loaded, src, x: np.ndarray, y: np.ndarray, *, convention: 
     ``{undecided: [...]}`` values) against inputs ``x`` (Keras layout) and outputs ``y``.
     Returns the settled document and the evidence for every choice."""
     t0 = time.perf_counter()
+    m = doc.get("model") or {}
+    if not isinstance(m.get("layers"), list) or "inputs" in m or "outputs" in m or any(
+            isinstance(d, dict) and "inputs" in d for d in m["layers"]):
+        raise NotCovered("graph specs (several inputs or outputs, items with 'inputs') are "
+                         "not covered by the settler yet: settle a chain")
     original = _deepcopy(doc)
     work = _deepcopy(doc)
     choices = collect_choices(work, convention)
