@@ -180,11 +180,9 @@ def inspect(file, as_json, report_path, quiet, stats, pattern, depth, follow_lin
               help="The source model's outputs for --inputs (once per output).")
 @click.option("--input-layout", type=click.Choice(["nchw", "ncl", "ncdhw", "none"]),
               help="Layout of the stored inputs if channels-first.")
-@click.option("--report", "report_path", type=click.Path(dir_okay=False),
-              help="Write a JSON report (every choice and its evidence) here.")
-@click.option("--json", "as_json", is_flag=True,
-              help="Print the settling report as JSON (the draft goes to -o).")
-@click.option("--quiet", is_flag=True, help="No progress or summary on stderr.")
+@report_option("Write the JSON report (every settled choice and its evidence) here.")
+@json_option()
+@quiet_option()
 @click.option("--timeout", type=click.FloatRange(min=0), metavar="SECONDS",
               help=f"Give up after this long (default {DEFAULT_TIMEOUT}; 0: no limit).")
 @guarded("reading the file")
@@ -202,6 +200,15 @@ def spec(file, output, inputs, expected, input_layout, report_path, as_json, qui
 
     if bool(inputs) != bool(expected):
         raise InputError("give both --inputs and --expected")
+    from wtransplant.data import split_ref
+
+    data_files = [split_ref(r.partition("=")[2] if "=" in r and not Path(r).exists() else r)[0]
+                  for r in ([inputs] if inputs else []) + list(expected)]
+    _report_not_an_input(report_path, file, output, *data_files)
+    if output and any(Path(p).resolve() == Path(output).resolve()
+                      for p in [file, *data_files]):
+        raise InputError(f"-o {output} is also an input of this command: give another file "
+                         f"name")
     kw = {}
     if inputs:
         if "=" in inputs and not Path(inputs).exists():
@@ -234,11 +241,10 @@ def spec(file, output, inputs, expected, input_layout, report_path, as_json, qui
     if d.report is not None:
         report = {"file": str(file), "output": output, **d.report}
     if report_path:
-        from wtransplant.atomic import atomic_path, dumps
+        from wtransplant.atomic import write_json
 
-        with atomic_path(report_path) as tmp:
-            tmp.write_text(dumps(report or {"file": str(file), "output": output,
-                                            "choices": [], "todo": d.todo}), encoding="utf-8")
+        write_json(report_path, report or {"file": str(file), "output": output,
+                                           "choices": [], "todo": d.todo, "notes": d.notes})
     if as_json:
         emit_json(report or {"file": str(file), "output": output, "choices": [],
                              "todo": d.todo, "notes": d.notes})

@@ -273,3 +273,17 @@ def test_names_with_control_characters_stay_in_their_yaml_values(tmp_path):
     s = load_spec(text=d.text, base_dir=tmp_path)
     assert s.source == weird.resolve() and s.verify.inputs == "x\nx.npy"
     assert s.undecided == []
+
+
+def test_cli_spec_output_never_an_input(tmp_path):
+    io = tmp_path / "io.npz"
+    z = np.load(fx(SEEDS + ".io.npz"))
+    np.savez(io, x=z["x"], y=z["y"])
+    before = io.read_bytes()
+    r = run_cli("spec", fx(SEEDS + ".h5"), "--inputs", f"{io}:x", "--expected", f"{io}:y",
+                "-o", io)
+    assert_one_line_error(r, 2, "also an input")
+    r = run_cli("spec", fx(SEEDS + ".h5"), "--inputs", f"{io}:x", "--expected", f"{io}:y",
+                "--report", io)
+    assert_one_line_error(r, 2, "also an input")
+    assert io.read_bytes() == before
