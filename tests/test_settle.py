@@ -287,3 +287,18 @@ def test_cli_spec_output_never_an_input(tmp_path):
                 "--report", io)
     assert_one_line_error(r, 2, "also an input")
     assert io.read_bytes() == before
+
+
+def test_permuted_unnamed_list_rebuilds_as_settled(tmp_path):
+    d = _draft("unnamed/unnamed_mlp_permuted", tmp_path)
+    spec_path = tmp_path / "mlp.yaml"
+    spec_path.write_text(d.text)
+    pytest.importorskip("keras")
+    from wtransplant.transplanting import rebuild
+
+    model, report = rebuild(spec_path, progress=False, checksums=False)
+    assert report.verified and report.parity.max_abs < 1e-5
+    # and against PyTorch's outputs read independently of wtransplant
+    io = np.load(fx("unnamed/unnamed_mlp_permuted.io.npz"))
+    out = np.asarray(model(io["x"], training=False))
+    np.testing.assert_allclose(out, io["y"], atol=1e-5, rtol=1e-4)
