@@ -302,3 +302,34 @@ def test_permuted_unnamed_list_rebuilds_as_settled(tmp_path):
     io = np.load(fx("unnamed/unnamed_mlp_permuted.io.npz"))
     out = np.asarray(model(io["x"], training=False))
     np.testing.assert_allclose(out, io["y"], atol=1e-5, rtol=1e-4)
+
+
+def test_all_square_numbered_file_orientation_settled(tmp_path):
+    """Weights/Layer1..2 all 8x8 (h5py + numpy, written here): the shapes cannot tell the
+    orientation, so the plain draft is empty; with data each orientation is settled, and
+    one stored in-by-out is told from one stored out-by-in."""
+    import h5py
+
+    rng = np.random.default_rng(3)
+    w = [rng.standard_normal((8, 8)) / 3 for _ in range(2)]
+    b = [rng.standard_normal((8, 1)) * 0.1 for _ in range(2)]
+    with h5py.File(tmp_path / "sq.h5", "w") as f:
+        f["Weights/Layer1"] = w[0]  # out-by-in: y = W x
+        f["Weights/Layer2"] = w[1].T  # stored in-by-out
+        for i in range(2):
+            f[f"Bias/Layer{i + 1}"] = b[i]
+    x = rng.standard_normal((32, 8)).astype(np.float32)
+    y = (np.tanh(x @ w[0].T + b[0].T) @ w[1].T + b[1].T).astype(np.float32)
+    np.savez(tmp_path / "io.npz", x=x, y=y)
+    assert "layers: []" in draft_spec(tmp_path / "sq.h5", spec_dir=tmp_path).text
+    io = tmp_path / "io.npz"
+    d = draft_spec(tmp_path / "sq.h5", spec_dir=tmp_path, inputs=f"{io}:x",
+                   expected=f"{io}:y")
+    ch = _by_where(d)
+    _assert_clear(ch["weights.fc1/kernel"], "out-by-in")
+    _assert_clear(ch["weights.fc2/kernel"], "in-by-out")
+    _assert_clear(ch["model.layers[0].activation"], "tanh")
+    doc = yaml.safe_load(d.text)
+    assert doc["weights"]["fc2/kernel"] == {"from": "Weights/Layer2", "transpose": [0, 1]}
+    assert doc["weights"]["fc1/bias"] == "Bias/Layer1" and doc["convention"] == "plain"
+    assert d.spec.undecided == []

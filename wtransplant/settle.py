@@ -1182,6 +1182,30 @@ def _rel_ref(ref, base) -> str:
     return f"{rel}:{key}" if key else rel
 
 
+def _numbered_view(weights):
+    """(tensors with biases seen as vectors, name -> layer number) if every tensor is a
+    numbered weight or bias (Weights/Layer1, b2...), else None."""
+    import dataclasses
+
+    from .formats import numbered_role
+
+    out, owner = [], {}
+    for t in weights:
+        r = numbered_role(t.name)
+        if r is None:
+            return None
+        owner[t.name] = r[1]
+        if r[0] == "bias":
+            t = dataclasses.replace(t, shape=(int(math.prod(t.shape)),))
+        elif len(t.shape) != 2:
+            return None
+        out.append(t)
+    out.sort(key=lambda t: (owner[t.name], len(t.shape) == 1))
+    for i, t in enumerate(out):
+        t.index = i  # replace() made copies: the loaded tensors keep their own order
+    return (out, owner) if out else None
+
+
 def draft_settled(path, *, spec_dir=None, inputs, expected, input_layout=None,
                   progress=None):
     """``spec FILE --inputs X --expected Y``: the draft with every choice the data settle
@@ -1250,6 +1274,21 @@ def draft_settled(path, *, spec_dir=None, inputs, expected, input_layout=None,
             conv = loaded.detection.convention if doc.get("convention", "auto") == "auto" \
                 else doc["convention"]
             layers = (doc.get("model") or {}).get("layers")
+            numbered = _numbered_view(weights)
+            if not layers and numbered is not None:
+                # numbered layers whose orientation the shapes cannot tell (all square):
+                # read them in order, every orientation a choice
+                try:
+                    doc2, conv, more = draft_unnamed(numbered[0], tuple(x.shape[1:]),
+                                                     owner=numbered[1])
+                except ValueError:
+                    doc2 = None
+                if doc2 is not None:
+                    conv = loaded.detection.convention
+                    doc2["convention"] = conv
+                    more = ["every numbered weight is square: the layers are read in their "
+                            "numbered order and each orientation is settled by the data"]
+                    doc, notes, layers = doc2, notes + more, doc2["model"]["layers"]
             if not layers:
                 d0.notes.append("nothing to settle: the draft has no layer list")
                 if "verify" not in (doc or {}):

@@ -40,10 +40,11 @@ def _und(c, why=None):
     return d
 
 
-def draft_unnamed(tensors: list[SourceTensor], x_shape: tuple | None) -> tuple[dict, str,
-                                                                              list[str]]:
+def draft_unnamed(tensors: list[SourceTensor], x_shape: tuple | None, *,
+                  owner: dict | None = None) -> tuple[dict, str, list[str]]:
     """(spec document with undecided values, convention, notes). ``x_shape``: one input
-    sample in Keras layout (channels last), if known."""
+    sample in Keras layout (channels last), if known. ``owner``: tensor name -> layer
+    number where names tell it (numbered files): vectors go to their own layer."""
     ts = sorted(tensors, key=lambda t: t.index)
     ts = [t for t in ts if len(t.shape) > 0 and not (len(t.shape) == 1 and t.shape[0] == 1
                                                       and t.dtype.startswith("int"))]
@@ -157,8 +158,24 @@ def draft_unnamed(tensors: list[SourceTensor], x_shape: tuple | None) -> tuple[d
                    "activation": _und(OUTPUT if last else HIDDEN, WHY_ACT)}
             layers.append(act)
     # equal-shape tensors: file order first, every permutation a candidate
+    layer_num = {}
+    n_c = n_f = 0
+    for t, kind, *_r in chain:
+        if kind == "conv":
+            n_c += 1
+            layer_num[f"conv{n_c}"] = (owner or {}).get(t.name)
+        else:
+            n_f += 1
+            layer_num[f"fc{n_f}"] = (owner or {}).get(t.name)
     for size, targets in groups.items():
         pool = [v.name for v in by_size.get(size, [])]
+        if owner:  # the names say which layer each vector belongs to
+            for target in targets:
+                num = layer_num.get(target.split("/")[0])
+                mine = [n for n in pool if owner.get(n) == num]
+                weights_doc[target] = mine[0] if len(mine) == 1 else _und(
+                    mine or pool, "tensors of equal shape whose names say nothing")
+            continue
         for j, target in enumerate(targets):
             if len(pool) == 1:
                 weights_doc[target] = pool[0]
