@@ -46,7 +46,7 @@ from .h5io import read_dataset
 from .layouts import TargetLayer, TargetVar
 from .layouts.ops import apply as apply_ops
 from .plan import build_recipe
-from .reference import OPS, Act, NotCovered, RefLayer, Reference, input_kind_for, to_keras
+from .reference import OPS, Act, NotCovered, Reference, RefLayer, input_kind_for, to_keras
 
 #: a candidate "fits" the data when its relative max error is under this
 FIT_TOL = 1e-4

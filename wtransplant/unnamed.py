@@ -53,11 +53,7 @@ def draft_unnamed(tensors: list[SourceTensor], x_shape: tuple | None, *,
     notes = []
     if not weights:
         raise ValueError("no 2-D or 4-D tensor: no dense or conv layer to draft")
-    cur = None
-    spatial = None
-    if x_shape:
-        cur = int(x_shape[-1])
-        spatial = tuple(x_shape[:-1])
+    cur = int(x_shape[-1]) if x_shape else None
     conv = None
     chain = []  # (tensor, kind, n_in, n_out, k)
     left = list(weights)
@@ -112,7 +108,7 @@ def draft_unnamed(tensors: list[SourceTensor], x_shape: tuple | None, *,
     weights_doc: dict = {}
     groups: dict[int, list[tuple[str, int]]] = {}  # size -> [(target, n)]
     n_conv = n_fc = 0
-    for i, (t, kind, n_in, n_out, k) in enumerate(chain):
+    for i, (t, kind, _n_in, n_out, k) in enumerate(chain):
         last = i == len(chain) - 1
         each = extras.get(i, 0)
         bn = each >= 4
