@@ -770,6 +770,8 @@ def settle(doc: dict, loaded, src, x: np.ndarray, y: np.ndarray, *, convention: 
     work = _deepcopy(doc)
     choices = collect_choices(work, convention)
     warns, degenerate = check_data(x)
+    if degenerate is None and not np.all(np.isfinite(np.asarray(y, dtype=np.float64))):
+        degenerate = "the expected outputs hold NaN/Inf values"
     _first_values(work)
     if x.ndim >= 2:
         work["model"]["input_shape"] = list(x.shape[1:])
