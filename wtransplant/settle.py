@@ -431,7 +431,9 @@ class Evaluator:
 
     def initial(self) -> Act:
         first = self.doc["model"]["layers"][0]["class"]
-        kind = input_kind_for(first, self.x.ndim - 1, self.x.dtype)
+        # integer data (uint8 pixels) are values, not token ids, unless an Embedding reads them
+        kind = input_kind_for(first, self.x.ndim - 1,
+                              self.x.dtype if first == "Embedding" else "float32")
         a = np.asarray(self.x, dtype=np.float64)
         return Act(np.moveaxis(a, -1, 1), "map") if kind == "map" else Act(a, kind)
 
