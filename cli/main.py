@@ -214,7 +214,10 @@ def spec(file, output, inputs, expected, input_layout, report_path, as_json, qui
         if "=" in inputs and not Path(inputs).exists():
             name, _, ref = inputs.partition("=")
             inputs = {name: ref}
-        kw = {"inputs": inputs, "expected": list(expected), "input_layout": input_layout}
+        limit = DEFAULT_TIMEOUT if timeout is None else timeout
+        kw = {"inputs": inputs, "expected": list(expected), "input_layout": input_layout,
+              # the search stops in time to write what it settled before --timeout
+              "budget_s": 0.8 * limit if limit else None}
         if not quiet and not as_json:
             import time
 

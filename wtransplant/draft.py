@@ -61,7 +61,7 @@ class Draft:
 
 def draft_spec(path: str | os.PathLike, *, spec_dir: str | os.PathLike | None = None,
                inputs=None, expected=None, input_layout: str | None = None,
-               progress=None) -> Draft:
+               progress=None, budget_s: float | None = None) -> Draft:
     """Draft a spec (YAML text) for the weights file ``path``.
 
     Args:
@@ -74,6 +74,8 @@ def draft_spec(path: str | os.PathLike, *, spec_dir: str | os.PathLike | None = 
             :mod:`wtransplant.settle`); ``expected`` may be a one-item list.
         input_layout: the stored layout of ``inputs`` if channels-first (``nchw``...).
         progress: optional callable taking one line of progress text.
+        budget_s: stop searching after this many seconds (what is not settled by then
+            stays undecided, and the report says so); None: no time limit.
 
     Returns:
         A :class:`Draft`: ``text`` (the YAML), ``rebuildable`` (no guess left), ``todo``
@@ -87,7 +89,8 @@ def draft_spec(path: str | os.PathLike, *, spec_dir: str | os.PathLike | None = 
         from .settle import draft_settled
 
         return draft_settled(path, spec_dir=spec_dir, inputs=inputs, expected=expected,
-                             input_layout=input_layout, progress=progress)
+                             input_layout=input_layout, progress=progress,
+                             budget_s=budget_s)
     path = Path(path)
     with open_source(path) as src:
         loaded = load_source(src)

@@ -57,6 +57,9 @@ NOISE_FLOOR = 1e-6
 MAX_SWEEPS = 4
 MAX_STRUCT_COMBOS = 4096
 MAX_PERMUTATION = 720  # 6! : equal-shape groups larger than this are not searched
+#: the search stops after this many forward passes (or ``budget_s`` seconds): what it has
+#: not settled by then stays undecided, and the report says why
+MAX_EVALUATIONS = 20_000
 #: the search runs on the first samples only (rebuild's parity check uses them all)
 MAX_SETTLE_SAMPLES = 256
 
@@ -332,6 +335,17 @@ class Evaluator:
         self.evaluations = 0  # forward passes (whole or from a cached layer to the output)
         self.layer_ops = 0  # single-layer evaluations
         self.pre_stats: dict[int, dict] = {}
+        self.deadline = math.inf  # time.perf_counter() value after which the search stops
+        self.stopped: str | None = None
+
+    def spent(self) -> bool:
+        """Has the search used its budget? (checked between starts and sweeps)"""
+        if self.stopped is None:
+            if self.evaluations >= MAX_EVALUATIONS:
+                self.stopped = f"the search stopped after {self.evaluations} forward passes"
+            elif time.perf_counter() > self.deadline:
+                self.stopped = "the search stopped: its time budget is spent"
+        return self.stopped is not None
 
     # -- weights
     def raw(self, name: str) -> np.ndarray:
@@ -758,7 +772,7 @@ class SettleResult:
 
 
 def settle(doc: dict, loaded, src, x: np.ndarray, y: np.ndarray, *, convention: str,
-           progress=None) -> SettleResult:
+           progress=None, budget_s: float | None = None) -> SettleResult:
     """Settle the undecided choices of a draft document (a dict as YAML-loaded, holding
     ``{undecided: [...]}`` values) against inputs ``x`` (Keras layout) and outputs ``y``.
     Returns the settled document and the evidence for every choice."""
@@ -778,6 +792,8 @@ def settle(doc: dict, loaded, src, x: np.ndarray, y: np.ndarray, *, convention: 
     if x.ndim >= 2:
         work["model"]["input_shape"] = list(x.shape[1:])
     ev = Evaluator(work, loaded, src, convention, x, y)
+    if budget_s:
+        ev.deadline = time.perf_counter() + budget_s
     product = math.prod(max(1, len(c.candidates) + len(c.extra)) for c in choices)
     if degenerate:
         for c in choices:
@@ -815,7 +831,7 @@ def settle(doc: dict, loaded, src, x: np.ndarray, y: np.ndarray, *, convention: 
     # 3. coordinate descent in layer order from the best of them, then from the next ones
     # if it sticks; the rarer built-ins join only if the usual candidates cannot fit
     final = _search(ev, work, data_choices, progress)
-    if final > FIT_TOL and any(c.extra for c in data_choices):
+    if final > FIT_TOL and any(c.extra for c in data_choices) and not ev.spent():
         for c in data_choices:
             c.candidates += c.extra
             c.labels += [_label(v) for v in c.extra]
@@ -865,6 +881,8 @@ def _search(ev, work, data_choices, progress) -> float:
                 starts.insert(0, two[1])
     best = None
     for st in starts:
+        if best is not None and ev.spent():
+            break
         for c, v in st or []:
             set_value(work, c, v)
         _descend(ev, work, data_choices, progress)
@@ -892,6 +910,8 @@ def _two_blocks(ev, work, acts: list[Choice], progress):
     keep = [_get(work, c) for c in hidden]
     best = None
     for j in range(1, len(hidden)):
+        if ev.spent():
+            break
         for a in common:
             for c in hidden[:j]:
                 set_value(work, c, a)
@@ -930,6 +950,8 @@ def _evidence(ev, work, data_choices) -> None:
 def _descend(ev, work, data_choices, progress) -> None:
     ev.run(0, record=True)
     for sweep in range(MAX_SWEEPS):
+        if sweep and ev.spent():
+            break
         changed = False
         for c in data_choices:
             cur = _get(work, c)
@@ -1036,6 +1058,8 @@ def _finish(original, work, choices, warns, degenerate, ev, product, t0, final):
                 _set(out, t, {"undecided": _uniq([v[j] for v in cands]), "why": why})
         else:
             _set(out, c.targets[0], {"undecided": cands, "why": why})
+    if ev.stopped:
+        warns = warns + [ev.stopped + "; choices it could not settle stay undecided"]
     return SettleResult(out, choices, warns, degenerate, ev.evaluations, ev.layer_ops,
                         product, time.perf_counter() - t0, final)
 
@@ -1211,7 +1235,7 @@ def _numbered_view(weights):
 
 
 def draft_settled(path, *, spec_dir=None, inputs, expected, input_layout=None,
-                  progress=None):
+                  progress=None, budget_s: float | None = None):
     """``spec FILE --inputs X --expected Y``: the draft with every choice the data settle
     written as a plain value (and its evidence as a comment). Returns a
     :class:`wtransplant.draft.Draft` whose ``spec``, ``choices`` and ``report`` carry the
@@ -1304,7 +1328,8 @@ def draft_settled(path, *, spec_dir=None, inputs, expected, input_layout=None,
                 return d0
         doc["source"] = os.path.relpath(path.resolve(), base.resolve())
         try:
-            res = settle(doc, loaded, src, x, y, convention=conv, progress=progress)
+            res = settle(doc, loaded, src, x, y, convention=conv, progress=progress,
+                         budget_s=budget_s)
         except NotCovered as e:
             raise InputError(f"cannot settle this draft against the data: {e}",
                              path=str(path)) from None
