@@ -144,7 +144,7 @@ def verify(model, *, other=None, inputs=None, expected=None, spec=None, activati
         art2 = _load(other)
         want = art.predict(xs)
         got = art2.predict(xs)
-        against = f"{art.display} ({art.kind})"
+        against = f"{art2.display} ({art2.kind})"
         other_desc = art2.describe()
         method = f"artifact ({art2.kind} vs {art.kind})"
     elif expected is not None:

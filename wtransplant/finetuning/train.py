@@ -75,6 +75,7 @@ class FinetuneHistory:
 
 
 def finetune(model, data, *, output: str | os.PathLike | None = None,
+             provenance: str | os.PathLike | None = None,
              **options) -> tuple[keras.Model, FinetuneHistory]:
     """Fine-tune ``model`` (a ``keras.Model``, a ``.keras`` file or a Keras 2 full-model
     ``.h5``) on ``data`` (an HDF5/``.npz``/CSV file, an image folder, or ``(x, y)``
@@ -86,6 +87,11 @@ def finetune(model, data, *, output: str | os.PathLike | None = None,
         data: training data: an HDF5 (streamed), ``.npz`` or CSV file, an image folder,
             or ``(x, y)`` arrays.
         output: where to save the fine-tuned model; None: nothing is written.
+        provenance: a rebuild or finetune report (JSON) naming where the input model's
+            weights come from; default: what the model file carries (its
+            ``.wtransplant.json`` sidecar, written by rebuild and finetune). It goes into
+            the report (``provenance``), history.json and the sidecar of ``output``, so an
+            export of the fine-tuned model still names the original weights' sha256.
         **options: the ``finetune`` command's options with underscores, e.g.
             ``epochs=4, batch_size=32, lr=3e-3, new_head=10, trainable_from="features",
             seed=1, quiet=True, no_plot=True`` (all in
@@ -103,6 +109,7 @@ def finetune(model, data, *, output: str | os.PathLike | None = None,
     """
     opts = make_options(**options)
     run = _Run(model, data, output, opts)
+    run.provenance_arg = provenance
     try:
         return run.execute()
     finally:
@@ -130,15 +137,34 @@ def load_model(model) -> tuple[keras.Model, dict]:
         except Exception as e:
             raise InputError(f"{p}: Keras cannot load the model: "
                              f"{' '.join(str(e).split())[:300]}") from None
-        return m, {"source": str(p), "format": "keras3-archive", "name": m.name}
+        return m, {"source": str(p), "format": "keras3-archive", "name": m.name,
+                   **_carried(p)}
     if p.suffix.lower() in (".h5", ".hdf5"):
         from ..transplanting import rebuild_file
 
         m, rep = rebuild_file(p, progress=False)
-        return m, {"source": str(p), "format": rep.source.get("format"), "name": m.name,
-                   "rebuilt": True}
+        info = {"source": str(p), "format": rep.source.get("format"), "name": m.name,
+                "rebuilt": True, **_carried(p)}
+        if info.get("provenance") is None:  # the file itself holds the original weights
+            info["provenance"] = {"source": rep.source, "spec": rep.spec,
+                                  "rebuild_report": None, "finetune": []}
+        return m, info
     raise InputError(f"{p}: MODEL must be a .keras archive or a Keras 2 full-model .h5 (for "
                      f"other files run `wtransplant rebuild` first)")
+
+
+def _carried(p: Path) -> dict:
+    """The model file's sha256 and the provenance it carries (its sidecar), if any."""
+    from ..provenance import file_sha256, read_sidecar
+
+    side = read_sidecar(p)
+    prov = None
+    if side is not None:
+        prov = {"source": side["source"], "spec": side.get("spec"),
+                "rebuild_report": side.get("rebuild_report"),
+                "finetune": list(side.get("finetune") or []),
+                "from": f"{p.name}.wtransplant.json"}
+    return {"input_file": {"path": str(p), "sha256": file_sha256(p)}, "provenance": prov}
 
 
 def compute_layers(model) -> list:
@@ -346,6 +372,7 @@ class _Run:
 
         self.strategy = get_strategy(o.strategy) if o.strategy not in (None, "none") else None
         original, self.model_info = load_model(self.model_arg)
+        self.provenance = self._input_provenance()
         self._open_data(original)
         self.labels = label_info(self.bundle.train.y, skip_nonfinite=o.skip_nonfinite)
         model = self._shape_model(original)
@@ -863,18 +890,60 @@ class _Run:
     # ----------------------------------------------------------------------------------
     # outputs
 
+    provenance_arg = None
+    provenance: dict | None = None
+
+    def _input_provenance(self) -> dict | None:
+        """Where the input model's weights come from: the report given, else what the
+        model file carries."""
+        info = self.model_info
+        prov = info.pop("provenance", None)
+        if self.provenance_arg is not None:
+            from ..provenance import read_report
+
+            rr = read_report(self.provenance_arg)
+            out = rr["report"].get("output") or {}
+            have = (info.get("input_file") or {}).get("sha256")
+            if have and out.get("sha256") and out["sha256"] != have:
+                self.notes.append(f"the {rr['kind']} report {self.provenance_arg} describes "
+                                  f"another model file than {info.get('source')} (sha256 "
+                                  f"differs)")
+            return {"source": rr["source"], "spec": rr.get("spec"),
+                    "rebuild_report": rr.get("rebuild_report"),
+                    "finetune": rr.get("finetune") or [], "from": str(self.provenance_arg)}
+        if prov is None and info.get("input_file"):
+            self.notes.append("the input model carries no provenance (no .wtransplant.json "
+                              "next to it): give its rebuild report to record where its "
+                              "weights come from")
+        return prov
+
     def _save(self) -> dict | None:
         if self.output is None or not self._chief():
             return None
         from ..transplanting import save_model
 
-        return save_model(self.model, self.output)
+        out = save_model(self.model, self.output)
+        if self.provenance is not None:
+            from ..provenance import file_sha256, write_sidecar
+
+            out["sha256"] = file_sha256(out["path"])
+            steps = list(self.provenance.get("finetune") or [])
+            steps.append({"report": str(self.run_dir / "report.json") if self.run_dir
+                          else None, "input_model": self.model_info.get("input_file"),
+                          "data": self.bundle.train.x.display, "seed": self.seed})
+            side = write_sidecar(out["path"], source=self.provenance["source"],
+                                 spec=self.provenance.get("spec"),
+                                 rebuild_report=self.provenance.get("rebuild_report"),
+                                 finetune=steps)
+            out["provenance_file"] = str(side)
+        return out
 
     def _write_records(self, output: dict | None = None) -> None:
         self.report = self._report(output)
         if self.run_dir is None or not self._chief():
             return
-        meta = {"wtransplant_history": 1, "status": self.status, "seed": self.seed}
+        meta = {"wtransplant_history": 1, "status": self.status, "seed": self.seed,
+                "provenance": self.provenance}
         files = records.write_history(self.run_dir, self.rows, meta)
         if self.opts.plot:
             title = f"{self.model_info.get('name')} on {self.bundle.train.x.display}"
@@ -903,6 +972,7 @@ class _Run:
                       "replaced_head": self.replaced or None,
                       "head": {"name": layers[-1].name, "units": self.units,
                                "activation": self.out_activation}},
+            "provenance": self.provenance,
             "data": self.bundle.describe(),
             "task": self.task, "labels": self.labels.to_dict(),
             "loss": self.loss_name, "metrics": self.metric_names,
