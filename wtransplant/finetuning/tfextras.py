@@ -27,6 +27,9 @@ import json
 import os
 
 from ..errors import InputError
+from ..quiet_tf import install as _quiet_tf
+
+_quiet_tf()  # before TensorFlow is imported: no TensorFlow log lines on stderr
 
 _STRATEGIES: dict = {}
 
