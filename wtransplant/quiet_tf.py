@@ -45,6 +45,7 @@ class _QuietLoader(importlib.abc.Loader):
     def exec_module(self, module):
         from .artifacts import quiet_stderr
 
+        _remove_finder()  # once: its submodules load inside this import
         with quiet_stderr():  # replayed if the import fails (or under WTRANSPLANT_DEBUG)
             self._loader.exec_module(module)
         _quiet_python_loggers()
@@ -55,9 +56,10 @@ class _QuietLoader(importlib.abc.Loader):
 
 class _QuietTensorFlowFinder(importlib.abc.MetaPathFinder):
     def find_spec(self, name, path=None, target=None):
-        if name != "tensorflow":
+        if name != "tensorflow" or name in sys.modules:
             return None
-        _remove_finder()  # once: the submodules load inside this import
+        # stays on sys.meta_path until TensorFlow is imported: importlib.util.find_spec
+        # (Keras checks whether TensorFlow is available) asks without importing
         spec = importlib.machinery.PathFinder.find_spec(name, path)
         if spec is None or spec.loader is None:
             return spec
