@@ -38,8 +38,10 @@ def _tf():
     import keras
 
     if keras.backend.backend() != "tensorflow":
-        raise InputError(f"--strategy needs the TensorFlow backend (KERAS_BACKEND="
-                         f"{keras.backend.backend()}); under JAX use keras.distribution")
+        b = keras.backend.backend()
+        raise InputError(f"--strategy needs the TensorFlow backend (KERAS_BACKEND={b}): "
+                         f"run with KERAS_BACKEND=tensorflow"
+                         + ("; under JAX, keras.distribution does this" if b == "jax" else ""))
     import tensorflow as tf
 
     return tf
