@@ -1,23 +1,28 @@
 # The two set-up commands of the README. Both create .venv/ in the repository root if it is
-# missing and install the project from pyproject.toml (`make test` with its test extras).
+# missing and install the project from pyproject.toml (`make test` with its test extras),
+# every package at the exact version in requirements/lock.txt (what the tests passed with).
+# `make test-latest` tries the newest releases instead, in .venv-latest/, to see drift on
+# purpose; `make lock` rewrites the lock from a fresh resolve.
 PYTHON ?= python3
 VENV   := .venv
 BIN    := $(VENV)/bin
+LOCK   := requirements/lock.txt
 PYTEST_ARGS ?=
 
-.PHONY: demo test test-fast fuzz bench fixtures lint clean
+.PHONY: demo test test-fast test-latest lock fuzz bench fixtures lint clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
-	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet -c $(LOCK) pip
 
-# Reinstall when pyproject.toml changes (the stamp records the last install).
-$(VENV)/.installed: pyproject.toml | $(BIN)/python
-	$(BIN)/python -m pip install --quiet -e .
+# Reinstall when pyproject.toml or the lock changes (the stamp records the last install).
+$(VENV)/.installed: pyproject.toml $(LOCK) | $(BIN)/python
+	$(BIN)/python -m pip install --quiet -c $(LOCK) -e .
 	@touch $@
 
-$(VENV)/.installed-test: pyproject.toml $(VENV)/.installed
-	$(BIN)/python -m pip install --quiet -e '.[test]'
+$(VENV)/.installed-test: pyproject.toml $(LOCK) $(VENV)/.installed
+	$(BIN)/python -m pip install --quiet -c $(LOCK) -e '.[test]'
+	$(BIN)/python -m pip check
 	@touch $@
 
 DEMO_OUT := demo-out
@@ -43,10 +48,10 @@ demo: $(VENV)/.installed
 	$(WT) rebuild fixtures/keras2/k2_digits_model.h5 -o $(DEMO_OUT)/k2_digits_model.keras
 	$(WT) finetune $(DEMO_OUT)/k2_digits_model.keras --data fixtures/data/digits.h5 --new-head 10 --trainable-from features --epochs 4 --lr 3e-3 --seed 1 -o $(DEMO_OUT)/digits10.keras
 	@echo "== export: the rebuilt CNN to ONNX, reloaded and checked in onnxruntime"
-	$(WT) export $(DEMO_OUT)/torch_cnn.keras --format onnx -o $(DEMO_OUT)/torch_cnn.onnx --report $(DEMO_OUT)/torch_cnn.report.json
+	$(WT) export $(DEMO_OUT)/torch_cnn.keras --format onnx -o $(DEMO_OUT)/torch_cnn.onnx --provenance $(DEMO_OUT)/torch_cnn.report.json --report $(DEMO_OUT)/torch_cnn.export.json
 	@echo "== verify: the ONNX file against PyTorch's own outputs (inputs stored NCHW)"
 	$(WT) verify $(DEMO_OUT)/torch_cnn.onnx --inputs fixtures/torch/torch_cnn.io.npz:x --expected fixtures/torch/torch_cnn.io.npz:y --input-layout nchw --plot $(DEMO_OUT)/torch_cnn.verify.png
-	@echo "== export: the fine-tuned digits model to ONNX, checked in onnxruntime"
+	@echo "== export: the fine-tuned digits model to ONNX, checked in onnxruntime; it still names the original Keras 2 weights (sha256)"
 	$(WT) export $(DEMO_OUT)/digits10.keras --format onnx -o $(DEMO_OUT)/digits10.onnx
 	@echo "demo finished: outputs in $(DEMO_OUT)/"
 
@@ -67,6 +72,29 @@ fuzz: $(VENV)/.installed-test
 	WT_FUZZ_NIGHTLY=1 WT_FUZZ_CASES=$(FUZZ_CASES) WT_FUZZ_REBUILD_CASES=500 \
 		$(BIN)/python -m pytest -q -p no:cacheprovider tests/test_fuzz.py
 
+# The suite against the newest releases of every dependency (no lock), in its own venv.
+test-latest:
+	test -x .venv-latest/bin/python || $(PYTHON) -m venv .venv-latest
+	.venv-latest/bin/python -m pip install --quiet --upgrade pip
+	.venv-latest/bin/python -m pip install --quiet --upgrade --upgrade-strategy eager -e '.[test]'
+	.venv-latest/bin/python -m pip check
+	.venv-latest/bin/python -m pip freeze --exclude-editable | diff $(LOCK) - || true
+	.venv-latest/bin/python -m pytest -q -n 2 -m "not nightly" $(PYTEST_ARGS)
+
+# Rewrite the lock from a fresh resolve of pyproject.toml (test extras included); run the
+# suite (make test) before committing the new lock.
+lock:
+	rm -rf .venv-lock
+	$(PYTHON) -m venv .venv-lock
+	.venv-lock/bin/python -m pip install --quiet --upgrade pip
+	.venv-lock/bin/python -m pip install --quiet -e '.[test]'
+	.venv-lock/bin/python -m pip check
+	( echo "# Exact versions that make test passed with (Python 3.11, Linux x86-64)."; \
+	  echo "# Used as pip constraints by the Makefile; regenerate with make lock."; \
+	  .venv-lock/bin/python -m pip freeze --all --exclude-editable \
+	    | grep -v -E '^(wtransplant|setuptools|wheel)[=@ ]' ) > $(LOCK)
+	rm -rf .venv-lock
+
 lint: $(VENV)/.installed-test
 	$(BIN)/ruff check .
 
@@ -76,4 +104,4 @@ fixtures:
 	$(MAKE) -C fixtures all
 
 clean:
-	rm -rf $(VENV) .pytest_cache .ruff_cache *.egg-info
+	rm -rf $(VENV) .venv-latest .venv-lock .pytest_cache .ruff_cache *.egg-info

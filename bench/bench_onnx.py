@@ -40,7 +40,7 @@ def main(argv=None) -> dict:
 
     from wtransplant.artifacts import load_artifact
     from wtransplant.export import export_model
-    from wtransplant.transplant import rebuild
+    from wtransplant.transplanting import rebuild
 
     results = []
     with tempfile.TemporaryDirectory() as d:

@@ -82,7 +82,7 @@ def child(mode: str, path: str) -> dict:
         model.load_weights(path)
     elif mode in ("wtransplant", "wtransplant-nochecksums"):
         from wtransplant.spec import load_spec
-        from wtransplant.transplant import transplant
+        from wtransplant.transplanting import transplant
 
         spec = load_spec(text=f"version: 1\nsource: {path}\nconvention: keras\n")
         transplant(model, spec, progress=False, checksums=mode == "wtransplant")

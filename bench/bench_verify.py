@@ -30,7 +30,7 @@ def main(argv=None) -> dict:
     args = ap.parse_args(argv)
     import numpy as np
 
-    from wtransplant.transplant import predict, rebuild
+    from wtransplant.transplanting import predict, rebuild
     from wtransplant.verification import verify
 
     model, _ = rebuild(ROOT / "fixtures/specs/torch_cnn.yaml", progress=False)

@@ -238,16 +238,28 @@ def print_rebuild(report, show_plan: bool = False) -> None:
         con.print(f"note: {n}", markup=False)
     for w in plan.warnings:
         con.print(f"[yellow]warning:[/] {w}")
-    if report.parity is not None:
-        style = "green" if report.parity.passed else "bold red"
-        con.print(f"parity ({report.parity.method}): [{style}]{report.parity.summary()}[/]")
+    par = report.parity
+    if par is not None:
+        # a check against the model's own architecture proves the conversion only: its
+        # verdict says so, never "OK"
+        style = ("bold red" if not par.passed else
+                 "yellow" if getattr(par, "kind", "data") == "self-reference" else "green")
+        con.print(f"parity ({par.method}): [{style}]{par.summary()}[/]")
     else:
         con.print(f"parity: {report.parity_note}", markup=False)
+    undecided = getattr(report, "undecided", None)
+    if undecided or (par is not None and par.passed and getattr(par, "kind", "data") != "data"):
+        from rich.markup import escape
+
+        con.print(f"[yellow]unverified:[/] {escape(report.unverified_reason or '')}")
     if report.diagnosis:
         print_diagnosis(con, report.diagnosis)
     if report.output:
         con.print(f"saved: {report.output['path']} ({report.output['size_text']})",
                   markup=False)
+        if report.output.get("provenance_file"):
+            con.print(f"  provenance: {report.output['provenance_file']} (the source's "
+                      f"sha256 and the spec, for finetune and export)", markup=False)
 
 
 def print_diagnosis(con, d: dict) -> None:
@@ -283,8 +295,6 @@ def print_export(report) -> None:
     from rich.table import Table
 
     con = _console()
-    if not con.is_terminal:
-        con.width = 120  # a pipe or a log: keep table rows on one line
     m = report.model
     prov = report.provenance
     ins = ", ".join(f"{t['name']} {_shape(t['shape'])} {t['dtype']}" for t in m["inputs"])
@@ -297,13 +307,21 @@ def print_export(report) -> None:
     con.print(f"  outputs: {outs}", markup=False)
     src = prov.get("source")
     if src:
-        via = (f" (from {prov['rebuild_report']['path']})" if prov.get("rebuild_report")
-               else "")
+        rr = prov.get("report") or prov.get("rebuild_report")
+        via = f" (from {rr['path']})" if rr and rr.get("path") else ""
         con.print(f"source weights: {src.get('path')} sha256 {_short_sha(src.get('sha256'))}"
                   f"{', spec recorded' if prov.get('spec') else ''}{via}", markup=False)
+        rebuilt = prov.get("rebuild_report") or {}
+        if rebuilt.get("verified") is False:
+            con.print(f"  unverified rebuild: {rebuilt.get('unverified_reason') or '?'}",
+                      markup=False)
+        if prov.get("finetune"):
+            n = len(prov["finetune"])
+            con.print(f"  fine-tuned since: {n} run{'s' if n > 1 else ''} "
+                      f"(last on {prov['finetune'][-1].get('data')})", markup=False)
     else:
-        con.print("source weights: not known (pass --report R.json, the rebuild report, to "
-                  "record them)", markup=False)
+        con.print("source weights: not known (pass --provenance R.json, the rebuild or "
+                  "finetune report, to record them)", markup=False)
     for w in prov.get("warnings", []):
         con.print(f"[yellow]warning:[/] {w}")
     for n in report.notes:
@@ -311,37 +329,44 @@ def print_export(report) -> None:
     s = report.settings
     verified = any(r.verified for r in report.results)
     if verified:
-        sizes = f"{s['samples']}" + (f" and {s['second_batch']}"
-                                     if s["second_batch"] != s["samples"] else "")
-        con.print(f"checked: batches of {sizes} seeded random samples (seed {s['seed']}); "
-                  f"pass: max |exported - keras| <= {s['rel_tol']:g} x max |keras|, per output",
+        sizes = f"{s['batch_size']}" + (f" and {s['second_batch']}"
+                                        if s["second_batch"] != s["batch_size"] else "")
+        atol = (f"{s['atol']:g}" if s.get("atol") is not None else
+                f"{s.get('atol_rule', '').replace(' output', '')}")
+        con.print(f"checked: batches of {sizes} seeded random samples (seed {s['seed']})",
                   markup=False)
-    table = Table(show_lines=False, expand=False)
-    batches = " / ".join(str(p.batch) for p in next((r.parity for r in report.results
-                                                     if r.parity), []))
-    for col, just in (("format", "left"), ("size", "right"),
-                      (f"max rel err ({batches})" if batches else "max rel err", "left"),
-                      ("runtime", "left"), ("median ms", "right"), ("keras ms", "right")):
-        table.add_column(col, justify=just, no_wrap=True)
+        con.print("pass: |exported - keras| <= atol + rtol x |keras| per element and output",
+                  markup=False)
+        con.print(f"  atol {atol}, rtol {s['rtol']:g}; max rel err = max |error| / max "
+                  f"|keras|", markup=False)
+    # at most 80 columns: short columns that do not wrap, the verdict in its own column
+    # (a pipe or a log gets the width of COLUMNS, 80 by default; a longer cell wraps)
+    from rich import box
+
+    table = Table(show_lines=False, expand=False, box=box.SIMPLE_HEAD, pad_edge=False)
+    for col, just, nowrap in (("format", "left", False), ("verdict", "left", True),
+                              ("max rel err", "left", True), ("size", "right", True),
+                              ("median ms", "right", True), ("keras ms", "right", True)):
+        table.add_column(col, justify=just, no_wrap=nowrap, overflow="fold")
     for r in report.results:
         if r.parity:
-            errs = " / ".join(f"{p.max_rel:.2g}" for p in r.parity)
+            errs = "/".join(f"{p.max_rel:.2g}" for p in r.parity)
             style = "green" if r.passed else "bold red"
-            parity = f"{errs} [{style}]{'OK' if r.passed else 'FAILED'}[/]"
+            verdict = f"[{style}]{'OK' if r.passed else 'FAILED'}[/]"
         else:
-            parity = "not checked"
+            errs, verdict = "-", "not checked"
         lat = r.latency or {}
         ms = f"{lat['median_ms']:.3g}" if lat else ""
         kms = f"{lat['keras_median_ms']:.3g}" if lat else ""
-        fmt = r.format + (f" (opset {r.opset})" if r.opset else "")
-        table.add_row(fmt, fmt_bytes(r.size), parity, r.runtime, ms, kms)
+        table.add_row(r.format, verdict, errs, fmt_bytes(r.size), ms, kms)
     con.print(table)
     if any(r.latency for r in report.results):
         lat = next(r.latency for r in report.results if r.latency)
         con.print(f"latency: median of up to {report.settings['repeats']} runs on the same "
                   f"batch of {lat['batch']}; keras = predict_on_batch", markup=False)
     for r in report.results:
-        con.print(f"wrote {r.format}: {r.path}", markup=False)
+        opset = f", opset {r.opset}" if r.opset else ""
+        con.print(f"wrote {r.format}: {r.path} (runs in {r.runtime}{opset})", markup=False)
         for n in r.notes:
             con.print(f"  note: {n}", markup=False)
         if r.provenance_file:
@@ -412,10 +437,20 @@ def print_finetune(report: dict) -> None:
         con.print(f"throughput: {report['throughput_samples_per_s']:.0f} samples/s "
                   f"({report['epochs_run']} epochs, {report['seconds']:.1f} s in all)",
                   markup=False)
+    sk = report.get("skipped_nonfinite")
+    if sk is not None:
+        con.print(f"skipped: {sk['samples']} sample(s) holding NaN/Inf"
+                  + "".join(f"; {k}: {', '.join(map(str, v[:10]))}"
+                            for k, v in sk["by_array"].items()), markup=False)
     for n in report.get("notes") or []:
         con.print(f"note: {n}", markup=False)
     if report.get("output"):
         o = report["output"]
         con.print(f"saved: {o['path']} ({o['size_text']})", markup=False)
+    prov = report.get("provenance")
+    if prov and prov.get("source"):
+        src = prov["source"]
+        con.print(f"original weights: {src.get('path')} sha256 {_short_sha(src.get('sha256'))}"
+                  f" (recorded in the report and next to the saved model)", markup=False)
     for k, v in (report.get("files") or {}).items():
         con.print(f"{k.replace('_', ' ')}: {v}", markup=False)

@@ -145,7 +145,7 @@ def _run_targets(path: Path, seed_file: str, targets: list[str]) -> dict:
             elif t == "rebuild":
                 spec_rel = SEEDS.get(seed_file)
                 from wtransplant.spec import load_spec
-                from wtransplant.transplant import rebuild, rebuild_file
+                from wtransplant.transplanting import rebuild, rebuild_file
 
                 if spec_rel is None:
                     if seed_file.startswith(("keras2/k2_rnn", "keras3/")) and \

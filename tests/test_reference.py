@@ -14,7 +14,7 @@ from wtransplant.spec import WeightRef, load_spec
 
 keras = pytest.importorskip("keras")
 from wtransplant.diagnose import diagnose  # noqa: E402
-from wtransplant.transplant import rebuild, rebuild_file  # noqa: E402
+from wtransplant.transplanting import rebuild, rebuild_file  # noqa: E402
 
 COVERED = ["torch_cnn", "torch_gru", "torch_lstm", "octave_mlp", "matlab73_mlp", "k3_mlp"] + \
     [f"torch_layers/{p.stem}" for p in sorted((FIX / "specs/torch_layers").glob("*.yaml"))]

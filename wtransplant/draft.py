@@ -2,10 +2,13 @@
 
 The draft lists the implied layer stack, an explicit ``weights`` mapping, the convention,
 and ``verify`` entries when the file holds reference inputs/outputs. Where the file's
-layout is clear (numbered dense layers, Keras files) the draft rebuilds as is; everything
-the tensors cannot tell (activations, padding, pooling, the input's spatial size) is marked
-with a ``# TODO`` comment. For dense chains with reference data in the file, activations
-are inferred by trying the usual candidates in a float64 forward pass.
+layout is clear (numbered dense layers, Keras files) the draft rebuilds as is. Every choice
+the tensors cannot tell (activations, padding, strides, the input's spatial size, the
+orientation of a square matrix, a normalisation epsilon) is a guess and is written as one:
+``{undecided: [candidates...], why: "..."}`` (see :mod:`wtransplant.spec`), which
+``rebuild`` refuses until it is decided (or forced). For dense chains with reference data in
+the file, activations are inferred by trying the usual candidates in a float64 forward pass
+and written as plain values with a comment saying how they were settled.
 
 Layer 1: h5py/numpy only.
 """
@@ -26,19 +29,46 @@ from .inspect import LoadedSource, load_source
 
 HIDDEN_ACTS = ("linear", "relu", "tanh", "sigmoid")
 OUTPUT_ACTS = ("linear", "softmax", "sigmoid", "tanh", "relu")
+#: candidates written for an activation the file does not record (most likely first)
+GUESS_HIDDEN_ACTS = ["relu", "tanh", "sigmoid", "linear"]
+GUESS_OUTPUT_ACTS = ["linear", "softmax", "sigmoid"]
+WHY_ACT = "the weights do not record activations"
+
+
+def undecided(candidates: list, why: str | None = None) -> dict:
+    """A guess, as the spec writes it: ``{undecided: [...], why: ...}``."""
+    d: dict = {"undecided": list(candidates)}
+    if why:
+        d["why"] = why
+    return d
 
 
 @dataclass
 class Draft:
     text: str
-    rebuildable: bool  # expected to rebuild as is
+    rebuildable: bool  # expected to rebuild as is (no undecided choice)
+    #: the draft's guesses, one line each ("fc1: activation"), each written in the text as
+    #: {undecided: [...]} (or, where no value can hold it, as a TODO comment)
     todo: list[str] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
 
 
 def draft_spec(path: str | os.PathLike, *, spec_dir: str | os.PathLike | None = None) -> Draft:
-    """Draft a spec for ``path``. ``spec_dir``: where the spec will be saved (the source
-    path is written relative to it)."""
+    """Draft a spec (YAML text) for the weights file ``path``.
+
+    Args:
+        path: the weights file (any format ``inspect`` reads).
+        spec_dir: the folder the spec will be saved in (the source path is written
+            relative to it; default: the current folder).
+
+    Returns:
+        A :class:`Draft`: ``text`` (the YAML), ``rebuildable`` (no guess left), ``todo``
+        (the guesses, each written as ``{undecided: [...]}``) and ``notes``.
+
+    Raises:
+        InputError: the file cannot be read or is not HDF5 (exit 2).
+        UnsafeInputError: the file points outside itself (external links...) (exit 2).
+    """
     path = Path(path)
     with open_source(path) as src:
         loaded = load_source(src)
@@ -79,10 +109,15 @@ def _draft_application(w, loaded, app: dict) -> Draft:
     w.kv("    name", app["name"], app["why"])
     w.line("    args:")
     for k, v in app["args"].items():
-        w.kv(f"      {k}", v, app.get("arg_notes", {}).get(k))
+        note = app.get("arg_notes", {}).get(k)
+        if k in app.get("todo", []):
+            w.kv(f"      {k}", undecided([v], note))
+        else:
+            w.kv(f"      {k}", v, note)
     w.comment("Keras 2 layer names are kept by keras.applications: every variable is matched")
     w.comment("by name. Add verify: inputs/expected to check parity.")
-    return Draft(w.text(), True, todo=[n for n in app.get("todo", [])])
+    todo = [f"application: {n}" for n in app.get("todo", [])]
+    return Draft(w.text(), not todo, todo=todo)
 
 
 def _name_for(lh: LayerHint, i: int, fmt: str, stacked: set[str] = frozenset()) -> str:
@@ -118,7 +153,11 @@ def _draft_layers(w, loaded: LoadedSource, hints: Hints, src) -> Draft:
     first = known[0].proposal
     in_shape, in_note = _input_shape(known, conv)
     w.line("model:")
-    w.kv("  input_shape", list(in_shape), in_note)
+    if first.keras_class.startswith("Conv"):
+        w.kv("  input_shape", undecided([list(in_shape)], in_note))
+        todo.insert(0, "input_shape: the spatial size")
+    else:
+        w.kv("  input_shape", list(in_shape), in_note)
     if first.keras_class == "Embedding":
         w.kv("  input_dtype", "int32")
     w.line("  layers:")
@@ -152,14 +191,31 @@ def _draft_layers(w, loaded: LoadedSource, hints: Hints, src) -> Draft:
                 args["activation"] = acts["hidden"] if dense_i < n_dense else acts["output"]
                 comment.append("activation inferred from the file's reference data")
             else:
-                comment.append("TODO activation?")
+                args["activation"] = undecided(
+                    GUESS_HIDDEN_ACTS if dense_i < n_dense else GUESS_OUTPUT_ACTS, WHY_ACT)
                 todo.append(f"{name}: activation")
         if p.keras_class.startswith("Conv"):
-            args.setdefault("padding", "same")
-            comment.append("TODO padding, strides, activation?")
-            todo.append(f"{name}: padding, strides, activation; pooling after it?")
-        if p.keras_class == "BatchNormalization" and conv == "torch":
-            comment.append("PyTorch's default eps; check the source model's")
+            guessed = []
+            if "padding" not in args:
+                args["padding"] = undecided(["same", "valid"], "the weights do not fix it")
+                guessed.append("padding")
+            if "strides" not in args:
+                args["strides"] = undecided([1, 2], "the weights do not fix it; a pooling "
+                                                    "layer after this one, if the source "
+                                                    "has one, must be added by hand")
+                guessed.append("strides")
+            if "activation" not in args:
+                args["activation"] = undecided(["relu", "linear"], WHY_ACT + "; after a "
+                                               "BatchNormalization it belongs in an "
+                                               "Activation layer after that")
+                guessed.append("activation")
+            if guessed:
+                todo.append(f"{name}: {', '.join(guessed)}; pooling after it?")
+        if p.keras_class == "BatchNormalization" and conv == "torch" and "epsilon" in args:
+            args["epsilon"] = undecided([args["epsilon"]], "PyTorch's default eps; the "
+                                                           "weights do not record the "
+                                                           "source model's")
+            todo.append(f"{name}: epsilon")
         w.line(f"    - {_flow({'class': p.keras_class, 'name': name, **args})}"
                + (f"  # {'; '.join(comment)}" if comment else ""))
         entries.append((name, list(p.slots.items()), lh))
@@ -174,11 +230,16 @@ def _draft_layers(w, loaded: LoadedSource, hints: Hints, src) -> Draft:
             shape = lh.shapes.get("weight")
             if conv == "plain" and var == "kernel" and shape and len(shape) == 2 \
                     and shape[0] == shape[1]:
-                tr = [1, 0] if square_note == "out-by-in" else [0, 1]
-                w.line(f"  {target}: {{from: {_scalar(srcs[0])}, transpose: {tr}}}"
-                       f"  # square: orientation {square_note or 'UNKNOWN'} from the chain"
-                       + ("" if square_note else " TODO"))
-                if not square_note:
+                if square_note:
+                    tr = [1, 0] if square_note == "out-by-in" else [0, 1]
+                    w.line(f"  {target}: {{from: {_scalar(srcs[0])}, transpose: {tr}}}"
+                           f"  # square: orientation {square_note} from the chain")
+                else:
+                    choice = undecided([{"from": srcs[0], "transpose": [1, 0]},
+                                        {"from": srcs[0], "transpose": [0, 1]}],
+                                       "a square matrix: its shape does not tell its "
+                                       "orientation")
+                    w.line(f"  {target}: {_flow(choice)}")
                     todo.append(f"{target}: orientation of a square matrix")
                 continue
             val = _scalar(srcs[0]) if len(srcs) == 1 else _flow(srcs)
@@ -195,10 +256,12 @@ def _draft_layers(w, loaded: LoadedSource, hints: Hints, src) -> Draft:
         w.comment(f"verify: {{inputs: x.npy, expected: y.npy{layout}}}  # to check parity")
     for n in notes:
         w.comment(f"note: {n}")
+    if todo:
+        w.comment("guesses, written as {undecided: [...]}: `wtransplant rebuild` refuses the")
+        w.comment("spec until each holds one value (or --force, and the result is unverified)")
     for t in todo:
-        w.comment(f"TODO {t}")
-    rebuildable = not any("orientation" in t for t in todo) and conv in ("matlab", "plain",
-                                                                         "keras")
+        w.comment(f"undecided: {t}")
+    rebuildable = not todo and conv in ("matlab", "plain", "keras")
     return Draft(w.text(), rebuildable, todo=todo, notes=notes)
 
 
@@ -215,8 +278,9 @@ def _input_shape(known: list[LayerHint], conv: str) -> tuple[list, str | None]:
                 if m:
                     side = int(m.group(1))
         spatial = [side or 32] * nd
-        return [*spatial, c], ("TODO spatial size: the weights do not fix it"
-                               + (f"; the map entering Flatten is {side}x{side}" if side
+        return [*spatial, c], ("the weights do not fix the spatial size"
+                               + (f"; the map entering Flatten is {side}x{side} (the input "
+                                  f"is larger if the source pools or strides)" if side
                                   else ""))
     if p.keras_class in ("GRU", "LSTM", "SimpleRNN", "Bidirectional"):
         return [None, p.in_features], "any number of time steps"
@@ -303,7 +367,7 @@ def match_application(loaded: LoadedSource) -> dict | None:
         alpha = _mnv2_alpha(shapes)
         args = {"alpha": alpha, "input_shape": [224, 224, 3], "weights": None}
         notes = {"alpha": f"from the block widths (first conv has {filters} filters)",
-                 "input_shape": "TODO: the weights fit any input size; use the original's"}
+                 "input_shape": "the weights fit any input size; use the original's"}
         if "predictions/kernel" in shapes:
             args["classes"] = int(shapes["predictions/kernel"][-1])
             notes["classes"] = "from the predictions layer"

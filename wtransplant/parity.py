@@ -16,6 +16,28 @@ import numpy as np
 
 from .errors import InputError
 
+#: what a passing check proves, by kind of reference (``ParityResult.kind``):
+#: ``data``: outputs given by the user or stored with the source (the original model's own);
+#: ``artifact``: another artifact of the model, run in its own runtime;
+#: ``self-reference``: wtransplant's NumPy reference of the same architecture the model was
+#: built from, fed the same source tensors. It proves the tensors were converted right for
+#: that architecture, not that the architecture is the source model's.
+KINDS = ("data", "artifact", "self-reference", "other")
+SELF_REFERENCE_PASSED = ("tensors converted correctly for this architecture; the "
+                         "architecture itself was not checked")
+
+
+def kind_of(method: str) -> str:
+    """The kind of reference a ``method`` description names."""
+    m = method.lower()
+    if m.startswith("numpy reference"):
+        return "self-reference"
+    if m.startswith("reference data"):
+        return "data"
+    if m.startswith("artifact"):
+        return "artifact"
+    return "other"
+
 #: default tolerances by dtype of the compared outputs (documented in docs/verify.md)
 DEFAULT_TOL = {"float64": (1e-7, 1e-6), "float32": (1e-5, 1e-4), "float16": (1e-3, 1e-2),
                "bfloat16": (1e-2, 5e-2)}
@@ -37,9 +59,23 @@ class ParityResult:
     worst_index: list = field(default_factory=list)
     outputs: list = field(default_factory=list)  # per-output results for multi-output
     detail: str = ""
+    kind: str = ""  # data | artifact | self-reference | other (see KINDS); "" -> from method
+
+    def __post_init__(self):
+        if not self.kind:
+            self.kind = kind_of(self.method)
+
+    @property
+    def verdict(self) -> str:
+        """``OK`` / ``FAILED``; a passing self-reference check says what it proves instead
+        (never ``OK``)."""
+        if not self.passed:
+            return "FAILED"
+        return SELF_REFERENCE_PASSED if self.kind == "self-reference" else "OK"
 
     def to_dict(self) -> dict:
         d = dict(vars(self))
+        d["verdict"] = self.verdict
         d["outputs"] = [o.to_dict() if hasattr(o, "to_dict") else o for o in self.outputs]
         return d
 
@@ -49,8 +85,7 @@ class ParityResult:
              f"max abs err {self.max_abs:.3g}, max rel err {self.max_rel:.3g}")
         if self.argmax_agreement is not None:
             s += f", argmax agreement {self.argmax_agreement:.1%}"
-        verdict = "OK" if self.passed else "FAILED"
-        return f"{s} over {self.n_samples} samples: {verdict} (atol {self.atol:g}, " \
+        return f"{s} over {self.n_samples} samples: {self.verdict} (atol {self.atol:g}, " \
                f"rtol {self.rtol:g})"
 
 
@@ -60,15 +95,19 @@ def default_tolerance(dtype) -> tuple[float, float]:
 
 
 def compare(actual, expected, *, atol: float | None = None, rtol: float | None = None,
-            method: str = "reference data", what: str = "outputs") -> ParityResult:
-    """Compare one array or a list of arrays (multi-output models) elementwise."""
+            method: str = "reference data", what: str = "outputs",
+            kind: str | None = None) -> ParityResult:
+    """Compare one array or a list of arrays (multi-output models) elementwise. ``kind``:
+    what the expected outputs are (see :data:`KINDS`; default: from ``method``)."""
+    kind = kind or kind_of(method)
     if isinstance(actual, list | tuple) or isinstance(expected, list | tuple):
         a_list = list(actual) if isinstance(actual, list | tuple) else [actual]
         e_list = list(expected) if isinstance(expected, list | tuple) else [expected]
         if len(a_list) != len(e_list):
             raise InputError(f"{what}: the model has {len(a_list)} outputs but "
                              f"{len(e_list)} expected arrays were given")
-        parts = [compare(a, e, atol=atol, rtol=rtol, method=method, what=f"{what}[{i}]")
+        parts = [compare(a, e, atol=atol, rtol=rtol, method=method, what=f"{what}[{i}]",
+                         kind=kind)
                  for i, (a, e) in enumerate(zip(a_list, e_list))]
         if len(parts) == 1:
             return parts[0]
@@ -78,7 +117,7 @@ def compare(actual, expected, *, atol: float | None = None, rtol: float | None =
                            max(p.max_rel_elementwise for p in parts),
                            float(np.mean([p.mean_abs for p in parts])),
                            min((p.cosine for p in parts if p.cosine is not None), default=None),
-                           None, worst.atol, worst.rtol, outputs=parts)
+                           None, worst.atol, worst.rtol, outputs=parts, kind=kind)
         return res
     a = np.asarray(actual)
     e = np.asarray(expected)
@@ -104,7 +143,7 @@ def compare(actual, expected, *, atol: float | None = None, rtol: float | None =
         n_bad = int(np.count_nonzero(~np.isfinite(a64)))
         return ParityResult(method, False, int(e.shape[0]) if e.ndim else 1, math.inf,
                             math.inf, math.inf, math.inf, None, None, atol, rtol,
-                            detail=f"the model produced {n_bad} NaN/Inf values")
+                            detail=f"the model produced {n_bad} NaN/Inf values", kind=kind)
     scale = float(np.max(np.abs(e64))) if e64.size else 0.0
     max_abs = float(diff.max()) if diff.size else 0.0
     max_rel = max_abs / scale if scale > 0 else (0.0 if max_abs == 0 else math.inf)
@@ -120,4 +159,5 @@ def compare(actual, expected, *, atol: float | None = None, rtol: float | None =
     worst = list(np.unravel_index(int(np.argmax(diff)), diff.shape)) if diff.size else []
     return ParityResult(method, passed, int(e.shape[0]) if e.ndim else 1, max_abs, max_rel,
                         rel_el, float(diff.mean()) if diff.size else 0.0, cosine, argmax,
-                        float(atol), float(rtol), worst_index=[int(i) for i in worst])
+                        float(atol), float(rtol), worst_index=[int(i) for i in worst],
+                        kind=kind)

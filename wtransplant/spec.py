@@ -4,6 +4,12 @@ YAML or JSON (JSON is read by the same safe YAML parser, so both get line number
 Validation is strict: an unknown key, a wrong type or a missing key is an error that names
 the file, the line, the key and what was expected. Only ``yaml.safe_load`` semantics are
 accepted: a Python tag (``!!python/object``...) is refused. See ``docs/spec.md``.
+
+An undecided choice (what a draft could not know) is written in place of any value as
+``{undecided: [cand1, cand2, ...], why: "..."}``. :func:`load_spec` takes the first candidate
+so that the rest of the spec validates, and lists every such choice in ``Spec.undecided``
+(where, layer, key, candidates, line); ``rebuild`` refuses a spec with any of them unless
+forced, and then marks its result unverified.
 """
 
 from __future__ import annotations
@@ -138,6 +144,14 @@ class Spec:
     version: int = 1
     path: Path | None = None  # the spec file, if it came from one
     name: str | None = None
+    #: choices the spec leaves undecided (``{undecided: [...]}``), each a dict with
+    #: ``where``, ``layer``, ``key``, ``candidates``, ``why`` and ``line``; the spec holds
+    #: the first candidate of each
+    undecided: list[dict] = field(default_factory=list)
+
+    def undecided_text(self) -> str:
+        """One line naming every undecided choice (empty if there is none)."""
+        return describe_undecided(self.undecided)
 
     @property
     def base_dir(self) -> Path:
@@ -210,7 +224,24 @@ def _where(path: tuple) -> str:
 
 def load_spec(path: str | os.PathLike | None = None, *, text: str | None = None,
               data: dict | None = None, base_dir: str | os.PathLike | None = None) -> Spec:
-    """Read and validate a spec from a file (YAML or JSON), a string or a dict."""
+    """Read and validate a spec from a file (YAML or JSON), a string or a dict.
+
+    Args:
+        path: the spec file (its folder is the base of relative paths in it).
+        text: the spec as a YAML/JSON string, instead of ``path``.
+        data: the spec as a dict, instead of ``path`` or ``text`` (not modified).
+        base_dir: the folder relative paths are resolved against when there is no
+            ``path`` (default: the current folder).
+
+    Returns:
+        The validated :class:`Spec`; undecided choices (``{undecided: [...]}``) hold their
+        first candidate and are listed in ``Spec.undecided``.
+
+    Raises:
+        InputError: the file cannot be read, is not YAML/JSON, or is not a valid spec (the
+            message names the file, the line and the key).
+        UnsafeInputError: the YAML uses a Python tag or other unsafe construct.
+    """
     display = str(path) if path is not None else "<spec>"
     lines = None
     if data is None:
@@ -239,7 +270,9 @@ def load_spec(path: str | os.PathLike | None = None, *, text: str | None = None,
             lines = _Lines(node)
         except _SpecErr as e:
             raise InputError(f"{display}:{e.line}: {_where(e.keypath)}: {e.msg}") from None
+    undecided: list[dict] = []
     try:
+        data = _take_undecided(data, (), undecided, data)
         spec = _build(data)
     except _SpecErr as e:
         line = e.line or (lines.line(e.keypath) if lines else None)
@@ -258,7 +291,81 @@ def load_spec(path: str | os.PathLike | None = None, *, text: str | None = None,
             w.line = lines.line(("weights", k))
         for i, r in enumerate(spec.rules):
             r.line = lines.line(("rules", i))
+    for u in undecided:
+        u["line"] = lines.line(u.pop("_path")) if lines is not None else None
+        u.pop("_path", None)
+    spec.undecided = undecided
     return spec
+
+
+# --------------------------------------------------------------------------------------
+# undecided choices
+
+
+UNDECIDED_KEYS = {"undecided", "why"}
+
+
+def _is_undecided(v) -> bool:
+    return isinstance(v, dict) and "undecided" in v
+
+
+def _take_undecided(v, path: tuple, out: list, root):
+    """A copy of ``v`` with every ``{undecided: [...]}`` replaced by its first candidate;
+    each one found is appended to ``out``."""
+    if _is_undecided(v):
+        _keys(v, UNDECIDED_KEYS, path, "an undecided choice ({undecided: [candidates], "
+                                       "why: ...})")
+        cands = v["undecided"]
+        if not isinstance(cands, list) or not cands:
+            raise _SpecErr(path + ("undecided",), "expected a non-empty list of candidates")
+        if any(_is_undecided(c) for c in cands):
+            raise _SpecErr(path + ("undecided",), "a candidate cannot itself be undecided")
+        why = v.get("why")
+        if why is not None and not isinstance(why, str):
+            raise _SpecErr(path + ("why",), f"expected a sentence, got {why!r}")
+        layer, key = _undecided_owner(path, root)
+        out.append({"where": _where(path), "layer": layer, "key": key,
+                    "candidates": list(cands), "why": why, "line": None, "_path": path})
+        return _take_undecided(cands[0], path, [], root)
+    if isinstance(v, dict):
+        return {k: _take_undecided(x, path + (k,), out, root) for k, x in v.items()}
+    if isinstance(v, list):
+        return [_take_undecided(x, path + (i,), out, root) for i, x in enumerate(v)]
+    return v
+
+
+def _undecided_owner(path: tuple, root) -> tuple[str | None, str | None]:
+    """(layer name, argument or variable name) of an undecided value at ``path``."""
+    key = next((p for p in reversed(path) if isinstance(p, str)), None)
+    if len(path) >= 2 and path[0] == "weights" and isinstance(path[1], str):
+        return path[1].split("/", 1)[0], path[1].split("/", 1)[-1]
+    if len(path) >= 3 and path[:2] == ("model", "layers") and isinstance(path[2], int):
+        try:
+            lay = root["model"]["layers"][path[2]]
+            name = lay.get("name") if isinstance(lay, dict) else None
+        except (KeyError, IndexError, TypeError):
+            name = None
+        return (name if isinstance(name, str) else f"layers[{path[2]}]"), key
+    return None, key
+
+
+def _short(v) -> str:
+    s = yaml.safe_dump(v, default_flow_style=True, width=1 << 16).strip()
+    if s.endswith("\n..."):
+        s = s[:-4].strip()
+    s = " ".join(s.split())
+    return s if len(s) <= 60 else s[:59] + "…"
+
+
+def describe_undecided(items: list[dict]) -> str:
+    """``where (line N): a | b | c; ...`` for a list like ``Spec.undecided``."""
+    parts = []
+    for u in items:
+        at = [x for x in ((u.get("layer") or "") and f"layer {u['layer']}",
+                          u.get("line") and f"line {u['line']}") if x]
+        line = f" ({', '.join(at)})" if at else ""
+        parts.append(f"{u['where']}{line}: " + " | ".join(_short(c) for c in u["candidates"]))
+    return "; ".join(parts)
 
 
 def _type(v, t, path, what):

@@ -52,6 +52,8 @@ class ArraySource:
     display: str = "?"
     shape: tuple = ()
     dtype: np.dtype = np.dtype("float32")
+    #: index of sample 0 in the file (a --val-split tail starts inside its base array)
+    offset: int = 0
 
     def __len__(self) -> int:
         return int(self.shape[0])
@@ -166,6 +168,7 @@ class Slice(ArraySource):
     def __init__(self, base: ArraySource, start: int, stop: int, display: str):
         self.base, self.start, self.stop = base, start, stop
         self.display = display
+        self.offset = base.offset + start
         self.shape = (stop - start, *base.shape[1:])
         self.dtype = base.dtype
 
@@ -201,11 +204,11 @@ class Dataset:
     def split_tail(self, fraction: float) -> tuple[Dataset, Dataset]:
         """(first 1-fraction, last fraction), contiguous, so both stay streamable."""
         if not 0.0 < fraction < 1.0:
-            raise InputError(f"--val-split must be between 0 and 1, got {fraction}")
+            raise InputError(f"val_split must be between 0 and 1, got {fraction}")
         n = len(self)
         k = int(round(n * fraction))
         if k < 1 or k >= n:
-            raise InputError(f"{self.display}: --val-split {fraction} of {n} samples leaves "
+            raise InputError(f"{self.display}: val_split {fraction} of {n} samples leaves "
                              f"{n - k} for training and {k} for validation")
         cut = n - k
 
@@ -328,12 +331,12 @@ def choose_pair(names: dict[str, int], where: str, *, x: str | None, y: str | No
             raise InputError(f"{where}: no array {x!r} (it holds {_listing(names)})")
         y = y or _y_for(x, names)
         if y is None:
-            raise InputError(f"{where}: no target array pairs with {x!r}; name it with --y")
+            raise InputError(f"{where}: no target array pairs with {x!r}; name it with y")
         if y not in names:
             raise InputError(f"{where}: no array {y!r} (it holds {_listing(names)})")
         return Pair(x, y, _split_of(_SEP.split(x)))
     if y is not None:
-        raise InputError(f"{where}: --y {y} given without --x")
+        raise InputError(f"{where}: y {y} given without x")
     pairs = find_pairs(names)
     order = ("train", "none") if role == "train" else ("val", "test", "train", "none")
     for split in order:
@@ -342,9 +345,9 @@ def choose_pair(names: dict[str, int], where: str, *, x: str | None, y: str | No
             return cands[0]
         if len(cands) > 1:
             raise InputError(f"{where}: several {split} pairs ({', '.join(map(str, cands))}); "
-                             f"choose one with --x and --y")
+                             f"choose one with x and y")
     raise InputError(f"{where}: found no x/y pair of arrays by name (it holds "
-                     f"{_listing(names)}); name them with --x and --y")
+                     f"{_listing(names)}); name them with x and y")
 
 
 def matching_val_pair(names: dict[str, int], train: Pair) -> Pair | None:
@@ -434,7 +437,7 @@ def load_data(data, *, x: str | None = None, y: str | None = None, val_data=None
     val, val_from = None, "none"
     if val_data is not None:
         if val_split:
-            raise InputError("give --val-data or --val-split, not both")
+            raise InputError("give val_data or val_split, not both")
         val = _open_val(val_data, val_x, val_y, image_size, channels, train)
         val_from = "--val-data"
     elif val_split:
@@ -446,8 +449,8 @@ def load_data(data, *, x: str | None = None, y: str | None = None, val_data=None
             val = Dataset(container.array(vp.x), container.array(vp.y), train.classes)
             val_from = f"{vp} in the same file"
     if val is None:
-        notes.append("no validation data (no val/test pair found; use --val-data or "
-                     "--val-split): the final evaluation uses the training data")
+        notes.append("no validation data (no val/test pair found; use val_data or "
+                     "val_split): the final evaluation uses the training data")
     elif val.x.sample_shape != train.x.sample_shape:
         raise InputError(f"{val.x.display} has samples of shape {val.x.sample_shape} but "
                          f"{train.x.display} has {train.x.sample_shape}")
@@ -461,7 +464,7 @@ def _open_train(data, x, y, image_size, channels, notes):
     p = Path(data)
     if p.is_dir():
         if x or y:
-            notes.append("--x/--y are ignored for an image folder")
+            notes.append("x/y are ignored for an image folder")
         return open_image_folder(p, image_size, channels), "images", None, None
     if not p.exists():
         raise InputError(f"{p}: no such file or folder")
@@ -520,7 +523,7 @@ def read_csv(path: Path, *, x: str | None = None, y: str | None = None) -> Datas
         y = next((h for h in header if h.lower() in ("label", "target", "y", "class")), None)
         if y is None:
             raise InputError(f"{path}: no target column named label/target/y/class; name it "
-                             f"with --y (columns: {', '.join(header[:12])})")
+                             f"with y (columns: {', '.join(header[:12])})")
     if y not in header:
         raise InputError(f"{path}: no column {y!r} (columns: {', '.join(header[:12])})")
     yi = header.index(y)
@@ -596,16 +599,25 @@ class LabelInfo:
                 "max": self.maximum, "classes": self.classes}
 
 
-def label_info(y: ArraySource, chunk: int = 1 << 16) -> LabelInfo:
+def label_info(y: ArraySource, chunk: int = 1 << 16, *, skip_nonfinite: bool = False
+               ) -> LabelInfo:
     """Scan the targets chunk by chunk: integer class indices, one-hot rows, or real
-    values; NaN/Inf targets are refused."""
+    values. A NaN/Inf target is refused naming its sample, or with ``skip_nonfinite`` left
+    out of the statistics (the batches leave it out of training)."""
     lo, hi = math.inf, -math.inf
     integral, onehot = True, y.sample_shape != ()
     for a in range(0, len(y), chunk):
         b = np.asarray(y.read(a, min(a + chunk, len(y))))
+        bad = NonFiniteGuard.bad_rows(b)
+        if bad is not None and bad.any():
+            if not skip_nonfinite:
+                i = int(np.flatnonzero(bad)[0])
+                kind = "NaN" if np.isnan(b[i]).any() else "Inf"
+                raise InputError(f"{y.display}: target of sample {y.offset + a + i} contains "
+                                 f"{kind}; clean the data, or skip such samples "
+                                 f"(skip_nonfinite)")
+            b = b[~bad]
         if b.dtype.kind == "f":
-            if not np.all(np.isfinite(b)):
-                raise InputError(f"{y.display}: targets contain NaN or Inf")
             integral = integral and bool(np.all(b == np.round(b)))
         if b.size:
             lo, hi = min(lo, float(b.min())), max(hi, float(b.max()))
@@ -751,6 +763,61 @@ def batch_segments(n: int, batch_size: int, rng: np.random.Generator | None
     return out
 
 
+class NonFiniteGuard:
+    """NaN/Inf samples, found while the batches are read: one vectorised ``isfinite`` per
+    batch (float data only), so the check costs a pass over bytes that are in memory
+    anyway and never a second read of the file.
+
+    Without ``skip`` the first non-finite sample is an :class:`InputError` naming the file,
+    the dataset and the sample's index; it is also kept in ``error``, because a loader
+    thread's exception reaches the training loop wrapped by the framework (the run raises
+    ``error`` itself). With ``skip`` such samples are left out of their batch and counted
+    (``skipped``: array display -> sample indices)."""
+
+    def __init__(self, skip: bool = False):
+        self.skip = bool(skip)
+        self.skipped: dict[str, set[int]] = {}
+        self.error: InputError | None = None
+
+    @staticmethod
+    def bad_rows(a: np.ndarray) -> np.ndarray | None:
+        """Boolean per sample: holds a NaN or an Inf. None for integer data (always finite)."""
+        if a.dtype.kind not in "fc" or len(a) == 0:
+            return None
+        return ~np.isfinite(a.reshape(len(a), -1)).all(axis=1)
+
+    def count(self) -> int:
+        return sum(len(v) for v in self.skipped.values())
+
+    def check(self, ds: Dataset, xb: np.ndarray, yb: np.ndarray, segments
+              ) -> tuple[np.ndarray, np.ndarray]:
+        bx, by = self.bad_rows(xb), self.bad_rows(yb)
+        bad = bx if by is None else by if bx is None else bx | by
+        if bad is None or not bad.any():
+            return xb, yb
+        rows = np.concatenate([np.arange(a, b) for a, b in segments])
+        if not self.skip:
+            i = int(np.flatnonzero(bad)[0])
+            arr, what = (ds.x, "sample") if bx is not None and bx[i] else (ds.y, "target of sample")
+            kind = "NaN" if np.isnan(arr.take([(int(rows[i]), int(rows[i]) + 1)])).any() \
+                else "Inf"
+            self.error = InputError(
+                f"{arr.display}: {what} {arr.offset + int(rows[i])} contains {kind}; "
+                f"clean the data, or skip such samples (skip_nonfinite)")
+            raise self.error
+        for side, b in ((ds.x, bx), (ds.y, by)):
+            if b is not None and b.any():
+                self.skipped.setdefault(side.display, set()).update(
+                    int(side.offset + r) for r in rows[b])
+        keep = ~bad
+        if not keep.any():
+            self.error = InputError(
+                f"{ds.x.display}: every sample of a batch ({int(rows.min()) + ds.x.offset}.."
+                f"{int(rows.max()) + ds.x.offset}) holds NaN or Inf; nothing left to train on")
+            raise self.error
+        return xb[keep], yb[keep]
+
+
 class BatchReader:
     """Batches of a :class:`Dataset` as numpy arrays, a pure function of
     ``(seed, epoch, index)``.
@@ -762,9 +829,10 @@ class BatchReader:
 
     def __init__(self, ds: Dataset, batch_size: int, *, shuffle: bool, seed: int,
                  pre: Preprocess | None = None, augment: bool = False,
-                 y_dtype=None, shard: tuple[int, int] | None = None):
+                 y_dtype=None, shard: tuple[int, int] | None = None,
+                 guard: NonFiniteGuard | None = None):
         if batch_size < 1:
-            raise InputError(f"--batch-size must be at least 1, got {batch_size}")
+            raise InputError(f"batch_size must be at least 1, got {batch_size}")
         self.ds = ds
         self.batch_size = batch_size
         self.shuffle = shuffle
@@ -773,6 +841,7 @@ class BatchReader:
         self.augment = augment and self.pre.augments
         self.y_dtype = y_dtype
         self.shard = shard
+        self.guard = guard if guard is not None else NonFiniteGuard()
         n = len(ds)
         self._nb = max(1, math.ceil(n / batch_size))
         if shard is not None:
@@ -817,6 +886,7 @@ class BatchReader:
         segs = self.segments(epoch, index)
         xb = self.ds.x.take(segs)
         yb = self.ds.y.take(segs)
+        xb, yb = self.guard.check(self.ds, xb, yb, segs)
         rng = None
         if self.shuffle or self.augment:
             rng = np.random.default_rng([self.seed, epoch, 1 + index])

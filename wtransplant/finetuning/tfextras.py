@@ -39,8 +39,8 @@ def _tf():
 
     if keras.backend.backend() != "tensorflow":
         b = keras.backend.backend()
-        raise InputError(f"--strategy needs the TensorFlow backend (KERAS_BACKEND={b}): "
-                         f"run with KERAS_BACKEND=tensorflow"
+        raise InputError(f"strategy needs the TensorFlow backend (KERAS_BACKEND={b}): run "
+                         f"with KERAS_BACKEND=tensorflow"
                          + ("; under JAX, keras.distribution does this" if b == "jax" else ""))
     import tensorflow as tf
 
@@ -53,7 +53,7 @@ def split_cpu(n: int) -> None:
     import tensorflow as tf
 
     if n < 1:
-        raise InputError(f"--cpu-devices must be at least 1, got {n}")
+        raise InputError(f"cpu_devices must be at least 1, got {n}")
     cpus = tf.config.list_physical_devices("CPU")
     try:
         tf.config.set_logical_device_configuration(
@@ -81,7 +81,7 @@ def get_strategy(name: str | None):
     elif name == "multiworker":
         cfg = os.environ.get("TF_CONFIG")
         if not cfg:
-            raise InputError("--strategy multiworker needs TF_CONFIG (the cluster and this "
+            raise InputError("strategy multiworker needs TF_CONFIG (the cluster and this "
                              "worker's index); see docs/finetune.md")
         try:
             json.loads(cfg)
@@ -93,7 +93,7 @@ def get_strategy(name: str | None):
             raise InputError(f"cannot start MultiWorkerMirroredStrategy from TF_CONFIG: "
                              f"{' '.join(str(e).split())[:300]}") from None
     else:
-        raise InputError(f"--strategy {name!r}: use mirrored or multiworker")
+        raise InputError(f"strategy {name!r}: use mirrored or multiworker")
     _STRATEGIES[name] = strategy
     return strategy
 

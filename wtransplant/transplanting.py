@@ -7,7 +7,16 @@ Library use::
     report.parity.passed
 
 Layer 2 (public Keras API). A parity failure raises :class:`ParityError` (exit 1) after the
-report is written; the model is then not saved unless ``force=True``.
+report is written; the model is then not saved unless ``force=True``. A spec that still
+holds an undecided choice (``{undecided: [...]}``, see :mod:`wtransplant.spec`) is refused
+(:class:`UndecidedError`, exit 2) unless ``force=True``; the report then says
+``verified: false`` and why.
+
+``report.verified`` is true only when parity passed against data (``verify.inputs`` /
+``expected``: the original model's outputs) and no choice was forced. A check against the
+NumPy reference of the spec's own architecture (``parity.kind == "self-reference"``) proves
+that the tensors were converted right for that architecture, not that the architecture is
+the source model's: the report says so in ``unverified_reason``.
 """
 
 from __future__ import annotations
@@ -31,7 +40,51 @@ from .hints import split_io
 from .inspect import LoadedSource, load_source
 from .parity import ParityResult, compare
 from .plan import Plan, make_plan, materialize, sha256_array
-from .spec import ModelSpec, Spec, VerifySpec, load_spec
+from .spec import ModelSpec, Spec, VerifySpec, describe_undecided, load_spec
+
+
+class UndecidedError(InputError):
+    """The spec still holds undecided choices (a draft's guesses) and ``force`` is not set.
+    Exit code 2. ``undecided`` lists them (as ``Spec.undecided``)."""
+
+    def __init__(self, message: str, *, undecided: list[dict], **kw):
+        super().__init__(message, **kw)
+        self.undecided = undecided
+
+
+def undecided_choices(spec: Spec, *, model_used: bool = True) -> list[dict]:
+    """The spec's undecided choices that matter for a build (those in ``model`` only when
+    the spec's model is built)."""
+    return [u for u in spec.undecided
+            if model_used or not str(u.get("where", "")).startswith("model")]
+
+
+def check_decided(spec: Spec, *, force: bool = False, model_used: bool = True) -> list[dict]:
+    """Refuse a spec with undecided choices unless ``force``; returns those choices.
+
+    Args:
+        spec: a loaded spec.
+        force: build anyway, with each choice's first candidate.
+        model_used: whether the spec's ``model`` section is built (False for
+            :func:`transplant`, which fills an existing model).
+
+    Returns:
+        The undecided choices that apply (empty when everything is decided).
+
+    Raises:
+        UndecidedError: there are undecided choices and ``force`` is false; the one-line
+            message names every one (where, line, candidates).
+    """
+    items = undecided_choices(spec, model_used=model_used)
+    if items and not force:
+        where = str(spec.path) if spec.path is not None else "spec"
+        raise UndecidedError(
+            f"{where}: {len(items)} undecided choice{'s' if len(items) > 1 else ''} (guesses "
+            f"of the draft, no model is built on them): {describe_undecided(items)}; write "
+            f"the right value in place of each {{undecided: [...]}}, or pass force=True to "
+            f"build with the first candidates (the result is then marked unverified)",
+            undecided=items)
+    return items
 
 
 @dataclass
@@ -48,10 +101,42 @@ class RebuildReport:
     notes: list[str] = field(default_factory=list)
     versions: dict = field(default_factory=dict)
     timings: dict = field(default_factory=dict)
+    #: undecided choices of the spec that were built at their first candidate (force)
+    undecided: list[dict] = field(default_factory=list)
 
     @property
     def ok(self) -> bool:
         return self.parity is None or self.parity.passed
+
+    @property
+    def unverified_reason(self) -> str | None:
+        """Why the rebuilt model is not known to compute what the source model computed
+        (None: it is, parity passed against data and nothing was forced)."""
+        reasons = []
+        if self.undecided:
+            reasons.append(f"built on {len(self.undecided)} undecided choice"
+                           f"{'s' if len(self.undecided) > 1 else ''} taken at their first "
+                           f"candidate (forced): {describe_undecided(self.undecided)}")
+        p = self.parity
+        if p is None:
+            reasons.append(f"parity not checked: {self.parity_note}" if self.parity_note
+                           else "parity not checked")
+        elif not p.passed:
+            reasons.append(f"parity failed ({p.method})")
+        elif p.kind == "self-reference":
+            reasons.append("checked only against the NumPy reference of the model's own "
+                           "architecture, which proves the tensors' conversion, not the "
+                           "architecture; give verify.inputs/expected (the source model's "
+                           "outputs) to verify it")
+        elif p.kind != "data":
+            reasons.append(f"checked against {p.method}, not against the source model's "
+                           f"outputs")
+        return "; ".join(reasons) or None
+
+    @property
+    def verified(self) -> bool:
+        """True only when parity passed against data and no undecided choice was forced."""
+        return self.unverified_reason is None
 
     def to_dict(self) -> dict:
         return {
@@ -63,6 +148,9 @@ class RebuildReport:
             "checksums": self.checksums,
             "parity": self.parity.to_dict() if self.parity else None,
             "parity_note": self.parity_note,
+            "verified": self.verified,
+            "unverified_reason": self.unverified_reason,
+            "undecided": self.undecided,
             "diagnosis": self.diagnosis,
             "output": self.output,
             "notes": self.notes,
@@ -108,10 +196,32 @@ def file_sha256(path: Path) -> str:
 def rebuild(spec: Spec | str | os.PathLike, *, output: str | os.PathLike | None = None,
             report_path: str | os.PathLike | None = None, force: bool = False,
             progress: bool | None = None, checksums: bool = True):
-    """Build, map, convert, assign, verify and (if ``output``) save. Returns
-    ``(model, report)``."""
+    """Build the spec's model, map, convert and assign every tensor, check parity and (if
+    ``output``) save.
+
+    Args:
+        spec: a :class:`~wtransplant.spec.Spec` or the path of a spec file.
+        output: where to save the model (``.keras`` or ``.h5``); None: do not save.
+        report_path: where to write the JSON report (also written when parity fails).
+        force: build a spec with undecided choices (first candidates) and save the model
+            even if parity fails; the report then says ``verified: false`` and why.
+        progress: show a progress bar (None: on a terminal only).
+        checksums: record sha256 checksums of every source and assigned tensor.
+
+    Returns:
+        ``(model, report)``: the Keras model and the :class:`RebuildReport`
+        (``report.parity``, ``report.verified``, ``report.unverified_reason``).
+
+    Raises:
+        UndecidedError: the spec holds undecided choices and ``force`` is false (exit 2).
+        InputError: bad spec, unreadable or unsafe source, a shape no rule explains
+            (:class:`~wtransplant.errors.MappingError`) (exit 2).
+        ParityError: the rebuilt model does not compute what the reference computes (exit
+            1); raised after the report is written, ``err.report`` holds it.
+    """
     if not isinstance(spec, Spec):
         spec = load_spec(spec)
+    undecided = check_decided(spec, force=force, model_used=spec.model is not None)
     t0 = time.perf_counter()
     with open_source(spec.source, follow_links=spec.options.follow_links) as src:
         loaded = load_source(src)
@@ -120,28 +230,67 @@ def rebuild(spec: Spec | str | os.PathLike, *, output: str | os.PathLike | None 
         build_s = time.perf_counter() - t
         return _transplant(spec, src, loaded, model, notes, output=output,
                            report_path=report_path, force=force, progress=progress,
-                           checksums=checksums, t0=t0, build_s=build_s)
+                           checksums=checksums, t0=t0, build_s=build_s, undecided=undecided)
 
 
 def transplant(model, spec: Spec | str | os.PathLike, *, output=None, report_path=None,
                force: bool = False, progress: bool | None = None, checksums: bool = True):
     """Fill an existing Keras model from the spec's source file (the spec's ``model``
-    section, if any, is not used). Returns ``(model, report)``."""
+    section, if any, is not used), check parity and (if ``output``) save.
+
+    Args:
+        model: a built ``keras.Model`` whose layer and variable names the spec's
+            ``weights``/``rules`` (or name-and-shape matching) refer to.
+        spec: a :class:`~wtransplant.spec.Spec` or the path of a spec file.
+        output: where to save the model (``.keras`` or ``.h5``); None: do not save.
+        report_path: where to write the JSON report.
+        force: accept undecided choices in ``weights`` and save even if parity fails.
+        progress: show a progress bar (None: on a terminal only).
+        checksums: record sha256 checksums of every source and assigned tensor.
+
+    Returns:
+        ``(model, report)``: the same model, filled, and the :class:`RebuildReport`.
+
+    Raises:
+        UndecidedError: undecided choices outside ``model`` and ``force`` is false (exit 2).
+        InputError: bad spec, unreadable source, a variable without a source or a shape no
+            rule explains (exit 2).
+        ParityError: the filled model does not compute what the reference computes (exit 1).
+    """
     if not isinstance(spec, Spec):
         spec = load_spec(spec)
+    undecided = check_decided(spec, force=force, model_used=False)
     t0 = time.perf_counter()
     with open_source(spec.source, follow_links=spec.options.follow_links) as src:
         loaded = load_source(src)
         return _transplant(spec, src, loaded, model, [], output=output,
                            report_path=report_path, force=force, progress=progress,
-                           checksums=checksums, t0=t0)
+                           checksums=checksums, t0=t0, undecided=undecided)
 
 
 def rebuild_file(path: str | os.PathLike, *, output: str | os.PathLike | None = None,
                  report_path: str | os.PathLike | None = None, force: bool = False,
                  progress: bool | None = None, verify: VerifySpec | None = None):
     """Rebuild a file that carries its own architecture (a Keras 2 full-model H5, a Keras 3
-    ``.keras`` archive), with no spec: weights are matched by layer name."""
+    ``.keras`` archive), with no spec: weights are matched by layer name.
+
+    Args:
+        path: the source file.
+        output: where to save the model (``.keras`` or ``.h5``); None: do not save.
+        report_path: where to write the JSON report.
+        force: save the model even if parity fails.
+        progress: show a progress bar (None: on a terminal only).
+        verify: reference data to check parity against (``VerifySpec(inputs=...,
+            expected=...)``); without it the NumPy reference of the file's own
+            architecture is used and the report says ``verified: false``.
+
+    Returns:
+        ``(model, report)`` as :func:`rebuild`.
+
+    Raises:
+        InputError: unreadable or unsafe file, or one without its own architecture (exit 2).
+        ParityError: the rebuilt model does not compute what the reference computes (exit 1).
+    """
     spec = Spec(source=Path(path).resolve(), convention="keras", model=None, verify=verify)
     spec.path = None
     return rebuild(spec, output=output, report_path=report_path, force=force,
@@ -153,7 +302,15 @@ def _model_for(spec: Spec, loaded: LoadedSource):
 
     notes: list[str] = []
     if spec.model is not None:
-        return build_model(spec.model, name=spec.name), notes
+        try:
+            return build_model(spec.model, name=spec.name), notes
+        except InputError as e:
+            from .speclines import locate_layer_error
+
+            located = locate_layer_error(str(e), spec)
+            if located == str(e):
+                raise
+            raise type(e)(located, detail=e.detail) from None
     where = f"{loaded.tree.display}"
     if loaded.format == "keras-legacy-model":
         cfg = loaded.tree.root_attrs.get("model_config")
@@ -171,7 +328,7 @@ def _model_for(spec: Spec, loaded: LoadedSource):
 
 
 def _transplant(spec: Spec, src: OpenedSource, loaded: LoadedSource, model, notes, *, output,
-                report_path, force, progress, checksums, t0, build_s=None):
+                report_path, force, progress, checksums, t0, build_s=None, undecided=()):
     from .keras_model import assign_layer, describe_targets, layers_by_name
 
     timings = {} if build_s is None else {"build_s": build_s}
@@ -221,7 +378,8 @@ def _transplant(spec: Spec, src: OpenedSource, loaded: LoadedSource, model, note
                "variables": sum(len(t.vars) for t in targets), "parameters": n_params,
                "inputs": [list(x.shape) for x in model.inputs],
                "outputs": [list(x.shape) for x in model.outputs]},
-        plan=plan, checksums=sums, notes=notes, versions=versions())
+        plan=plan, checksums=sums, notes=notes, versions=versions(),
+        undecided=list(undecided))
 
     t = time.perf_counter()
     check_parity(report, model, spec, src, loaded, plan)
@@ -233,8 +391,14 @@ def _transplant(spec: Spec, src: OpenedSource, loaded: LoadedSource, model, note
         timings["save_s"] = time.perf_counter() - t
     timings["total_s"] = time.perf_counter() - t0
     report.timings = timings
+    if report.output:
+        from .provenance import sidecar_of
+
+        report.output["provenance_file"] = str(sidecar_of(report.output["path"]))
     if report_path is not None:
         write_json(report_path, report.to_dict())
+    if report.output:
+        _write_provenance(report, report_path)
     if not report.ok:
         where = ""
         if report.diagnosis and report.diagnosis.get("first_diverging_layer"):
@@ -244,7 +408,7 @@ def _transplant(spec: Spec, src: OpenedSource, loaded: LoadedSource, model, note
                 where += f" ({d['cause']})"
         raise ParityError(
             f"parity failed for {spec.source.name}: {report.parity.summary()}{where}"
-            + ("" if force else "; the model was not saved (use --force to save it anyway)"),
+            + ("" if force else "; the model was not saved (force=True saves it anyway)"),
             report=report)
     return model, report
 
@@ -445,6 +609,21 @@ def _verify_with_data(model, spec: Spec, src, loaded) -> ParityResult:
 # --------------------------------------------------------------------------------------
 
 
+def _write_provenance(report: RebuildReport, report_path) -> None:
+    """The saved model's provenance sidecar (``OUT.wtransplant.json``): the source weights'
+    sha256, the spec and the rebuild report, so that ``finetune`` and ``export`` of OUT
+    name the original weights without being told."""
+    from .provenance import write_sidecar
+
+    rr = {"path": None, "sha256": None,
+          "parity": report.parity.max_rel if report.parity is not None else None,
+          "verified": report.verified, "unverified_reason": report.unverified_reason}
+    if report_path is not None:
+        rr.update(path=str(report_path), sha256=file_sha256(Path(report_path)))
+    write_sidecar(report.output["path"], source=report.source, spec=report.spec,
+                  rebuild_report=rr)
+
+
 def save_model(model, output: str | os.PathLike) -> dict:
     """Save as ``.keras`` (default) or legacy ``.h5``, to a temporary name first."""
     out = Path(output)
@@ -475,5 +654,5 @@ def _quiet_save(model, path: Path) -> None:
             logger.setLevel(level)
 
 
-__all__ = ["RebuildReport", "rebuild", "rebuild_file", "transplant", "save_model", "predict",
-           "ModelSpec"]
+__all__ = ["RebuildReport", "UndecidedError", "check_decided", "rebuild", "rebuild_file",
+           "transplant", "save_model", "predict", "ModelSpec"]
