@@ -203,3 +203,22 @@ def test_export_writer_per_backend():
         assert writer_for(fmt, "torch") is not WRITERS[fmt]
     for fmt in ("keras", "h5"):
         assert writer_for(fmt, "torch") is WRITERS[fmt]
+
+
+@pytest.mark.slow
+def test_jax_multiprocessing_loads_with_threads_and_says_so(tmp_path):
+    """Keras' loader pool forks; a forked JAX process may deadlock (JAX itself warns on
+    stderr): under JAX the run loads with threads and says so in one warning line."""
+    model = tmp_path / "mlp.keras"
+    run_quiet("jax", "rebuild", "--spec", SPEC, "-o", model)
+    data = tmp_path / "data.npz"
+    finetune_data(data)
+    r = run_cli("finetune", model, "--data", data, "--epochs", "1", "--workers", "2",
+                "--multiprocessing", "--no-plot", "--quiet", "--json", "-o",
+                tmp_path / "tuned.keras", env=backend_env("jax"))
+    assert r.returncode == 0, r.stderr[-3000:]
+    lines = r.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("wtransplant: warning: multiprocessing "
+                                                   "loaders are not used under JAX"), r.stderr
+    rep = json.loads(r.stdout)
+    assert rep["loader"] == "PyDataset, 2 loader threads"
