@@ -196,7 +196,7 @@ def test_export_writer_per_backend():
 
     for fmt in FORMATS:
         assert writer_for(fmt, "tensorflow") is WRITERS[fmt]
-    for fmt in ("keras", "h5", "savedmodel", "tflite"):
+    for fmt in ("keras", "h5"):
         assert writer_for(fmt, "jax") is WRITERS[fmt]
     assert writer_for("onnx", "jax") is not WRITERS["onnx"]
     for fmt in ("savedmodel", "onnx", "tflite"):
@@ -222,3 +222,39 @@ def test_jax_multiprocessing_loads_with_threads_and_says_so(tmp_path):
                                                    "loaders are not used under JAX"), r.stderr
     rep = json.loads(r.stdout)
     assert rep["loader"] == "PyDataset, 2 loader threads"
+
+
+def test_jax_native_export_falls_back_to_the_tensorflow_child(tmp_path, monkeypatch):
+    """Under JAX, SavedModel/LiteRT go through Keras' own (jax2tf) export first; when that
+    cannot express the model the TensorFlow child writes the file, and a note says so. A
+    LiteRT refusal is final (the child's converter would say the same)."""
+    from wtransplant import export
+    from wtransplant.errors import InputError
+
+    calls = []
+
+    def native_fails(src, tmp, prov, **kw):
+        (tmp / "half-written").write_text("x")
+        raise InputError("jax2tf cannot convert op foo")
+
+    def child(fmt, src, tmp, prov, **kw):
+        calls.append((fmt, sorted(p.name for p in tmp.iterdir())))
+        return {"notes": ["written by the child"]}
+
+    monkeypatch.setitem(export.WRITERS, "savedmodel", native_fails)
+    monkeypatch.setattr(export, "_write_in_tensorflow", child)
+    monkeypatch.setattr(export, "keras_backend", lambda: "jax")
+    tmp = tmp_path / "sm"
+    tmp.mkdir()
+    info = export.writer_for("savedmodel", "jax")(None, tmp, {})
+    assert calls == [("savedmodel", [])]  # the child starts from an empty folder
+    assert info["notes"][0].startswith("Keras' own jax export failed (jax2tf cannot convert")
+    assert info["notes"][1] == "written by the child"
+
+    def litert_refuses(src, tmp, prov, **kw):
+        raise export.LiteRTUnsupported("needs Flex ops")
+
+    monkeypatch.setitem(export.WRITERS, "tflite", litert_refuses)
+    with pytest.raises(export.LiteRTUnsupported):
+        export.writer_for("tflite", "jax")(None, tmp_path / "m.tflite", {})
+    assert len(calls) == 1

@@ -922,9 +922,33 @@ def writer_for(fmt: str, backend: str | None = None):
     this process under TensorFlow (and where Keras converts the model itself), else
     :func:`_write_in_tensorflow`."""
     backend = backend or keras_backend()
-    if backend == "tensorflow" or fmt not in TF_FORMATS or (backend, fmt) in NATIVE:
+    if backend == "tensorflow" or fmt not in TF_FORMATS:
         return WRITERS[fmt]
+    if (backend, fmt) in NATIVE:
+        return lambda src, tmp, prov, **kw: _native_then_child(fmt, src, tmp, prov, **kw)
     return lambda src, tmp, prov, **kw: _write_in_tensorflow(fmt, src, tmp, prov, **kw)
+
+
+def _native_then_child(fmt: str, src: KerasArtifact, tmp: Path, prov: dict, **kw) -> dict:
+    """Keras' own conversion (jax2tf) first; if it cannot express the model, TensorFlow
+    in a child process from the saved ``.keras``."""
+    import shutil
+
+    try:
+        return WRITERS[fmt](src, tmp, prov, **kw)
+    except LiteRTUnsupported:
+        raise  # the LiteRT converter's verdict: the same in a child
+    except InputError as e:
+        first = str(e)
+    if tmp.is_dir():  # a SavedModel folder, maybe half written: start it again empty
+        shutil.rmtree(tmp)
+        tmp.mkdir()
+    elif tmp.exists():
+        tmp.unlink()
+    info = _write_in_tensorflow(fmt, src, tmp, prov, **kw)
+    info["notes"].insert(0, f"Keras' own {keras_backend()} export failed "
+                            f"({first[:200]}); TensorFlow wrote it instead")
+    return info
 
 
 def _write_in_tensorflow(fmt: str, src: KerasArtifact, tmp: Path, prov: dict, *,
