@@ -454,3 +454,32 @@ def print_finetune(report: dict) -> None:
                   f" (recorded in the report and next to the saved model)", markup=False)
     for k, v in (report.get("files") or {}).items():
         con.print(f"{k.replace('_', ' ')}: {v}", markup=False)
+
+
+def print_settled(report: dict) -> None:
+    """Every settled choice with the winner's and the runner-up's errors (stderr)."""
+    import click
+
+    def t(s) -> str:  # names come from the file: no control characters reach the terminal
+        return "".join(ch if ch.isprintable() else "?" for ch in short(s, 200))
+
+    def e(v) -> str:
+        return "-" if v is None else f"{v:.2g}"
+
+    for c in report.get("choices") or []:
+        ru = f", runner-up {t(c['runner_up'])} {e(c['runner_up_error'])}" \
+            if c.get("runner_up") is not None else ""
+        line = (f"{c['status']:<10} {t(c['where'])}: {t(c['winner'])} {e(c['winner_error'])}"
+                f"{ru}")
+        if c.get("split_with"):
+            line += f" (to split: {t(c['split_with'])})"
+        click.echo(line, err=True)
+    for w in report.get("warnings") or []:
+        click.echo(f"warning: {t(w)}", err=True)
+    if report.get("degenerate"):
+        click.echo(f"the inputs are too degenerate to settle anything: "
+                   f"{t(report['degenerate'])}", err=True)
+    click.echo(f"settled {report['settled']} of {report['settled'] + report['undecided']} "
+               f"choice(s) with {report['forward_evaluations']} forward passes (every "
+               f"combination: {report['exhaustive_evaluations']}) in "
+               f"{report['seconds']:.2f} s", err=True)
