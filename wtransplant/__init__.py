@@ -13,7 +13,13 @@ from __future__ import annotations
 
 import importlib
 
+from .quiet_tf import install as _install_quiet_tf
+
 __version__ = "0.1.0"
+
+# Keras imports TensorFlow lazily under JAX and PyTorch, from wherever it first needs it:
+# whoever imports it first, TensorFlow's start-up log lines stay off stderr (quiet_tf.py).
+_install_quiet_tf()
 
 # name -> module that defines it; loaded lazily so that `import wtransplant` stays light
 _LAZY = {
