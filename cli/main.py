@@ -177,31 +177,95 @@ def inspect(file, as_json, report_path, quiet, stats, pattern, depth, follow_lin
 @click.argument("file", type=click.Path())
 @click.option("-o", "--output", type=click.Path(dir_okay=False),
               help="Write the draft here (default: print it).")
+@click.option("--inputs", metavar="X",
+              help="Reference inputs (.npy, data.npz:key, data.h5:dataset; NAME=FILE for a "
+                   "named input): settle the draft's choices against them.")
+@click.option("--expected", multiple=True, metavar="Y",
+              help="The source model's outputs for --inputs (once per output).")
+@click.option("--input-layout", type=click.Choice(["nchw", "ncl", "ncdhw", "none"]),
+              help="Layout of the stored inputs if channels-first.")
+@report_option("Write the JSON report (every settled choice and its evidence) here.")
+@json_option()
+@quiet_option()
 @click.option("--timeout", type=click.FloatRange(min=0), metavar="SECONDS",
               help=f"Give up after this long (default {DEFAULT_TIMEOUT}; 0: no limit).")
 @guarded("reading the file")
 @handle_errors
-def spec(file, output, timeout):
+def spec(file, output, inputs, expected, input_layout, report_path, as_json, quiet, timeout):
     """Write a draft spec (YAML) for FILE: the implied layer stack, the weights mapping, the
     convention, and verify entries if FILE holds reference data. What the tensors cannot
-    tell is a guess, written as {undecided: [candidates...], why: ...}."""
+    tell is a guess, written as {undecided: [candidates...], why: ...}. With --inputs and
+    --expected every such choice is settled against the data and written as a plain value
+    with its evidence; a tie stays undecided and says which data would split it."""
     from pathlib import Path
 
     from wtransplant.draft import draft_spec
+    from wtransplant.errors import InputError
+
+    if bool(inputs) != bool(expected):
+        raise InputError("give both --inputs and --expected")
+    from wtransplant.data import split_ref
+
+    data_files = [split_ref(r.partition("=")[2] if "=" in r and not Path(r).exists() else r)[0]
+                  for r in ([inputs] if inputs else []) + list(expected)]
+    _report_not_an_input(report_path, file, output, *data_files)
     from wtransplant.safety.paths import check_output
 
-    check_output(output, [file])
-    d = draft_spec(file, spec_dir=Path(output).parent if output else None)
+    check_output(output, [file, *data_files])  # symlinks and hard links too
+    if output and any(Path(p).resolve() == Path(output).resolve()
+                      for p in [file, *data_files]):
+        raise InputError(f"-o {output} is also an input of this command: give another file "
+                         f"name")
+    kw = {}
+    if inputs:
+        if "=" in inputs and not Path(inputs).exists():
+            name, _, ref = inputs.partition("=")
+            inputs = {name: ref}
+        limit = DEFAULT_TIMEOUT if timeout is None else timeout
+        kw = {"inputs": inputs, "expected": list(expected), "input_layout": input_layout,
+              # the search stops in time to write what it settled before --timeout
+              "budget_s": 0.8 * limit if limit else None}
+        if not quiet and not as_json:
+            import time
+
+            last = [time.monotonic()]
+
+            def progress(msg: str) -> None:  # at most one line every 2 s
+                if time.monotonic() - last[0] >= 2.0:
+                    last[0] = time.monotonic()
+                    msg = "".join(ch if ch.isprintable() else "?" for ch in msg)
+                    click.echo(f"settling: {msg[:200]}", err=True)
+
+            kw["progress"] = progress
+    d = draft_spec(file, spec_dir=Path(output).parent if output else None, **kw)
     if output:
         from wtransplant.atomic import atomic_path
 
         with atomic_path(output) as tmp:
             tmp.write_text(d.text, encoding="utf-8")
-        click.echo(f"wrote {output}", err=True)
-    else:
+        if not quiet:
+            click.echo(f"wrote {output}", err=True)
+    elif not as_json:
         click.echo(d.text, nl=False)
+    report = None
+    if d.report is not None:
+        report = {"file": str(file), "output": output, **d.report}
+    if report_path:
+        from wtransplant.atomic import write_json
+
+        write_json(report_path, report or {"file": str(file), "output": output,
+                                           "choices": [], "todo": d.todo, "notes": d.notes})
+    if as_json:
+        emit_json(report or {"file": str(file), "output": output, "choices": [],
+                             "todo": d.todo, "notes": d.notes})
+    if quiet:
+        return
+    if d.report is not None:
+        from .render import print_settled
+
+        print_settled(d.report)
     if d.todo:
-        click.echo(f"{len(d.todo)} guess(es) in the draft are marked {{undecided: [...]}}: "
+        click.echo(f"{len(d.todo)} choice(s) in the draft are marked {{undecided: [...]}}: "
                    f"`wtransplant rebuild` refuses the spec until each is decided (or "
                    f"--force, and the result is unverified)", err=True)
     elif d.rebuildable:
@@ -400,10 +464,12 @@ def _print_export(report, as_json: bool, quiet: bool = False) -> None:
 @click.argument("model", type=click.Path())
 @click.argument("other", required=False, type=click.Path())
 @click.option("--inputs", multiple=True, metavar="X",
-              help="Inputs: .npy, data.npz:key or data.h5:dataset (once per model input). "
-                   "Default: seeded random samples of a realistic scale.")
+              help="Inputs: .npy, data.npz:key or data.h5:dataset; several inputs as "
+                   "NAME=FILE, once per model input. Default: seeded random samples of a "
+                   "realistic scale.")
 @click.option("--expected", multiple=True, metavar="Y",
-              help="Expected outputs for --inputs (once per model output).")
+              help="Expected outputs for --inputs (once per model output, in the model's "
+                   "outputs order).")
 @click.option("--spec", "spec_path", type=click.Path(dir_okay=False),
               help="The spec MODEL was rebuilt from: compare with the NumPy reference of its "
                    "source, and diagnose layer by layer on failure.")

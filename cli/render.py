@@ -166,7 +166,47 @@ def print_inspect(report: InspectReport, pattern: str | None = None,
 MAX_HINT_ROWS = 60
 
 
+def escape_text(s) -> str:
+    """A string from a file, safe for a terminal and for rich: control characters shown as
+    escapes, markup brackets escaped, bounded length."""
+    from rich.markup import escape
+
+    s = str(s)
+    s = "".join(ch if ch.isprintable() else ascii(ch)[1:-1] for ch in s)
+    return escape(short(s, 200))
+
+
+def _print_architecture(con, arch: dict) -> None:
+    """The layer graph a Keras 2 full model states in its model_config."""
+    from rich.table import Table
+
+    con.print()
+    table = Table(title=f"Architecture from the file's model_config ({arch['class']}, "
+                        f"{arch['parameters']:,} parameters in the file)",
+                  title_justify="left", expand=False)
+    for col in ("layer", "class", "settings", "params", "inbound"):
+        table.add_column(col, justify="right" if col == "params" else "left")
+    def fmt(v):
+        if isinstance(v, list) and v and all(isinstance(x, int) for x in v):
+            return "x".join(map(str, v))
+        return v
+
+    for r in arch["layers"][:MAX_HINT_ROWS * 4]:
+        args = " ".join(f"{k}={fmt(v)}" for k, v in r["args"].items()
+                        if not (k == "strides" and fmt(v) in (1, "1x1", "1", "1x1x1")))
+        table.add_row(escape_text(r["name"]), escape_text(r["class"]), escape_text(args),
+                      f"{r['parameters']:,}", escape_text(", ".join(r["inbound"])))
+    con.print(table)
+    if len(arch["layers"]) > MAX_HINT_ROWS * 4:
+        con.print(f"  … {len(arch['layers']) - MAX_HINT_ROWS * 4} more layers (--json lists all)")
+    if arch.get("outputs"):
+        con.print(f"outputs: {escape_text(', '.join(arch['outputs']))}", markup=False)
+
+
 def _print_hints(con, report: InspectReport) -> None:
+    if getattr(report, "architecture", None):
+        _print_architecture(con, report.architecture)
+        return
     h = report.hints
     known = [lh for lh in h.layers if lh.proposal is not None]
     unknown = len(h.layers) - len(known)
@@ -466,3 +506,32 @@ def print_finetune(report: dict) -> None:
                   f" (recorded in the report and next to the saved model)", markup=False)
     for k, v in (report.get("files") or {}).items():
         con.print(f"{k.replace('_', ' ')}: {v}", markup=False)
+
+
+def print_settled(report: dict) -> None:
+    """Every settled choice with the winner's and the runner-up's errors (stderr)."""
+    import click
+
+    def t(s) -> str:  # names come from the file: no control characters reach the terminal
+        return "".join(ch if ch.isprintable() else "?" for ch in short(s, 200))
+
+    def e(v) -> str:
+        return "-" if v is None else f"{v:.2g}"
+
+    for c in report.get("choices") or []:
+        ru = f", runner-up {t(c['runner_up'])} {e(c['runner_up_error'])}" \
+            if c.get("runner_up") is not None else ""
+        line = (f"{c['status']:<10} {t(c['where'])}: {t(c['winner'])} {e(c['winner_error'])}"
+                f"{ru}")
+        if c.get("split_with"):
+            line += f" (to split: {t(c['split_with'])})"
+        click.echo(line, err=True)
+    for w in report.get("warnings") or []:
+        click.echo(f"warning: {t(w)}", err=True)
+    if report.get("degenerate"):
+        click.echo(f"the inputs are too degenerate to settle anything: "
+                   f"{t(report['degenerate'])}", err=True)
+    click.echo(f"settled {report['settled']} of {report['settled'] + report['undecided']} "
+               f"choice(s) with {report['forward_evaluations']} forward passes (every "
+               f"combination: {report['exhaustive_evaluations']}) in "
+               f"{report['seconds']:.2f} s", err=True)

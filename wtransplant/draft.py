@@ -52,15 +52,31 @@ class Draft:
     #: {undecided: [...]} (or, where no value can hold it, as a TODO comment)
     todo: list[str] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
+    #: with reference data (``inputs=``/``expected=``): the parsed :class:`~wtransplant.spec.
+    #: Spec`, every choice with its evidence (winner/runner-up errors) and the settling
+    #: report (see :mod:`wtransplant.settle`)
+    spec: object = None
+    choices: list[dict] = field(default_factory=list)
+    report: dict | None = None
 
 
-def draft_spec(path: str | os.PathLike, *, spec_dir: str | os.PathLike | None = None) -> Draft:
+def draft_spec(path: str | os.PathLike, *, spec_dir: str | os.PathLike | None = None,
+               inputs=None, expected=None, input_layout: str | None = None,
+               progress=None, budget_s: float | None = None) -> Draft:
     """Draft a spec (YAML text) for the weights file ``path``.
 
     Args:
         path: the weights file (any format ``inspect`` reads).
         spec_dir: the folder the spec will be saved in (the source path is written
             relative to it; default: the current folder).
+        inputs, expected: reference data (a ``.npy`` path, ``data.npz:key``,
+            ``data.h5:dataset`` or a tensor of the file): every choice the tensors cannot
+            tell is settled by trying its candidates against them (see
+            :mod:`wtransplant.settle`); ``expected`` may be a one-item list.
+        input_layout: the stored layout of ``inputs`` if channels-first (``nchw``...).
+        progress: optional callable taking one line of progress text.
+        budget_s: stop searching after this many seconds (what is not settled by then
+            stays undecided, and the report says so); None: no time limit.
 
     Returns:
         A :class:`Draft`: ``text`` (the YAML), ``rebuildable`` (no guess left), ``todo``
@@ -70,6 +86,12 @@ def draft_spec(path: str | os.PathLike, *, spec_dir: str | os.PathLike | None = 
         InputError: the file cannot be read or is not HDF5 (exit 2).
         UnsafeInputError: the file points outside itself (external links...) (exit 2).
     """
+    if inputs is not None or expected is not None:
+        from .settle import draft_settled
+
+        return draft_settled(path, spec_dir=spec_dir, inputs=inputs, expected=expected,
+                             input_layout=input_layout, progress=progress,
+                             budget_s=budget_s)
     path = Path(path)
     with open_source(path) as src:
         loaded = load_source(src)
@@ -139,7 +161,18 @@ def _draft_layers(w, loaded: LoadedSource, hints: Hints, src) -> Draft:
     todo: list[str] = []
     notes: list[str] = list(hints.notes)
     known = [lh for lh in hints.layers if lh.proposal is not None]
+    from .draftgraph import heads as _heads
+    from .draftgraph import place_prelus
+
+    known = place_prelus(known)
+    reads, head_outs = _heads(known)
+    unmapped = [lh for lh in hints.layers if lh.proposal is None]
     if not known:
+        from .unnamed import is_unnamed
+
+        weights = [t for t in loaded.tensors if t.name not in (hints.io or {}).values()]
+        if is_unnamed(weights):
+            return _draft_unnamed(w, weights, notes)
         w.comment("TODO: no layer could be recognised from the tensors; write the model and")
         w.comment("the weights mapping by hand (see `wtransplant inspect` for the tensors)")
         w.line("model:")
@@ -178,6 +211,12 @@ def _draft_layers(w, loaded: LoadedSource, hints: Hints, src) -> Draft:
                       if conv == "torch" else ""))
         args = dict(p.args)
         comment = []
+        if p.kind == "prelu" and prev_kind in ("dense", "flatten"):
+            args.pop("shared_axes", None)  # after a Linear: one slope per feature
+        if i in reads:
+            r = reads[i]
+            args["inputs"] = "input" if r < 0 else _name_for(known[r], r, fmt, stacked)
+            comment.append("a parallel head: reads the same tensor as the layer before it")
         if p.keras_class in ("GRU", "LSTM", "SimpleRNN", "Bidirectional"):
             nxt = known[i + 1].proposal if i + 1 < len(known) else None
             if nxt is not None and nxt.keras_class in ("GRU", "LSTM", "SimpleRNN",
@@ -220,8 +259,14 @@ def _draft_layers(w, loaded: LoadedSource, hints: Hints, src) -> Draft:
         w.line(f"    - {_flow({'class': p.keras_class, 'name': name, **args})}"
                + (f"  # {'; '.join(comment)}" if comment else ""))
         entries.append((name, list(p.slots.items()), lh))
-        if p.kind not in ("batchnorm", "layernorm"):
+        if p.kind not in ("batchnorm", "layernorm", "prelu"):
             prev_kind = p.kind or prev_kind
+    if head_outs:
+        outs = [_name_for(known[j], j, fmt, stacked) for j in head_outs]
+        w.kv("  outputs", outs, "parallel heads (widths: each reads what the layer before "
+                                "it reads)")
+        notes.append("parallel heads became outputs in file order; a Softmax a head applies "
+                     "has no weights, so it is not in the draft: add it if the source has one")
     # weights
     w.line("weights:")
     square_note = hints.orientation
@@ -257,6 +302,10 @@ def _draft_layers(w, loaded: LoadedSource, hints: Hints, src) -> Draft:
         w.comment(f"verify: {{inputs: x.npy, expected: y.npy{layout}}}  # to check parity")
     for n in notes:
         w.comment(f"note: {n}")
+    for lh in unmapped:
+        w.comment(f"not mapped: {lh.unit} ({', '.join(lh.tensors[:6])}): no layer rule "
+                  f"recognises these tensors; map them in `weights` or list them in "
+                  f"options.ignore")
     if todo:
         w.comment("guesses, written as {undecided: [...]}: `wtransplant rebuild` refuses the")
         w.comment("spec until each holds one value (or --force, and the result is unverified)")
@@ -264,6 +313,32 @@ def _draft_layers(w, loaded: LoadedSource, hints: Hints, src) -> Draft:
         w.comment(f"undecided: {t}")
     rebuildable = not todo and conv in ("matlab", "plain", "keras")
     return Draft(w.text(), rebuildable, todo=todo, notes=notes)
+
+
+def _draft_unnamed(w, weights, notes) -> Draft:
+    """An unnamed list (arr_0, arr_1, ...): layers by order and shape, every guess
+    undecided (``spec --inputs --expected`` settles them)."""
+    from .settle import _has_undecided, render
+    from .unnamed import draft_unnamed
+
+    try:
+        doc, conv, more = draft_unnamed(weights, None)
+    except ValueError as e:
+        w.comment(f"TODO: the unnamed tensors do not read as a layer list: {e}")
+        w.line("model:")
+        w.line("  input_shape: []          # TODO")
+        w.line("  layers: []               # TODO")
+        return Draft(w.text(), False, todo=["everything"], notes=notes)
+    src_line = next(x for x in w.lines if x.startswith("source:"))
+    doc["source"] = yaml.safe_load(src_line.split(":", 1)[1])
+    header = [x for x in w.lines if x.startswith("#")]
+    doc["model"]["input_shape"] = {"undecided": [doc["model"]["input_shape"]],
+                                   "why": "give --inputs/--expected to settle it"}
+    notes = notes + more + ["give reference data (wtransplant spec FILE --inputs X --expected "
+                            "Y) to settle the choices marked undecided"]
+    text = render(doc, None, header, notes)
+    return Draft(text, False, todo=["unnamed tensors: choices undecided"] if
+                 _has_undecided(doc) else [], notes=notes)
 
 
 def _input_shape(known: list[LayerHint], conv: str) -> tuple[list, str | None]:

@@ -44,6 +44,9 @@ INLINE_ONLY = frozenset({"vocabulary", "idf_weights", "stop_words", "mean", "var
 VALUE_MARKERS = frozenset({"__tuple__", "__numpy__", "__tensor__", "__keras_tensor__",
                            "__bytes__", "__ellipsis__", "__slice__", "__typespec__"})
 MODEL_CLASSES = frozenset({"Sequential", "Functional", "Model"})
+#: wtransplant's own serialisable layers (wtransplant/layers_custom.py): data, not code;
+#: allowed only with their own module and registered name
+OWN_CLASSES = {"TorchPooling": "wtransplant.layers_custom"}
 POLICY_CLASSES = frozenset({"DTypePolicy", "FloatDTypePolicy", "QuantizedDTypePolicy",
                             "QuantizedFloat8DTypePolicy", "Policy"})
 _MODULE_OK = re.compile(
@@ -119,6 +122,10 @@ def check_config(config, where: str, *, max_depth: int = MAX_DEPTH) -> None:
 
 def _check_object(c: dict, where: str, path: str, allowed: frozenset) -> None:
     cls = c.get("class_name")
+    if isinstance(cls, str) and cls in OWN_CLASSES and c.get("module") in (
+            None, OWN_CLASSES[cls]) and c.get("registered_name") in (None, f"wtransplant>{cls}"):
+        c = {k: v for k, v in c.items() if k not in ("module", "registered_name")}
+        allowed = allowed | {cls}
     for k, v in c.items():
         if not isinstance(k, str):
             continue
