@@ -515,3 +515,14 @@ def test_fuzz_finding_archive_config_that_is_not_an_object():
     for args in (("inspect", fx("hostile/fuzz_config_list.keras")),
                  ("spec", fx("hostile/fuzz_config_list.keras"))):
         assert_one_line_error(run_cli(*args), 2, "not an object")
+
+
+def test_layer_stack_with_huge_input_refused_before_running(tmp_path):
+    from wtransplant.keras_model import build_model
+    from wtransplant.spec import load_spec
+
+    p = tmp_path / "s.yaml"
+    p.write_text("version: 1\nsource: w.h5\nmodel:\n  input_shape: [100000, 100000, 3]\n"
+                 "  layers: [{class: Conv2D, name: c, filters: 1, kernel_size: 3}]\n")
+    with pytest.raises(InputError, match="memory budget"):
+        build_model(load_spec(p).model)
