@@ -209,13 +209,13 @@ def spec(file, output, inputs, expected, input_layout, report_path, as_json, qui
     data_files = [split_ref(r.partition("=")[2] if "=" in r and not Path(r).exists() else r)[0]
                   for r in ([inputs] if inputs else []) + list(expected)]
     _report_not_an_input(report_path, file, output, *data_files)
-    from wtransplant.safety.paths import check_output
-
-    check_output(output, [file, *data_files])  # symlinks and hard links too
     if output and any(Path(p).resolve() == Path(output).resolve()
                       for p in [file, *data_files]):
         raise InputError(f"-o {output} is also an input of this command: give another file "
                          f"name")
+    from wtransplant.safety.paths import check_output
+
+    check_output(output, [file, *data_files])  # symlinks and hard links too
     kw = {}
     if inputs:
         if "=" in inputs and not Path(inputs).exists():
