@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import re
 import sys
 
 from wtransplant.h5io import fmt_bytes
@@ -15,6 +16,48 @@ def _console():
     from rich.console import Console
 
     return Console(highlight=False, soft_wrap=True)
+
+
+#: the markup tags this module writes (user text is printed with markup=False or escaped)
+_TAGS = re.compile(r"\[/\]|\[/?(?:bold green|bold red|bold blue|bold|yellow|green|red|dim)\]")
+#: the control characters rich's Text drops (BEL, BS, VT, FF, CR)
+_CONTROL = str.maketrans("", "", "\x07\x08\x0b\x0c\x0d")
+
+
+class PlainConsole:
+    """What ``inspect`` needs of rich's Console when stdout is not a terminal (a pipe, a
+    file): plain lines, markup tags dropped, no import of rich (a fifth of a small
+    inspect's own start-up)."""
+
+    is_terminal = False
+
+    def print(self, text: str = "", *, markup: bool = True, end: str = "\n") -> None:
+        text = str(text)
+        if markup:
+            text = _TAGS.sub("", text)
+        sys.stdout.write(text.translate(_CONTROL) + end)
+
+
+def _inspect_console():
+    return _console() if sys.stdout.isatty() else PlainConsole()
+
+
+def plain_table(title: str, columns: list[str], rows: list[list[str]],
+                right: tuple = ()) -> str:
+    """A table as aligned text lines (cells may hold several lines)."""
+    cells = [[str(c).split("\n") for c in r] for r in rows]
+    widths = [max([len(h)] + [len(x) for r in cells for x in r[i]])
+              for i, h in enumerate(columns)]
+
+    def fmt(parts):
+        return "  ".join((p.rjust(w) if i in right else p.ljust(w))
+                         for i, (p, w) in enumerate(zip(parts, widths))).rstrip()
+
+    out = [title, fmt(columns), fmt(["-" * w for w in widths])]
+    for r in cells:
+        for k in range(max(len(c) for c in r)):
+            out.append(fmt([c[k] if k < len(c) else "" for c in r]))
+    return "\n".join(out)
 
 
 def short(v, n: int = MAX_ATTR_CHARS) -> str:
@@ -127,7 +170,7 @@ STYLES = {"group": "bold blue", "dataset": "", "other": "dim", "link": "magenta"
 
 def print_inspect(report: InspectReport, pattern: str | None = None,
                   depth: int | None = None) -> None:
-    con = _console()
+    con = _inspect_console()
     det = report.detection
     con.print(f"[bold]{report.file}[/]  ({fmt_bytes(report.file_size)})")
     con.print(f"format: [bold green]{det.format}[/]   convention: [bold]{det.convention}[/]"
@@ -163,18 +206,12 @@ def _print_hints(con, report: InspectReport) -> None:
         if h.layers:
             con.print(f"\nno layer recognised among {len(h.layers)} groups of tensors")
         return
-    from rich.table import Table
-
     con.print()
     title = "Implied architecture"
     if h.chain_text:
         title += f": {h.chain_text}"
-    table = Table(title=title, title_justify="left", show_lines=False, expand=False)
-    table.add_column("#", justify="right")
-    table.add_column("source unit")
-    table.add_column("looks like")
-    table.add_column("Keras layer")
-    table.add_column("to decide / notes")
+    columns = ["#", "source unit", "looks like", "Keras layer", "to decide / notes"]
+    rows = []
     explain: dict[str, None] = {}
     for i, lh in enumerate(known[:MAX_HINT_ROWS], 1):
         p = lh.proposal
@@ -185,9 +222,19 @@ def _print_hints(con, report: InspectReport) -> None:
             keys.append(key)
             if key != d:
                 explain[f"{key}: {d[len(key):].lstrip(' :')}"] = None
-        table.add_row(str(i), lh.unit, p.summary, f"{p.keras_class}({args})",
-                      ", ".join(keys) + ("\n" + "; ".join(lh.notes) if lh.notes else ""))
-    con.print(table)
+        rows.append([str(i), lh.unit, p.summary, f"{p.keras_class}({args})",
+                     ", ".join(keys) + ("\n" + "; ".join(lh.notes) if lh.notes else "")])
+    if con.is_terminal:
+        from rich.table import Table
+
+        table = Table(title=title, title_justify="left", show_lines=False, expand=False)
+        for c in columns:
+            table.add_column(c, justify="right" if c == "#" else "left")
+        for r in rows:
+            table.add_row(*r)
+        con.print(table)
+    else:
+        con.print(plain_table(title, columns, rows, right=(0,)), markup=False)
     if len(known) > MAX_HINT_ROWS:
         con.print(f"  … {len(known) - MAX_HINT_ROWS} more layers (--json lists all)")
     if unknown:
