@@ -41,6 +41,8 @@ class RefLayer:
     explicit: set  # argument names the spec stated (vs Keras defaults)
     weights: dict = field(default_factory=dict)  # var -> list of raw arrays (source view)
     inner: RefLayer | None = None  # Bidirectional's wrapped layer
+    #: lazy references: var -> source tensors, read (as float64) only while this layer runs
+    sources: dict = field(default_factory=dict)
 
 
 @dataclass
@@ -65,10 +67,11 @@ def to_keras(act: Act) -> np.ndarray:
 
 
 class Reference:
-    def __init__(self, layers: list[RefLayer], convention: str, input_kind: str):
+    def __init__(self, layers: list[RefLayer], convention: str, input_kind: str, src=None):
         self.layers = layers
         self.convention = convention
         self.input_kind = input_kind
+        self.src = src  # an open source: weights are read per layer during forward (lazy)
 
     def forward(self, x: np.ndarray, *, keep: bool = True):
         """x in the Keras model's layout. Returns (output in Keras layout, {layer name:
@@ -77,7 +80,15 @@ class Reference:
         acts = {}
         for lay in self.layers:
             fn = OPS.get(lay.class_name)
-            act = fn(self, lay, act)
+            if lay.sources:  # lazy: one layer's float64 weights in memory at a time
+                lay.weights = {v: [_raw(self.src, t) for t in ts]
+                               for v, ts in lay.sources.items()}
+                try:
+                    act = fn(self, lay, act)
+                finally:
+                    lay.weights = {}
+            else:
+                act = fn(self, lay, act)
             if keep:
                 acts[lay.name] = to_keras(act)
         return to_keras(act), acts
@@ -108,9 +119,12 @@ def input_kind_for(first_class: str, rank: int, dtype: str) -> str:
 # building from a rebuilt model and its plan
 
 
-def build_reference(model, plan, src: OpenedSource, *, spec_layers: list[dict] | None = None
-                    ) -> Reference:
-    """A :class:`Reference` for a rebuilt Keras model, or NotCovered."""
+def build_reference(model, plan, src: OpenedSource, *, spec_layers: list[dict] | None = None,
+                    lazy: bool = False) -> Reference:
+    """A :class:`Reference` for a rebuilt Keras model, or NotCovered. ``lazy``: keep no
+    weights; each forward pass reads a layer's tensors (as float64) just before the layer
+    runs and drops them after, so ``src`` must stay open while the reference is used (a
+    float64 copy of the whole model would be twice the model's bytes)."""
     conv = plan.convention
     if conv not in ("torch", "matlab", "keras"):
         raise NotCovered(f"no reference semantics for the {conv} convention (a home-made "
@@ -147,8 +161,11 @@ def build_reference(model, plan, src: OpenedSource, *, spec_layers: list[dict] |
         for key, srcs in by_target.items():
             lname, _, var = key.partition("/")
             if lname == lay.name:
-                r.weights[var] = [_raw(src, t) for t in srcs]
-        if lay.weights and not r.weights:
+                if lazy:
+                    r.sources[var] = list(srcs)
+                else:
+                    r.weights[var] = [_raw(src, t) for t in srcs]
+        if lay.weights and not (r.weights or r.sources):
             raise NotCovered(f"layer {lay.name} has no mapped source tensors")
         if conv == "matlab" and lay.weights and cls != "Dense":
             raise NotCovered(f"layer {lay.name} ({cls}): the MATLAB reference covers dense "
@@ -159,7 +176,7 @@ def build_reference(model, plan, src: OpenedSource, *, spec_layers: list[dict] |
     kind = input_kind_for(first, len(shape) - 1, model.inputs[0].dtype)
     if conv == "matlab" and kind not in ("vec",):
         raise NotCovered("the MATLAB reference covers dense chains on vectors only")
-    return Reference(refs, conv, kind)
+    return Reference(refs, conv, kind, src if lazy else None)
 
 
 def _raw(src: OpenedSource, t) -> np.ndarray:

@@ -486,7 +486,7 @@ def check_parity(report: RebuildReport, model, spec: Spec, src, loaded, plan) ->
             else:
                 try:
                     state["ref"] = build_reference(
-                        model, plan, src,
+                        model, plan, src, lazy=True,
                         spec_layers=spec.model.layers if spec.model is not None else None)
                 except NotCovered as e:
                     state["why"] = str(e)
