@@ -48,10 +48,10 @@ demo: $(VENV)/.installed
 	$(WT) rebuild fixtures/keras2/k2_digits_model.h5 -o $(DEMO_OUT)/k2_digits_model.keras
 	$(WT) finetune $(DEMO_OUT)/k2_digits_model.keras --data fixtures/data/digits.h5 --new-head 10 --trainable-from features --epochs 4 --lr 3e-3 --seed 1 -o $(DEMO_OUT)/digits10.keras
 	@echo "== export: the rebuilt CNN to ONNX, reloaded and checked in onnxruntime"
-	$(WT) export $(DEMO_OUT)/torch_cnn.keras --format onnx -o $(DEMO_OUT)/torch_cnn.onnx --report $(DEMO_OUT)/torch_cnn.report.json
+	$(WT) export $(DEMO_OUT)/torch_cnn.keras --format onnx -o $(DEMO_OUT)/torch_cnn.onnx --provenance $(DEMO_OUT)/torch_cnn.report.json --report $(DEMO_OUT)/torch_cnn.export.json
 	@echo "== verify: the ONNX file against PyTorch's own outputs (inputs stored NCHW)"
 	$(WT) verify $(DEMO_OUT)/torch_cnn.onnx --inputs fixtures/torch/torch_cnn.io.npz:x --expected fixtures/torch/torch_cnn.io.npz:y --input-layout nchw --plot $(DEMO_OUT)/torch_cnn.verify.png
-	@echo "== export: the fine-tuned digits model to ONNX, checked in onnxruntime"
+	@echo "== export: the fine-tuned digits model to ONNX, checked in onnxruntime; it still names the original Keras 2 weights (sha256)"
 	$(WT) export $(DEMO_OUT)/digits10.keras --format onnx -o $(DEMO_OUT)/digits10.onnx
 	@echo "demo finished: outputs in $(DEMO_OUT)/"
 

@@ -34,7 +34,7 @@ def handle_errors(fn):
         except WTError as e:
             if DEBUG:
                 raise
-            _err(str(e))
+            _err(_cli_words(str(e)))
             sys.exit(e.exit_code)
         except KeyboardInterrupt:
             _err("interrupted")
@@ -57,6 +57,62 @@ def handle_errors(fn):
     return wrapper
 
 
+# One vocabulary for every command (docs/cli.md): --report PATH writes a JSON report;
+# --provenance PATH reads a previous report; --atol/--rtol are NumPy's allclose rule
+# (|a - b| <= atol + rtol * |b|); --samples N uses the first N samples; --batch-size N is a
+# batch size; --quiet prints no progress and no human-readable report (errors still go to
+# stderr, the exit code still tells); --json prints the report as one JSON object.
+TOL = click.FloatRange(min=0)
+COUNT = click.IntRange(min=1)
+
+
+def report_option(help_text: str = "Write the JSON report here."):
+    return click.option("--report", "report_path", type=click.Path(dir_okay=False),
+                        help=help_text)
+
+
+def quiet_option():
+    return click.option("--quiet", "-q", is_flag=True,
+                        help="No progress and no human-readable report on stdout (errors "
+                             "still go to stderr; the exit code tells the result).")
+
+
+def json_option():
+    return click.option("--json", "as_json", is_flag=True,
+                        help="Print the report as one JSON object.")
+
+
+def _report_not_an_input(report_path, *inputs) -> None:
+    """``--report PATH`` must not overwrite an input (or the model being written)."""
+    if not report_path:
+        return
+    from pathlib import Path
+
+    from wtransplant.errors import InputError
+
+    rp = Path(report_path).resolve()
+    for p in inputs:
+        if p and Path(p).resolve() == rp:
+            raise InputError(f"--report {report_path} is also an input or output of this "
+                             f"command: give another file name")
+
+
+def _deprecated(old: str, new: str) -> None:
+    click.echo(f"wtransplant: warning: {old} is deprecated; use {new}", err=True)
+
+
+#: library keyword arguments that library messages name, and the options that set them
+_KWARG_FLAGS = {"force=True": "--force", "follow_links=True": "--follow-links"}
+
+
+def _cli_words(msg: str) -> str:
+    """A library message in the command's words: keyword arguments become options (library
+    messages never name command-line options)."""
+    for kw, flag in _KWARG_FLAGS.items():
+        msg = msg.replace(f"pass {kw}", f"pass {flag}").replace(kw, flag)
+    return msg
+
+
 def emit_json(obj) -> None:
     from wtransplant.atomic import dumps
 
@@ -73,6 +129,8 @@ def main():
 @main.command()
 @click.argument("file", type=click.Path(dir_okay=True))
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
+@report_option("Also write the JSON object (as --json prints it) here.")
+@quiet_option()
 @click.option("--stats", is_flag=True,
               help="Add min/max/mean/std and NaN/Inf counts per tensor (read chunk by chunk).")
 @click.option("--filter", "pattern", metavar="GLOB",
@@ -86,17 +144,22 @@ def main():
                    f"damaged file can make the HDF5 library loop forever.")
 @guarded("reading the file")
 @handle_errors
-def inspect(file, as_json, stats, pattern, depth, follow_links, timeout):
+def inspect(file, as_json, report_path, quiet, stats, pattern, depth, follow_links, timeout):
     """Show FILE's tree, shapes, dtypes, attributes, the program that wrote it and the
     architecture its tensors imply. Never imports TensorFlow or Keras."""
     from wtransplant.inspect import inspect_file
     from wtransplant.tree import gc_paused
 
+    _report_not_an_input(report_path, file)
     report = inspect_file(file, stats=stats, follow_links=follow_links, stats_filter=pattern)
+    if report_path:
+        from wtransplant.atomic import write_json
+
+        write_json(report_path, report.to_dict())
     with gc_paused():  # printing a large tree allocates as many small objects as the walk
         if as_json:
             emit_json(report.to_dict())
-        else:
+        elif not quiet:
             from .render import print_inspect
 
             print_inspect(report, pattern=pattern, depth=depth)
@@ -110,29 +173,92 @@ def inspect(file, as_json, stats, pattern, depth, follow_links, timeout):
 @click.argument("file", type=click.Path())
 @click.option("-o", "--output", type=click.Path(dir_okay=False),
               help="Write the draft here (default: print it).")
+@click.option("--inputs", metavar="X",
+              help="Reference inputs (.npy, data.npz:key, data.h5:dataset; NAME=FILE for a "
+                   "named input): settle the draft's choices against them.")
+@click.option("--expected", multiple=True, metavar="Y",
+              help="The source model's outputs for --inputs (once per output).")
+@click.option("--input-layout", type=click.Choice(["nchw", "ncl", "ncdhw", "none"]),
+              help="Layout of the stored inputs if channels-first.")
+@report_option("Write the JSON report (every settled choice and its evidence) here.")
+@json_option()
+@quiet_option()
 @click.option("--timeout", type=click.FloatRange(min=0), metavar="SECONDS",
               help=f"Give up after this long (default {DEFAULT_TIMEOUT}; 0: no limit).")
 @guarded("reading the file")
 @handle_errors
-def spec(file, output, timeout):
+def spec(file, output, inputs, expected, input_layout, report_path, as_json, quiet, timeout):
     """Write a draft spec (YAML) for FILE: the implied layer stack, the weights mapping, the
     convention, and verify entries if FILE holds reference data. What the tensors cannot
-    tell is a guess, written as {undecided: [candidates...], why: ...}."""
+    tell is a guess, written as {undecided: [candidates...], why: ...}. With --inputs and
+    --expected every such choice is settled against the data and written as a plain value
+    with its evidence; a tie stays undecided and says which data would split it."""
     from pathlib import Path
 
     from wtransplant.draft import draft_spec
+    from wtransplant.errors import InputError
 
-    d = draft_spec(file, spec_dir=Path(output).parent if output else None)
+    if bool(inputs) != bool(expected):
+        raise InputError("give both --inputs and --expected")
+    from wtransplant.data import split_ref
+
+    data_files = [split_ref(r.partition("=")[2] if "=" in r and not Path(r).exists() else r)[0]
+                  for r in ([inputs] if inputs else []) + list(expected)]
+    _report_not_an_input(report_path, file, output, *data_files)
+    if output and any(Path(p).resolve() == Path(output).resolve()
+                      for p in [file, *data_files]):
+        raise InputError(f"-o {output} is also an input of this command: give another file "
+                         f"name")
+    kw = {}
+    if inputs:
+        if "=" in inputs and not Path(inputs).exists():
+            name, _, ref = inputs.partition("=")
+            inputs = {name: ref}
+        limit = DEFAULT_TIMEOUT if timeout is None else timeout
+        kw = {"inputs": inputs, "expected": list(expected), "input_layout": input_layout,
+              # the search stops in time to write what it settled before --timeout
+              "budget_s": 0.8 * limit if limit else None}
+        if not quiet and not as_json:
+            import time
+
+            last = [time.monotonic()]
+
+            def progress(msg: str) -> None:  # at most one line every 2 s
+                if time.monotonic() - last[0] >= 2.0:
+                    last[0] = time.monotonic()
+                    msg = "".join(ch if ch.isprintable() else "?" for ch in msg)
+                    click.echo(f"settling: {msg[:200]}", err=True)
+
+            kw["progress"] = progress
+    d = draft_spec(file, spec_dir=Path(output).parent if output else None, **kw)
     if output:
         from wtransplant.atomic import atomic_path
 
         with atomic_path(output) as tmp:
             tmp.write_text(d.text, encoding="utf-8")
-        click.echo(f"wrote {output}", err=True)
-    else:
+        if not quiet:
+            click.echo(f"wrote {output}", err=True)
+    elif not as_json:
         click.echo(d.text, nl=False)
+    report = None
+    if d.report is not None:
+        report = {"file": str(file), "output": output, **d.report}
+    if report_path:
+        from wtransplant.atomic import write_json
+
+        write_json(report_path, report or {"file": str(file), "output": output,
+                                           "choices": [], "todo": d.todo, "notes": d.notes})
+    if as_json:
+        emit_json(report or {"file": str(file), "output": output, "choices": [],
+                             "todo": d.todo, "notes": d.notes})
+    if quiet:
+        return
+    if d.report is not None:
+        from .render import print_settled
+
+        print_settled(d.report)
     if d.todo:
-        click.echo(f"{len(d.todo)} guess(es) in the draft are marked {{undecided: [...]}}: "
+        click.echo(f"{len(d.todo)} choice(s) in the draft are marked {{undecided: [...]}}: "
                    f"`wtransplant rebuild` refuses the spec until each is decided (or "
                    f"--force, and the result is unverified)", err=True)
     elif d.rebuildable:
@@ -155,21 +281,23 @@ def spec(file, output, timeout):
 @click.option("--expected", help="Reference outputs for --inputs.")
 @click.option("--input-layout", type=click.Choice(["nchw", "ncl", "ncdhw", "none"]),
               help="Layout of the reference inputs if not channels-last.")
-@click.option("--atol", type=float, help="Absolute tolerance (default 1e-5).")
-@click.option("--rtol", type=float, help="Relative tolerance (default 1e-4).")
+@click.option("--atol", type=TOL, help="Absolute tolerance: pass if |a - b| <= atol + rtol x "
+                                       "|b| elementwise (default 1e-5).")
+@click.option("--rtol", type=TOL, help="Relative tolerance (default 1e-4).")
 @click.option("--force", is_flag=True,
               help="Build a spec that still holds undecided choices (with their first "
                    "candidates) and save the model even if parity fails; the report then "
                    "says verified: false and why.")
 @click.option("--show-plan", is_flag=True, help="Print the whole mapping ledger.")
-@click.option("--json", "as_json", is_flag=True, help="Print the report as JSON.")
+@json_option()
+@quiet_option()
 @click.option("--no-save", is_flag=True, help="Check only; write no model.")
 @click.option("--timeout", type=click.FloatRange(min=0), metavar="SECONDS",
               help=f"Give up reading the source's metadata after this long (default "
                    f"{DEFAULT_TIMEOUT}; 0: no limit).")
 @handle_errors
 def rebuild(file, spec_path, output, report_path, inputs, expected, input_layout, atol, rtol,
-            force, show_plan, as_json, no_save, timeout):
+            force, show_plan, as_json, quiet, no_save, timeout):
     """Build the Keras model, map every source tensor to a Keras variable, convert layouts,
     assign, check parity and save. Give --spec SPEC, or a FILE that carries its own
     architecture (a Keras 2 full-model H5, a .keras archive)."""
@@ -201,12 +329,10 @@ def rebuild(file, spec_path, output, report_path, inputs, expected, input_layout
         if rtol is not None:
             s.verify.rtol = rtol
     out = None if no_save else (output or f"{s.source.stem}.keras")
-    from wtransplant.transplanting import UndecidedError, check_decided
+    from wtransplant.transplanting import check_decided
 
-    try:  # a spec with undecided choices is refused before TensorFlow starts
-        check_decided(s, force=force, model_used=s.model is not None)
-    except UndecidedError as e:
-        raise UndecidedError(_cli_words(str(e)), undecided=e.undecided) from None
+    # a spec with undecided choices is refused before TensorFlow starts
+    check_decided(s, force=force, model_used=s.model is not None)
     from .watchdog import DEFAULT_TIMEOUT, preflight
 
     # a damaged file that makes the HDF5 library loop or crash is refused before TF starts
@@ -215,17 +341,13 @@ def rebuild(file, spec_path, output, report_path, inputs, expected, input_layout
     from wtransplant.transplanting import rebuild as do_rebuild
 
     try:
-        _model, report = do_rebuild(s, output=out, report_path=report_path, force=force)
+        _model, report = do_rebuild(s, output=out, report_path=report_path, force=force,
+                                    progress=False if quiet else None)
     except ParityError as e:
         if e.report is not None:
-            _print_rebuild(e.report, as_json, show_plan)
-        raise ParityError(_cli_words(str(e)), report=e.report) from None
-    _print_rebuild(report, as_json, show_plan)
-
-
-def _cli_words(msg: str) -> str:
-    """A library message in the command's words: keyword arguments become options."""
-    return msg.replace("pass force=True", "pass --force").replace("force=True", "--force")
+            _print_rebuild(e.report, as_json, show_plan, quiet)
+        raise
+    _print_rebuild(report, as_json, show_plan, quiet)
 
 
 def _is_hdf5(path: str, signature: bytes) -> bool:
@@ -237,16 +359,19 @@ def _is_hdf5(path: str, signature: bytes) -> bool:
     return any(head[o:o + len(signature)] == signature for o in (0, 512, 1024))
 
 
-def _print_rebuild(report, as_json: bool, show_plan: bool) -> None:
-    _print_report(report, as_json, "print_rebuild", show_plan=show_plan)
+def _print_rebuild(report, as_json: bool, show_plan: bool, quiet: bool = False) -> None:
+    _print_report(report, as_json, "print_rebuild", quiet=quiet, show_plan=show_plan)
 
 
-def _print_report(report, as_json: bool, printer: str, **kw) -> None:
-    """The report as JSON (``--json``), or through ``render.<printer>``."""
+def _print_report(report, as_json: bool, printer: str, quiet: bool = False, **kw) -> None:
+    """The report as JSON (``--json``), nothing (``--quiet``), or through
+    ``render.<printer>``."""
     if as_json:
         from wtransplant.atomic import dumps
 
-        click.echo(dumps(report.to_dict()))
+        click.echo(dumps(report.to_dict() if hasattr(report, "to_dict") else report))
+        return
+    if quiet:
         return
     from . import render
 
@@ -264,49 +389,65 @@ def _print_report(report, as_json: bool, printer: str, **kw) -> None:
               help="Reload the written file in its own runtime and compare it with MODEL "
                    "before giving it its final name.")
 @click.option("--opset", type=int, help="ONNX opset (default: the highest tf2onnx writes, 18).")
-@click.option("--report", "rebuild_report", type=click.Path(dir_okay=False),
-              help="The rebuild report (JSON) of MODEL, to carry the source weights' sha256 "
-                   "and the spec into the exported file's provenance.")
-@click.option("--samples", type=click.IntRange(min=1), default=16, show_default=True,
-              help="Random samples in the first checked batch (and the timed batch).")
-@click.option("--second-batch", type=click.IntRange(min=1), default=3, show_default=True,
+@click.option("--provenance", "provenance", type=click.Path(dir_okay=False), metavar="R.json",
+              help="The rebuild or finetune report (JSON) of MODEL: its source weights' "
+                   "sha256 and spec go into the exported file's provenance. Default: what "
+                   "MODEL carries (MODEL.wtransplant.json, written by rebuild and finetune).")
+@report_option("Write the export report (JSON) here.")
+@click.option("--save-report", "save_report", type=click.Path(dir_okay=False), hidden=True)
+@click.option("--batch-size", type=COUNT, default=16, show_default=True,
+              help="Seeded random samples in the first checked batch (and the timed batch).")
+@click.option("--second-batch", type=COUNT, default=3, show_default=True,
               help="Size of the second checked batch (a batch size different from the "
                    "first).")
 @click.option("--seed", type=int, default=0, show_default=True, help="Seed of the inputs.")
-@click.option("--rel-tol", type=float, default=1e-5, show_default=True,
-              help="Allowed max |exported - keras| / max |keras|, per output.")
-@click.option("--repeats", type=click.IntRange(min=1), default=20, show_default=True,
+@click.option("--atol", type=TOL,
+              help="Absolute tolerance: pass if |exported - keras| <= atol + rtol x |keras| "
+                   "elementwise, per output. Default: 1e-5 x the output's largest magnitude.")
+@click.option("--rtol", type=TOL, default=1e-5, show_default=True,
+              help="Relative tolerance.")
+@click.option("--rel-tol", "rel_tol", type=TOL, hidden=True)
+@click.option("--repeats", type=COUNT, default=20, show_default=True,
               help="Timed runs per runtime (the median is reported).")
-@click.option("--save-report", type=click.Path(dir_okay=False),
-              help="Write the export report (JSON) here.")
-@click.option("--json", "as_json", is_flag=True, help="Print the report as JSON.")
+@json_option()
+@quiet_option()
 @handle_errors
-def export(model, fmt, output, verify, opset, rebuild_report, samples, second_batch, seed,
-           rel_tol, repeats, save_report, as_json):
+def export(model, fmt, output, verify, opset, provenance, report_path, save_report,
+           batch_size, second_batch, seed, atol, rtol, rel_tol, repeats, as_json, quiet):
     """Write MODEL (.keras, Keras full-model .h5, or a spec) as FORMAT, reload the file in
     its own runtime (Keras, tf.saved_model, onnxruntime, LiteRT), check it computes what
     MODEL computes on seeded random inputs at two batch sizes, and report size and latency.
     A file that fails the check is not kept (exit 1)."""
-    from wtransplant.errors import ParityError
+    from wtransplant.errors import InputError, ParityError
     from wtransplant.export import export_model, plan_outputs
 
+    if save_report:
+        _deprecated("--save-report", "--report")
+        if report_path and report_path != save_report:
+            raise InputError("give --report once (--save-report is its old name)")
+        report_path = save_report
+    _report_not_an_input(report_path, model, output, provenance)
+    if rel_tol is not None:
+        _deprecated("--rel-tol", "--atol/--rtol")
+        rtol = rel_tol
     plan_outputs(model, fmt, output)  # bad input fails fast, before TensorFlow starts
     import_keras()
 
     try:
         report = export_model(model, fmt, output, verify=verify, opset=opset,
-                              rebuild_report=rebuild_report, samples=samples,
-                              second_batch=second_batch, seed=seed, rel_tol=rel_tol,
-                              repeats=repeats, report_path=save_report)
+                              provenance=provenance, batch_size=batch_size,
+                              second_batch=second_batch, seed=seed, atol=atol, rtol=rtol,
+                              repeats=repeats, report_path=report_path,
+                              progress=False if quiet else None)
     except ParityError as e:
         if e.report is not None and hasattr(e.report, "results"):
-            _print_export(e.report, as_json)
+            _print_export(e.report, as_json, quiet)
         raise
-    _print_export(report, as_json)
+    _print_export(report, as_json, quiet)
 
 
-def _print_export(report, as_json: bool) -> None:
-    _print_report(report, as_json, "print_export")
+def _print_export(report, as_json: bool, quiet: bool = False) -> None:
+    _print_report(report, as_json, "print_export", quiet=quiet)
 
 
 @main.command()
@@ -327,20 +468,22 @@ def _print_export(report, as_json: bool) -> None:
               help="Layout of the stored inputs if not channels-last.")
 @click.option("--output-layout", type=click.Choice(["nchw", "ncl", "ncdhw", "none"]),
               help="Layout of the expected outputs if not channels-last.")
-@click.option("--atol", type=float, help="Absolute tolerance (float32 default 1e-5).")
-@click.option("--rtol", type=float, help="Relative tolerance (float32 default 1e-4).")
-@click.option("--samples", type=click.IntRange(min=1), help="Use the first N samples.")
-@click.option("--random", "n_random", type=click.IntRange(min=1), default=16,
+@click.option("--atol", type=TOL, help="Absolute tolerance: pass if |a - b| <= atol + rtol x "
+                                       "|b| elementwise (float32 default 1e-5).")
+@click.option("--rtol", type=TOL, help="Relative tolerance (float32 default 1e-4).")
+@click.option("--samples", type=COUNT, help="Use the first N samples.")
+@click.option("--random", "n_random", type=COUNT, default=16,
               show_default=True, help="Random samples when no --inputs are given.")
 @click.option("--seed", type=int, default=0, show_default=True)
 @click.option("--plot", type=click.Path(dir_okay=False),
               help="Write a PNG: per-layer error (log axis) and expected against actual.")
-@click.option("--report", "report_path", type=click.Path(dir_okay=False),
-              help="Write the JSON report here.")
-@click.option("--json", "as_json", is_flag=True, help="Print the report as JSON.")
+@report_option()
+@json_option()
+@quiet_option()
 @handle_errors
 def verify(model, other, inputs, expected, spec_path, activations, input_layout,
-           output_layout, atol, rtol, samples, n_random, seed, plot, report_path, as_json):
+           output_layout, atol, rtol, samples, n_random, seed, plot, report_path, as_json,
+           quiet):
     """Check that MODEL computes what it should: its outputs on --inputs against
     --expected, or against OTHER (another artifact of the same model: .keras, .h5,
     SavedModel folder, .onnx, .tflite) on the same inputs, or against the NumPy reference of
@@ -366,9 +509,9 @@ def verify(model, other, inputs, expected, spec_path, activations, input_layout,
                            seed=seed, n_random=n_random, plot=plot, report_path=report_path)
     except ParityError as e:
         if e.report is not None:
-            _print_report(e.report, as_json, "print_verify")
+            _print_report(e.report, as_json, "print_verify", quiet=quiet)
         raise
-    _print_report(report, as_json, "print_verify")
+    _print_report(report, as_json, "print_verify", quiet=quiet)
 
 
 @main.command()
@@ -387,32 +530,33 @@ def verify(model, other, inputs, expected, spec_path, activations, input_layout,
 @click.option("--val-data", type=click.Path(), help="Validation data in another file/folder.")
 @click.option("--val-x", metavar="NAME", help="Validation inputs in --val-data.")
 @click.option("--val-y", metavar="NAME", help="Validation targets in --val-data.")
-@click.option("--val-split", type=float, metavar="F",
+@click.option("--val-split", type=click.FloatRange(0, 1, min_open=True, max_open=True),
+              metavar="F",
               help="Keep the last fraction F of the training data for validation. Default "
                    "validation: the matching val_/test_ pair in the same file.")
-@click.option("--epochs", type=int, default=5, show_default=True)
-@click.option("--batch-size", type=int, default=32, show_default=True,
+@click.option("--epochs", type=COUNT, default=5, show_default=True)
+@click.option("--batch-size", type=COUNT, default=32, show_default=True,
               help="Global batch size (split across replicas by --strategy).")
-@click.option("--lr", type=float, default=1e-3, show_default=True, help="Learning rate.")
+@click.option("--lr", type=click.FloatRange(min=0, min_open=True), default=1e-3, show_default=True, help="Learning rate.")
 @click.option("--optimizer", type=click.Choice(["adam", "adamw", "sgd", "rmsprop"]),
               default="adam", show_default=True)
 @click.option("--schedule", type=click.Choice(["constant", "cosine", "exponential"]),
               default="constant", show_default=True, help="Learning-rate schedule per phase.")
-@click.option("--decay-rate", type=float, default=0.5, show_default=True,
+@click.option("--decay-rate", type=click.FloatRange(0, 1, min_open=True), default=0.5, show_default=True,
               help="--schedule exponential: factor per epoch.")
 @click.option("--trainable-from", metavar="LAYER",
               help="Name or index (negative from the end) of the first trainable layer; "
                    "every layer before it stays frozen.")
 @click.option("--trainable", metavar="REGEX",
               help="Also train the layers whose name matches REGEX.")
-@click.option("--new-head", type=int, metavar="N",
+@click.option("--new-head", type=COUNT, metavar="N",
               help="Replace the last layer by a new N-unit head (softmax for classes, "
                    "linear for regression).")
 @click.option("--head-activation", metavar="NAME", help="Activation of the new head.")
-@click.option("--head-epochs", type=int, metavar="N",
+@click.option("--head-epochs", type=click.IntRange(min=0), metavar="N",
               help="Epochs that train the new head alone before unfreezing (default: half "
                    "of --epochs when layers are unfrozen).")
-@click.option("--lr-scale", type=float, default=0.1, show_default=True,
+@click.option("--lr-scale", type=click.FloatRange(min=0, min_open=True), default=0.1, show_default=True,
               help="Learning rate factor after unfreezing (second phase).")
 @click.option("--train-bn", is_flag=True,
               help="Let unfrozen BatchNormalization layers train (default: frozen, in "
@@ -421,33 +565,33 @@ def verify(model, other, inputs, expected, spec_path, activations, input_layout,
               default="auto", show_default=True)
 @click.option("--loss", help="Keras loss name (default: from the task).")
 @click.option("--metrics", help="Comma-separated Keras metric names (default: from the task).")
-@click.option("--rescale", type=float, help="Multiply inputs by F (default 1/255 for image "
+@click.option("--rescale", type=click.FloatRange(min=0, min_open=True), help="Multiply inputs by F (default 1/255 for image "
                                             "folders).")
 @click.option("--standardize", is_flag=True,
               help="Subtract the per-channel mean and divide by the std of the training data.")
 @click.option("--flip", type=click.Choice(["horizontal", "vertical", "both"]),
               help="Random flips of training images.")
-@click.option("--rotation", type=float, default=0.0, metavar="DEG",
+@click.option("--rotation", type=click.FloatRange(0, 180), default=0.0, metavar="DEG",
               help="Random rotations of training images within +-DEG degrees.")
 @click.option("--precision", type=click.Choice(["auto", "float32", "mixed", "mixed_bfloat16"]),
               default="auto", show_default=True,
               help="auto: mixed float16 on a GPU with compute capability >= 7.0, else float32.")
 @click.option("--jit/--no-jit", default=None, help="XLA compilation (default: Keras' auto).")
-@click.option("--steps-per-execution", type=int, default=1, show_default=True)
+@click.option("--steps-per-execution", type=COUNT, default=1, show_default=True)
 @click.option("--strategy", type=click.Choice(["none", "mirrored", "multiworker"]),
               default="none", show_default=True,
               help="tf.distribute strategy (TensorFlow backend): several GPUs, or several "
                    "machines from TF_CONFIG.")
-@click.option("--cpu-devices", type=int, metavar="N",
+@click.option("--cpu-devices", type=COUNT, metavar="N",
               help="Split the CPU into N logical devices (to run --strategy mirrored without "
                    "GPUs; for testing, not speed).")
-@click.option("--workers", type=int,
+@click.option("--workers", type=click.IntRange(min=0),
               help="Feed Keras through a keras.utils.PyDataset with N loader threads (default: "
                    "a chunked tf.data pipeline under TensorFlow, 2 threads otherwise).")
 @click.option("--multiprocessing", is_flag=True,
               help="With --workers N: load batches in N processes instead of threads (each "
                    "opens the data file itself).")
-@click.option("--patience", type=int, default=0, show_default=True,
+@click.option("--patience", type=click.IntRange(min=0), default=0, show_default=True,
               help="Early stopping: epochs without a better validation loss (0: off).")
 @click.option("--restore-best", is_flag=True, help="End with the weights of the best epoch.")
 @click.option("--seed", type=int, help="Seed everything; on TensorFlow CPU runs repeat "
@@ -464,10 +608,15 @@ def verify(model, other, inputs, expected, spec_path, activations, input_layout,
               help="Leave out samples whose inputs or targets hold NaN/Inf (counted in the "
                    "report); without it such a sample is an input error (exit 2).")
 @click.option("--no-plot", is_flag=True, help="Do not draw the learning curves PNG.")
-@click.option("--quiet", is_flag=True, help="No progress lines.")
-@click.option("--json", "as_json", is_flag=True, help="Print the report as JSON.")
+@click.option("--provenance", type=click.Path(dir_okay=False), metavar="R.json",
+              help="The rebuild (or finetune) report of MODEL, recorded as the origin of its "
+                   "weights. Default: what MODEL carries (MODEL.wtransplant.json).")
+@report_option("Also write the JSON report here (it is always written to the run folder).")
+@quiet_option()
+@json_option()
 @handle_errors
-def finetune(model, data, output, cpu_devices, metrics, no_plot, quiet, as_json, **kw):
+def finetune(model, data, output, cpu_devices, metrics, no_plot, provenance, report_path,
+             quiet, as_json, **kw):
     """Fine-tune MODEL (.keras, or a Keras 2 full-model .h5) on new data: optionally a new
     head, frozen layers, two phases (head first, then unfrozen at a lower learning rate),
     checkpoints every epoch, a final evaluation; writes OUT, history.csv/json and a PNG of
@@ -476,6 +625,8 @@ def finetune(model, data, output, cpu_devices, metrics, no_plot, quiet, as_json,
     from wtransplant.h5io import HDF5_SIGNATURE
 
     from .watchdog import preflight
+
+    _report_not_an_input(report_path, model, data, output, provenance, kw.get("val_data"))
 
     for p in (model, data, kw.get("val_data")):
         # HDF5 model/data files are walked in a child first: a damaged file that makes the
@@ -496,16 +647,14 @@ def finetune(model, data, output, cpu_devices, metrics, no_plot, quiet, as_json,
 
     kw["metrics"] = [m.strip() for m in metrics.split(",") if m.strip()] if metrics else None
     _model, hist = do_finetune(model, data, output=output, plot=not no_plot,
-                               progress=False if quiet else None, **kw)
+                               progress=False if quiet else None,
+                               provenance=provenance, **kw)
     report = hist.report
-    if as_json:
-        from wtransplant.atomic import dumps
+    if report_path:
+        from wtransplant.atomic import write_json
 
-        click.echo(dumps(report))
-        return
-    from .render import print_finetune
-
-    print_finetune(report)
+        write_json(report_path, report)
+    _print_report(report, as_json, "print_finetune", quiet=quiet)
 
 
 if __name__ == "__main__":  # pragma: no cover

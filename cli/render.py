@@ -304,6 +304,9 @@ def print_rebuild(report, show_plan: bool = False) -> None:
     if report.output:
         con.print(f"saved: {report.output['path']} ({report.output['size_text']})",
                   markup=False)
+        if report.output.get("provenance_file"):
+            con.print(f"  provenance: {report.output['provenance_file']} (the source's "
+                      f"sha256 and the spec, for finetune and export)", markup=False)
 
 
 def print_diagnosis(con, d: dict) -> None:
@@ -339,8 +342,6 @@ def print_export(report) -> None:
     from rich.table import Table
 
     con = _console()
-    if not con.is_terminal:
-        con.width = 120  # a pipe or a log: keep table rows on one line
     m = report.model
     prov = report.provenance
     ins = ", ".join(f"{t['name']} {_shape(t['shape'])} {t['dtype']}" for t in m["inputs"])
@@ -353,13 +354,21 @@ def print_export(report) -> None:
     con.print(f"  outputs: {outs}", markup=False)
     src = prov.get("source")
     if src:
-        via = (f" (from {prov['rebuild_report']['path']})" if prov.get("rebuild_report")
-               else "")
+        rr = prov.get("report") or prov.get("rebuild_report")
+        via = f" (from {rr['path']})" if rr and rr.get("path") else ""
         con.print(f"source weights: {src.get('path')} sha256 {_short_sha(src.get('sha256'))}"
                   f"{', spec recorded' if prov.get('spec') else ''}{via}", markup=False)
+        rebuilt = prov.get("rebuild_report") or {}
+        if rebuilt.get("verified") is False:
+            con.print(f"  unverified rebuild: {rebuilt.get('unverified_reason') or '?'}",
+                      markup=False)
+        if prov.get("finetune"):
+            n = len(prov["finetune"])
+            con.print(f"  fine-tuned since: {n} run{'s' if n > 1 else ''} "
+                      f"(last on {prov['finetune'][-1].get('data')})", markup=False)
     else:
-        con.print("source weights: not known (pass --report R.json, the rebuild report, to "
-                  "record them)", markup=False)
+        con.print("source weights: not known (pass --provenance R.json, the rebuild or "
+                  "finetune report, to record them)", markup=False)
     for w in prov.get("warnings", []):
         con.print(f"[yellow]warning:[/] {w}")
     for n in report.notes:
@@ -367,37 +376,44 @@ def print_export(report) -> None:
     s = report.settings
     verified = any(r.verified for r in report.results)
     if verified:
-        sizes = f"{s['samples']}" + (f" and {s['second_batch']}"
-                                     if s["second_batch"] != s["samples"] else "")
-        con.print(f"checked: batches of {sizes} seeded random samples (seed {s['seed']}); "
-                  f"pass: max |exported - keras| <= {s['rel_tol']:g} x max |keras|, per output",
+        sizes = f"{s['batch_size']}" + (f" and {s['second_batch']}"
+                                        if s["second_batch"] != s["batch_size"] else "")
+        atol = (f"{s['atol']:g}" if s.get("atol") is not None else
+                f"{s.get('atol_rule', '').replace(' output', '')}")
+        con.print(f"checked: batches of {sizes} seeded random samples (seed {s['seed']})",
                   markup=False)
-    table = Table(show_lines=False, expand=False)
-    batches = " / ".join(str(p.batch) for p in next((r.parity for r in report.results
-                                                     if r.parity), []))
-    for col, just in (("format", "left"), ("size", "right"),
-                      (f"max rel err ({batches})" if batches else "max rel err", "left"),
-                      ("runtime", "left"), ("median ms", "right"), ("keras ms", "right")):
-        table.add_column(col, justify=just, no_wrap=True)
+        con.print("pass: |exported - keras| <= atol + rtol x |keras| per element and output",
+                  markup=False)
+        con.print(f"  atol {atol}, rtol {s['rtol']:g}; max rel err = max |error| / max "
+                  f"|keras|", markup=False)
+    # at most 80 columns: short columns that do not wrap, the verdict in its own column
+    # (a pipe or a log gets the width of COLUMNS, 80 by default; a longer cell wraps)
+    from rich import box
+
+    table = Table(show_lines=False, expand=False, box=box.SIMPLE_HEAD, pad_edge=False)
+    for col, just, nowrap in (("format", "left", False), ("verdict", "left", True),
+                              ("max rel err", "left", True), ("size", "right", True),
+                              ("median ms", "right", True), ("keras ms", "right", True)):
+        table.add_column(col, justify=just, no_wrap=nowrap, overflow="fold")
     for r in report.results:
         if r.parity:
-            errs = " / ".join(f"{p.max_rel:.2g}" for p in r.parity)
+            errs = "/".join(f"{p.max_rel:.2g}" for p in r.parity)
             style = "green" if r.passed else "bold red"
-            parity = f"{errs} [{style}]{'OK' if r.passed else 'FAILED'}[/]"
+            verdict = f"[{style}]{'OK' if r.passed else 'FAILED'}[/]"
         else:
-            parity = "not checked"
+            errs, verdict = "-", "not checked"
         lat = r.latency or {}
         ms = f"{lat['median_ms']:.3g}" if lat else ""
         kms = f"{lat['keras_median_ms']:.3g}" if lat else ""
-        fmt = r.format + (f" (opset {r.opset})" if r.opset else "")
-        table.add_row(fmt, fmt_bytes(r.size), parity, r.runtime, ms, kms)
+        table.add_row(r.format, verdict, errs, fmt_bytes(r.size), ms, kms)
     con.print(table)
     if any(r.latency for r in report.results):
         lat = next(r.latency for r in report.results if r.latency)
         con.print(f"latency: median of up to {report.settings['repeats']} runs on the same "
                   f"batch of {lat['batch']}; keras = predict_on_batch", markup=False)
     for r in report.results:
-        con.print(f"wrote {r.format}: {r.path}", markup=False)
+        opset = f", opset {r.opset}" if r.opset else ""
+        con.print(f"wrote {r.format}: {r.path} (runs in {r.runtime}{opset})", markup=False)
         for n in r.notes:
             con.print(f"  note: {n}", markup=False)
         if r.provenance_file:
@@ -478,5 +494,39 @@ def print_finetune(report: dict) -> None:
     if report.get("output"):
         o = report["output"]
         con.print(f"saved: {o['path']} ({o['size_text']})", markup=False)
+    prov = report.get("provenance")
+    if prov and prov.get("source"):
+        src = prov["source"]
+        con.print(f"original weights: {src.get('path')} sha256 {_short_sha(src.get('sha256'))}"
+                  f" (recorded in the report and next to the saved model)", markup=False)
     for k, v in (report.get("files") or {}).items():
         con.print(f"{k.replace('_', ' ')}: {v}", markup=False)
+
+
+def print_settled(report: dict) -> None:
+    """Every settled choice with the winner's and the runner-up's errors (stderr)."""
+    import click
+
+    def t(s) -> str:  # names come from the file: no control characters reach the terminal
+        return "".join(ch if ch.isprintable() else "?" for ch in short(s, 200))
+
+    def e(v) -> str:
+        return "-" if v is None else f"{v:.2g}"
+
+    for c in report.get("choices") or []:
+        ru = f", runner-up {t(c['runner_up'])} {e(c['runner_up_error'])}" \
+            if c.get("runner_up") is not None else ""
+        line = (f"{c['status']:<10} {t(c['where'])}: {t(c['winner'])} {e(c['winner_error'])}"
+                f"{ru}")
+        if c.get("split_with"):
+            line += f" (to split: {t(c['split_with'])})"
+        click.echo(line, err=True)
+    for w in report.get("warnings") or []:
+        click.echo(f"warning: {t(w)}", err=True)
+    if report.get("degenerate"):
+        click.echo(f"the inputs are too degenerate to settle anything: "
+                   f"{t(report['degenerate'])}", err=True)
+    click.echo(f"settled {report['settled']} of {report['settled'] + report['undecided']} "
+               f"choice(s) with {report['forward_evaluations']} forward passes (every "
+               f"combination: {report['exhaustive_evaluations']}) in "
+               f"{report['seconds']:.2f} s", err=True)

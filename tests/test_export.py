@@ -94,14 +94,14 @@ def _build(name: str, d: Path, keras_file: Path, done: Path) -> None:
     rebuild(FIX / "specs" / f"{name}.yaml", output=keras_file, report_path=rep, progress=False)
     out = d / "export"
     if name == "torch_cnn":  # through the CLI, as a user would
-        r = run_cli("export", keras_file, "--format", "all", "-o", out, "--report", rep,
+        r = run_cli("export", keras_file, "--format", "all", "-o", out, "--provenance", rep,
                     "--json")
         assert r.returncode == 0, r.stderr
         report = json.loads(r.stdout)
     else:
         from wtransplant.export import export_model
 
-        report = export_model(keras_file, "all", out, rebuild_report=rep,
+        report = export_model(keras_file, "all", out, provenance=rep,
                               progress=False).to_dict()
     done.write_text(json.dumps(report))
 

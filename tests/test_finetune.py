@@ -324,7 +324,7 @@ def test_new_head_on_all_digits_improves_keeps_frozen_layers_and_resumes_bit_for
     assert (state["epochs_done"], state["resume_phase"], state["resume_epoch"]) == (3, 1, 3)
     other = [a if a != "1" else "2" for a in common]  # --seed 2
     r = run_cli("finetune", *other, "-o", part, "--resume")
-    assert_one_line_error(r, 2, "--resume: the interrupted run had seed=1, this one seed=2")
+    assert_one_line_error(r, 2, "resume: the interrupted run had seed=1, this one seed=2")
     r = run_cli("finetune", *common, "-o", part, "--resume", "--quiet", "--json")
     assert r.returncode == 0, r.stderr[-2000:]
     rep2 = json.loads(r.stdout)
@@ -570,7 +570,7 @@ def test_library_csv_image_folder_and_keras_archive_inputs(tmp_path, k2_model):
     arch = tmp_path / "k2.keras"
     rebuild_file(fx(K2), output=arch, progress=False)
     with pytest.raises(InputError, match=r"labels go up to 9 but the output layer 'head' has "
-                                         r"5 unit\(s\); use --new-head 10"):
+                                         r"5 unit\(s\); use new_head 10"):
         wtransplant.finetune(str(arch), str(fx(DIGITS)), progress=False)
     model, hist = wtransplant.finetune(str(arch), str(fx(DIGITS)), new_head=10,
                                        trainable_from=-2, head_epochs=1, epochs=2,
@@ -614,15 +614,15 @@ def test_library_input_errors(k2_model):
     cases = [
         (dict(data=(x, y[:19])), r"x has 20 samples but y has 19"),
         (dict(data=(x[:, :7], y)), r"samples of shape \(7, 8, 1\) do not fit"),
-        (dict(data=(x, y), trainable_from="nope"), r"--trainable-from 'nope': no such layer"),
+        (dict(data=(x, y), trainable_from="nope"), r"^trainable_from 'nope': no such layer"),
         (dict(data=(x, y), trainable_from=9), r"the model has 8 layers"),
-        (dict(data=(x, y), trainable="zzz"), r"--trainable 'zzz' matches no layer"),
+        (dict(data=(x, y), trainable="zzz"), r"^trainable 'zzz' matches no layer"),
         (dict(data=(x, y), val_data=(x, y), val_split=0.5), r"not both"),
         (dict(data=(x, y + 0.5), new_head=3, task="classification"),
          r"targets are real numbers"),
         (dict(data=(x, y + 0.5), new_head=3), r"targets of shape \(\) do not fit"),
         (dict(data=(x, y), resume=True, run_dir="/nonexistent-run"), r"no checkpoint"),
-        (dict(data=(x, y), flip="horizontal", epochs=0), r"--epochs must be at least 1"),
+        (dict(data=(x, y), flip="horizontal", epochs=0), r"^epochs must be at least 1"),
     ]
     for kw, msg in cases:
         with pytest.raises(InputError, match=msg):

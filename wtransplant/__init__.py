@@ -27,6 +27,7 @@ _LAZY = {
     "rebuild_file": "wtransplant.transplanting",
     "transplant": "wtransplant.transplanting",
     "RebuildReport": "wtransplant.transplanting",
+    "UndecidedError": "wtransplant.transplanting",
     "WTError": "wtransplant.errors",
     "InputError": "wtransplant.errors",
     "ParityError": "wtransplant.errors",

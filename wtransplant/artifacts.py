@@ -659,7 +659,21 @@ def _has_hdf5_signature(p: Path) -> bool:
 
 
 def load_artifact(path: str | os.PathLike, *, kind: str | None = None) -> Artifact:
-    """Load ``path`` in its own runtime. ``kind`` overrides detection."""
+    """Load ``path`` in its own runtime.
+
+    Args:
+        path: a ``.keras`` archive, a Keras full-model ``.h5``, a SavedModel folder, an
+            ``.onnx`` or ``.tflite`` file, or a spec (rebuilt in memory).
+        kind: ``keras``, ``h5``, ``savedmodel``, ``onnx``, ``tflite`` or ``spec``;
+            default: detected from the path.
+
+    Returns:
+        An :class:`Artifact` with ``predict(inputs)``, ``describe()`` and its provenance.
+
+    Raises:
+        InputError: missing or unreadable file, an unknown kind, a model config with code
+            in it, or a runtime that cannot load it (exit 2).
+    """
     p = Path(path)
     kind = kind or artifact_kind(p)
     if kind == "keras":
@@ -726,7 +740,19 @@ def random_inputs(obj, n: int, seed: int = 0) -> list[np.ndarray]:
     """Seeded random inputs for an Artifact or a Keras model: standard normal for floats,
     integers in each input's valid range (an Embedding's ``input_dim``), random booleans;
     never all zeros or ones. Open dimensions other than the batch get
-    ``DEFAULT_OPEN_DIM``."""
+    ``DEFAULT_OPEN_DIM``.
+
+    Args:
+        obj: an :class:`Artifact` or a ``keras.Model``.
+        n: samples per input (at least 1).
+        seed: the random generator's seed.
+
+    Returns:
+        One array per model input, each of shape ``(n, ...)`` and the input's dtype.
+
+    Raises:
+        InputError: ``n`` is less than 1, or an input's shape or dtype cannot be sampled.
+    """
     if not isinstance(obj, Artifact):
         obj = from_model(obj)
     if n < 1:

@@ -51,15 +51,31 @@ class Draft:
     #: {undecided: [...]} (or, where no value can hold it, as a TODO comment)
     todo: list[str] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
+    #: with reference data (``inputs=``/``expected=``): the parsed :class:`~wtransplant.spec.
+    #: Spec`, every choice with its evidence (winner/runner-up errors) and the settling
+    #: report (see :mod:`wtransplant.settle`)
+    spec: object = None
+    choices: list[dict] = field(default_factory=list)
+    report: dict | None = None
 
 
-def draft_spec(path: str | os.PathLike, *, spec_dir: str | os.PathLike | None = None) -> Draft:
+def draft_spec(path: str | os.PathLike, *, spec_dir: str | os.PathLike | None = None,
+               inputs=None, expected=None, input_layout: str | None = None,
+               progress=None, budget_s: float | None = None) -> Draft:
     """Draft a spec (YAML text) for the weights file ``path``.
 
     Args:
         path: the weights file (any format ``inspect`` reads).
         spec_dir: the folder the spec will be saved in (the source path is written
             relative to it; default: the current folder).
+        inputs, expected: reference data (a ``.npy`` path, ``data.npz:key``,
+            ``data.h5:dataset`` or a tensor of the file): every choice the tensors cannot
+            tell is settled by trying its candidates against them (see
+            :mod:`wtransplant.settle`); ``expected`` may be a one-item list.
+        input_layout: the stored layout of ``inputs`` if channels-first (``nchw``...).
+        progress: optional callable taking one line of progress text.
+        budget_s: stop searching after this many seconds (what is not settled by then
+            stays undecided, and the report says so); None: no time limit.
 
     Returns:
         A :class:`Draft`: ``text`` (the YAML), ``rebuildable`` (no guess left), ``todo``
@@ -69,6 +85,12 @@ def draft_spec(path: str | os.PathLike, *, spec_dir: str | os.PathLike | None = 
         InputError: the file cannot be read or is not HDF5 (exit 2).
         UnsafeInputError: the file points outside itself (external links...) (exit 2).
     """
+    if inputs is not None or expected is not None:
+        from .settle import draft_settled
+
+        return draft_settled(path, spec_dir=spec_dir, inputs=inputs, expected=expected,
+                             input_layout=input_layout, progress=progress,
+                             budget_s=budget_s)
     path = Path(path)
     with open_source(path) as src:
         loaded = load_source(src)
@@ -139,6 +161,11 @@ def _draft_layers(w, loaded: LoadedSource, hints: Hints, src) -> Draft:
     notes: list[str] = list(hints.notes)
     known = [lh for lh in hints.layers if lh.proposal is not None]
     if not known:
+        from .unnamed import is_unnamed
+
+        weights = [t for t in loaded.tensors if t.name not in (hints.io or {}).values()]
+        if is_unnamed(weights):
+            return _draft_unnamed(w, weights, notes)
         w.comment("TODO: no layer could be recognised from the tensors; write the model and")
         w.comment("the weights mapping by hand (see `wtransplant inspect` for the tensors)")
         w.line("model:")
@@ -263,6 +290,32 @@ def _draft_layers(w, loaded: LoadedSource, hints: Hints, src) -> Draft:
         w.comment(f"undecided: {t}")
     rebuildable = not todo and conv in ("matlab", "plain", "keras")
     return Draft(w.text(), rebuildable, todo=todo, notes=notes)
+
+
+def _draft_unnamed(w, weights, notes) -> Draft:
+    """An unnamed list (arr_0, arr_1, ...): layers by order and shape, every guess
+    undecided (``spec --inputs --expected`` settles them)."""
+    from .settle import _has_undecided, render
+    from .unnamed import draft_unnamed
+
+    try:
+        doc, conv, more = draft_unnamed(weights, None)
+    except ValueError as e:
+        w.comment(f"TODO: the unnamed tensors do not read as a layer list: {e}")
+        w.line("model:")
+        w.line("  input_shape: []          # TODO")
+        w.line("  layers: []               # TODO")
+        return Draft(w.text(), False, todo=["everything"], notes=notes)
+    src_line = next(x for x in w.lines if x.startswith("source:"))
+    doc["source"] = yaml.safe_load(src_line.split(":", 1)[1])
+    header = [x for x in w.lines if x.startswith("#")]
+    doc["model"]["input_shape"] = {"undecided": [doc["model"]["input_shape"]],
+                                   "why": "give --inputs/--expected to settle it"}
+    notes = notes + more + ["give reference data (wtransplant spec FILE --inputs X --expected "
+                            "Y) to settle the choices marked undecided"]
+    text = render(doc, None, header, notes)
+    return Draft(text, False, todo=["unnamed tensors: choices undecided"] if
+                 _has_undecided(doc) else [], notes=notes)
 
 
 def _input_shape(known: list[LayerHint], conv: str) -> tuple[list, str | None]:

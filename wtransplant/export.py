@@ -70,8 +70,14 @@ RUNTIMES = {"keras": "keras", "h5": "keras", "savedmodel": "tf.saved_model",
             "onnx": "onnxruntime", "tflite": "litert"}
 KIND_TEXT = {"savedmodel": "a SavedModel", "onnx": "an ONNX model", "tflite": "a LiteRT model"}
 #: max |a - e| / max |e| allowed per output (float32 rounding)
-DEFAULT_REL_TOL = 1e-5
-DEFAULT_SAMPLES = 16
+#: default tolerances of the export check (NumPy's allclose rule, elementwise:
+#: |exported - keras| <= atol + rtol * |keras|); atol None means DEFAULT_ATOL_SCALE times the
+#: output's largest magnitude (at least DEFAULT_ATOL_SCALE): random inputs of unit scale
+#: can give outputs of any scale, and a kernel's rounding grows with it
+DEFAULT_ATOL_SCALE = 1e-5
+DEFAULT_RTOL = 1e-5
+DEFAULT_BATCH_SIZE = 16
+DEFAULT_SAMPLES = DEFAULT_BATCH_SIZE  # the earlier name
 DEFAULT_SECOND_BATCH = 3
 DEFAULT_REPEATS = 20
 #: stop timing a runtime after this many seconds even if fewer repeats were done
@@ -159,30 +165,67 @@ class ExportReport:
 
 
 def export_model(model, fmt: str, output: str | os.PathLike, *, verify: bool = True,
-                 opset: int | None = None, rebuild_report: str | os.PathLike | None = None,
-                 samples: int = DEFAULT_SAMPLES, second_batch: int = DEFAULT_SECOND_BATCH,
-                 seed: int = 0, rel_tol: float = DEFAULT_REL_TOL,
+                 opset: int | None = None, provenance: str | os.PathLike | None = None,
+                 batch_size: int = DEFAULT_BATCH_SIZE, second_batch: int = DEFAULT_SECOND_BATCH,
+                 seed: int = 0, atol: float | None = None, rtol: float = DEFAULT_RTOL,
                  repeats: int = DEFAULT_REPEATS, report_path: str | os.PathLike | None = None,
-                 progress: bool | None = None) -> ExportReport:
+                 progress: bool | None = None,
+                 rebuild_report: str | os.PathLike | None = None) -> ExportReport:
     """Export ``model`` (a path wtransplant can load, a Keras model, or a KerasArtifact) to
-    ``fmt`` (one of FORMATS, or ``all``: every format into the folder ``output``)."""
+    ``fmt`` (one of FORMATS, or ``all``: every format into the folder ``output``).
+
+    Args:
+        model: a ``.keras``/``.h5`` file, a spec, a ``keras.Model`` or a KerasArtifact.
+        fmt: ``keras``, ``h5``, ``savedmodel``, ``onnx``, ``tflite`` or ``all``.
+        output: the file (or folder, for ``savedmodel`` and ``all``) to write.
+        verify: reload the written file in its own runtime and compare it with the model
+            before giving it its final name.
+        opset: ONNX opset (default: the highest tf2onnx writes).
+        provenance: a rebuild or finetune report (JSON) of ``model``, whose source weights'
+            sha256 and spec go into the exported file's provenance. Default: what ``model``
+            carries itself (its ``.wtransplant.json`` sidecar, written by rebuild and
+            finetune). ``rebuild_report`` is the earlier name.
+        batch_size, second_batch: sizes of the two checked batches of seeded random inputs.
+        seed: seed of those inputs.
+        atol, rtol: each output passes if |exported - keras| <= atol + rtol * |keras|
+            elementwise (NumPy's allclose); ``atol=None``: 1e-5 times the output's largest
+            magnitude (at least 1e-5).
+        repeats: timed runs per runtime (the median is reported).
+        report_path: where to write the export report (JSON).
+        progress: show progress (None: on a terminal only).
+
+    Returns:
+        The :class:`ExportReport` (one result per format written, with its parity and
+        latency, and the provenance).
+
+    Raises:
+        InputError: bad model, format, output path or option value; a layer the converter
+            cannot handle (exit 2).
+        ParityError: a written file computes something else; it is not kept (exit 1).
+    """
     fmt, targets = plan_outputs(model, fmt, output)
     opset = check_opset(opset) if fmt in ("onnx", "all") else opset
-    if samples < 1 or second_batch < 1:
-        raise InputError("--samples and the second batch size must be at least 1")
-    if not rel_tol > 0:
-        raise InputError(f"--rel-tol must be positive, got {rel_tol}")
+    if batch_size < 1 or second_batch < 1:
+        raise InputError(f"batch_size and second_batch must be at least 1, got {batch_size} "
+                         f"and {second_batch}")
+    for name, v in (("atol", atol), ("rtol", rtol)):
+        if v is not None and not v >= 0:
+            raise InputError(f"{name} must be 0 or more, got {v}")
+    if provenance is None:
+        provenance = rebuild_report
     src = source_artifact(model)
-    prov = build_provenance(src, rebuild_report)
-    settings = {"verify": verify, "samples": samples, "second_batch": second_batch,
-                "seed": seed, "rel_tol": rel_tol, "repeats": repeats,
-                "opset": opset if fmt in ("onnx", "all") else None}
+    prov = build_provenance(src, provenance)
+    settings = {"verify": verify, "batch_size": batch_size, "second_batch": second_batch,
+                "seed": seed, "atol": atol, "rtol": rtol,
+                "atol_rule": ("given" if atol is not None else
+                              f"{DEFAULT_ATOL_SCALE:g} x max |keras output|"),
+                "repeats": repeats, "opset": opset if fmt in ("onnx", "all") else None}
     report = ExportReport(model=prov["model"], provenance=prov, settings=settings,
                           notes=list(src.notes))
     out = Path(output)
     check = None
     if verify:
-        check = _Reference(src, samples, second_batch, seed, rel_tol, repeats)
+        check = _Reference(src, batch_size, second_batch, seed, atol, rtol, repeats)
         report.keras_latency = check.keras_latency
     bar = _bar(len(targets), progress)
     with quiet_logs("tf2onnx", "tensorflow", "absl", level=logging.CRITICAL):
@@ -240,7 +283,7 @@ def plan_outputs(model, fmt: str, output) -> tuple[str, list[tuple[str, Path]]]:
     out = Path(output)
     if fmt == "all":
         if out.exists() and not out.is_dir():
-            raise InputError("--format all writes a folder, but this is a file", path=str(out))
+            raise InputError("format all writes a folder, but this is a file", path=str(out))
         return fmt, [(f, out / ALL_NAMES[f]) for f in FORMATS]
     check_output_name(fmt, out)
     return fmt, [(fmt, out)]
@@ -275,7 +318,7 @@ def check_opset(opset: int | None) -> int:
         return top
     low = 13  # tf2onnx's converters for Keras' ops (e.g. Split, Squeeze as inputs) need 13
     if not low <= int(opset) <= top:
-        raise InputError(f"--opset {opset}: tf2onnx {_version('tf2onnx')} writes opsets "
+        raise InputError(f"opset {opset}: tf2onnx {_version('tf2onnx')} writes opsets "
                          f"{low} to {top}")
     return int(opset)
 
@@ -318,59 +361,65 @@ def _version(pkg: str) -> str | None:
         return None
 
 
-def build_provenance(src: KerasArtifact, rebuild_report=None) -> dict:
+def build_provenance(src: KerasArtifact, report=None) -> dict:
     """Where the exported weights come from: the MODEL file's own sha256 always; the
-    source weights' sha256 and the spec from ``rebuild_report`` (a rebuild report JSON),
-    from a rebuild done while loading (Keras 2 H5, spec) or from MODEL's own sidecar."""
-    from .transplanting import file_sha256
+    source weights' sha256 and the spec from ``report`` (a rebuild or finetune report
+    JSON), else from a rebuild done while loading (Keras 2 H5, spec) or from what MODEL
+    carries (its ``.wtransplant.json`` sidecar, written by rebuild, finetune or export)."""
+    from .provenance import file_sha256, read_report
 
     model = {"path": str(src.path) if src.path else None, "kind": src.kind,
              "sha256": None, "name": src.keras_model.name,
              "parameters": int(src.keras_model.count_params()),
              "inputs": [t.to_dict() for t in src.inputs],
              "outputs": [t.to_dict() for t in src.outputs]}
-    if src.path is not None and Path(src.path).is_file():
+    on_disk = src.path is not None and Path(src.path).is_file()
+    if on_disk:
         model["sha256"] = file_sha256(Path(src.path))
     prov = {"wtransplant_provenance": 1, "model": model, "source": None, "spec": None,
-            "rebuild_report": None, "derived_from": None,
+            "rebuild_report": None, "finetune": [], "derived_from": None,
             "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "versions": export_versions()}
     carried = src.provenance or {}
+    mf = carried.get("model_file") if isinstance(carried.get("model_file"), dict) else {}
+    if carried and mf.get("sha256") and model["sha256"] and mf["sha256"] != model["sha256"]:
+        prov.setdefault("warnings", []).append(
+            f"the provenance file next to {src.path} describes another file (sha256 "
+            f"{str(mf['sha256'])[:12]}...): not used")
+        carried = {}
     if carried:
         prov["source"] = carried.get("source")
         prov["spec"] = carried.get("spec")
+        prov["rebuild_report"] = carried.get("rebuild_report")
+        prov["finetune"] = list(carried.get("finetune") or [])
         if carried.get("model"):  # MODEL was itself exported by wtransplant
             prov["derived_from"] = carried.get("model")
-    if rebuild_report is not None:
-        rr = read_rebuild_report(rebuild_report)
+    if report is not None:
+        rr = read_report(report)
         prov["source"] = rr["source"]
         prov["spec"] = rr.get("spec")
-        prov["rebuild_report"] = {"path": str(rebuild_report),
-                                  "sha256": file_sha256(Path(rebuild_report)),
-                                  "output": rr.get("output"),
-                                  "parity": (rr.get("parity") or {}).get("max_rel")}
-        size = (rr.get("output") or {}).get("size")
-        if size is not None and src.path is not None and Path(src.path).is_file() and \
-                Path(src.path).stat().st_size != size:
+        prov["rebuild_report"] = rr.get("rebuild_report")
+        prov["finetune"] = rr.get("finetune") or []
+        prov["report"] = {"path": str(report), "kind": rr["kind"],
+                          "sha256": rr["report"]["sha256"]}
+        out = rr["report"].get("output") or {}
+        if on_disk and out.get("sha256") and out["sha256"] != model["sha256"]:
             prov.setdefault("warnings", []).append(
-                f"the rebuild report's output ({rr['output'].get('path')}, {size} bytes) is "
-                f"not the size of {src.path}: the report may describe another model")
+                f"the {rr['kind']} report's output ({out.get('path')}) is not {src.path} "
+                f"(sha256 differs): the report may describe another model")
+        elif on_disk and not out.get("sha256") and out.get("size") is not None and \
+                Path(src.path).stat().st_size != out["size"]:
+            prov.setdefault("warnings", []).append(
+                f"the {rr['kind']} report's output ({out.get('path')}, {out['size']} bytes) "
+                f"is not the size of {src.path}: the report may describe another model")
     return prov
 
 
 def read_rebuild_report(path) -> dict:
-    p = Path(path)
-    try:
-        data = json.loads(p.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise InputError("rebuild report not found", path=str(p)) from None
-    except (OSError, ValueError, UnicodeDecodeError) as e:
-        raise InputError(f"not a JSON rebuild report: {' '.join(str(e).split())}",
-                         path=str(p)) from None
-    if not isinstance(data, dict) or data.get("wtransplant_report") != "rebuild" or \
-            not isinstance(data.get("source"), dict) or not data["source"].get("sha256"):
-        raise InputError("not a wtransplant rebuild report (no wtransplant_report: rebuild "
-                         "with source.sha256)", path=str(p))
-    return data
+    """A rebuild or finetune report as provenance (see :func:`wtransplant.provenance.
+    read_report`)."""
+    from .provenance import read_report
+
+    return read_report(path)
 
 
 def onnx_metadata(prov: dict) -> dict[str, str]:
@@ -419,7 +468,7 @@ def export_one(src: KerasArtifact, fmt: str, out: Path, prov: dict, check,
                     keep = (f"; the earlier {out} is left as it was" if existed else "")
                     raise ParityError(
                         f"{fmt} export of {src.display}: parity failed in {res.runtime}: "
-                        f"{worst.summary()} (allowed max rel err {check.rel_tol:g}); "
+                        f"{worst.summary()} (allowed {check.allowed()}); "
                         f"{out} was not written{keep}", report=res)
                 res.latency = check.latency(art)
                 art.close()
@@ -486,9 +535,10 @@ class _Reference:
     latency on the first batch."""
 
     def __init__(self, src: KerasArtifact, samples: int, second: int, seed: int,
-                 rel_tol: float, repeats: int):
+                 atol: float | None, rtol: float, repeats: int):
         self.src = src
-        self.rel_tol = rel_tol
+        self.atol = atol
+        self.rtol = rtol
         self.repeats = repeats
         self.batches = [random_inputs(src, samples, seed)]
         if second != samples:
@@ -517,8 +567,13 @@ class _Reference:
             else:
                 res.notes.append(f"output names differ ({', '.join(art.output_names)} vs "
                                  f"{', '.join(names)}): compared in order")
-            res.parity.append(batch_parity(got, want, names, self.rel_tol,
+            res.parity.append(batch_parity(got, want, names, self.atol, self.rtol,
                                            f"{art.runtime} vs keras"))
+
+    def allowed(self) -> str:
+        a = f"atol {self.atol:g}" if self.atol is not None else \
+            f"atol {DEFAULT_ATOL_SCALE:g} x max |keras|"
+        return f"|exported - keras| <= {a} + rtol {self.rtol:g} x |keras|"
 
     def latency(self, art: Artifact) -> dict:
         xs = art.check_inputs(self.feed(art, self.batches[0]))
@@ -528,14 +583,19 @@ class _Reference:
                 "keras_median_ms": self.keras_latency["median_ms"]}
 
 
-def batch_parity(got: list, want: list, names: list[str], rel_tol: float,
+def batch_parity(got: list, want: list, names: list[str], atol: float | None, rtol: float,
                  method: str) -> BatchParity:
-    """Each output passes if max |a - e| <= rel_tol * max |e| (its own scale)."""
+    """Each output passes if |a - e| <= atol + rtol * |e| elementwise (NumPy's allclose);
+    ``atol=None``: DEFAULT_ATOL_SCALE times the output's largest magnitude (at least
+    DEFAULT_ATOL_SCALE)."""
     outs = {}
     for name, a, e in zip(names, got, want):
-        scale = float(np.max(np.abs(e))) if np.size(e) else 0.0
-        atol = rel_tol * scale if scale > 0 else rel_tol
-        outs[name] = compare(a, e, atol=atol, rtol=0.0, method=method, what=f"output {name}")
+        a_out = atol
+        if a_out is None:
+            scale = float(np.max(np.abs(e))) if np.size(e) else 0.0
+            a_out = DEFAULT_ATOL_SCALE * max(scale, 1.0)
+        outs[name] = compare(a, e, atol=a_out, rtol=rtol, method=method,
+                             what=f"output {name}")
     return BatchParity(batch=int(len(want[0])), outputs=outs,
                        passed=all(r.passed for r in outs.values()),
                        max_abs=max(r.max_abs for r in outs.values()),

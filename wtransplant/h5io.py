@@ -160,7 +160,19 @@ def open_source(path: str | os.PathLike, *, follow_links: bool = False,
                 in_memory: bool = False) -> OpenedSource:
     """Open an HDF5 file, MAT v7.3 file or ``.keras`` archive read-only.
 
-    Raises :class:`InputError` with a one-line message for anything that is not one.
+    Args:
+        path: the file.
+        follow_links: allow external links, virtual datasets and external storage that
+            point outside the file.
+        in_memory: read the whole file into memory first (faster metadata walks).
+
+    Returns:
+        An :class:`OpenedSource` (a context manager: use it in a ``with`` block).
+
+    Raises:
+        InputError: a one-line message for anything that is not one of those files
+            (missing, unreadable, truncated, not HDF5) (exit 2).
+        UnsafeInputError: a ``.keras`` archive whose member paths escape it (exit 2).
     """
     p = check_readable_file(path)
     size = p.stat().st_size
@@ -317,7 +329,7 @@ def resolve_dataset(src: OpenedSource, path: str) -> h5py.Dataset:
             lnk = node.get(part, getlink=True)
             raise UnsafeInputError(
                 f"{where} is an external link to {lnk.filename}:{lnk.path}; not followed "
-                f"(pass --follow-links to allow it)",
+                f"(pass follow_links=True to allow it)",
                 path=src.display,
             )
         try:
@@ -345,13 +357,13 @@ def check_dataset_safe(ds: h5py.Dataset, src: OpenedSource) -> None:
             if outside:
                 raise UnsafeInputError(
                     f"{ds.name} is a virtual dataset reading from {', '.join(outside)}; not "
-                    f"followed (pass --follow-links to allow it)",
+                    f"followed (pass follow_links=True to allow it)",
                     path=src.display,
                 )
         if ds.external:
             raise UnsafeInputError(
                 f"{ds.name} keeps its data in external file(s) "
-                f"{', '.join(str(e[0]) for e in ds.external)}; not read (pass --follow-links "
+                f"{', '.join(str(e[0]) for e in ds.external)}; not read (pass follow_links=True "
                 f"to allow it)",
                 path=src.display,
             )

@@ -114,7 +114,25 @@ class InspectReport:
 
 def inspect_file(path: str | os.PathLike, *, stats: bool = False, follow_links: bool = False,
                  stats_filter: str | None = None) -> InspectReport:
-    """Walk a file (metadata only; values are read only for ``stats``) and describe it."""
+    """Walk a file (metadata only; values are read only for ``stats``) and describe it.
+    Never imports TensorFlow or Keras.
+
+    Args:
+        path: an HDF5 file, MATLAB v7.3 file or ``.keras`` archive.
+        stats: also compute min/max/mean/std and NaN/Inf counts per tensor (chunk by
+            chunk).
+        follow_links: follow external links and virtual datasets into other files.
+        stats_filter: a glob: compute stats only for the tensors whose path or name
+            matches.
+
+    Returns:
+        An :class:`InspectReport`: ``format``, ``writer``, ``evidence``, ``tensors``, the
+        tree and the implied architecture (``hints``); ``to_dict()`` is JSON-ready.
+
+    Raises:
+        InputError: the file is missing, unreadable or not one of those formats (exit 2).
+        UnsafeInputError: a dataset declares far more bytes than the file holds (exit 2).
+    """
     # metadata-heavy walks are faster from memory; big weight files are walked from disk
     with open_source(path, follow_links=follow_links, in_memory=not stats) as src, \
             gc_paused():

@@ -37,7 +37,7 @@ VERIFY_KEYS = {"inputs", "expected", "input_layout", "output_layout", "atol", "r
 OPTION_KEYS = {"allow_missing", "allow_reuse", "ignore", "match_by_name", "match_by_order",
                "follow_links"}
 APP_KEYS = {"name", "args"}
-FLATTEN = ("auto", "chw", "fortran", "none")
+FLATTEN = ("auto", "chw", "whc", "fortran", "none")
 
 
 @dataclass
@@ -47,7 +47,7 @@ class WeightRef:
     sources: list[str]
     transpose: tuple | None = None  # explicit: no automatic conversion
     reshape: tuple | None = None
-    flatten: str = "auto"  # Dense-after-Flatten row order: auto | chw | fortran | none
+    flatten: str = "auto"  # Dense-after-Flatten row order: auto | chw | whc | fortran | none
     convert: bool = True  # False: take the array as is (after any transpose/reshape)
     line: int | None = None
 

@@ -328,7 +328,15 @@ def _model_for(spec: Spec, loaded: LoadedSource):
 
     notes: list[str] = []
     if spec.model is not None:
-        return build_model(spec.model, name=spec.name), notes
+        try:
+            return build_model(spec.model, name=spec.name), notes
+        except InputError as e:
+            from .speclines import locate_layer_error
+
+            located = locate_layer_error(str(e), spec)
+            if located == str(e):
+                raise
+            raise type(e)(located, detail=e.detail) from None
     where = f"{loaded.tree.display}"
     if loaded.format == "keras-legacy-model":
         cfg = loaded.tree.root_attrs.get("model_config")
@@ -412,8 +420,14 @@ def _transplant(spec: Spec, src: OpenedSource, loaded: LoadedSource, model, note
         timings["save_s"] = time.perf_counter() - t
     timings["total_s"] = time.perf_counter() - t0
     report.timings = timings
+    if report.output:
+        from .provenance import sidecar_of
+
+        report.output["provenance_file"] = str(sidecar_of(report.output["path"]))
     if report_path is not None:
         write_json(report_path, report.to_dict())
+    if report.output:
+        _write_provenance(report, report_path)
     if not report.ok:
         where = ""
         if report.diagnosis and report.diagnosis.get("first_diverging_layer"):
@@ -620,6 +634,21 @@ def _verify_with_data(model, spec: Spec, src, loaded) -> ParityResult:
 
 
 # --------------------------------------------------------------------------------------
+
+
+def _write_provenance(report: RebuildReport, report_path) -> None:
+    """The saved model's provenance sidecar (``OUT.wtransplant.json``): the source weights'
+    sha256, the spec and the rebuild report, so that ``finetune`` and ``export`` of OUT
+    name the original weights without being told."""
+    from .provenance import write_sidecar
+
+    rr = {"path": None, "sha256": None,
+          "parity": report.parity.max_rel if report.parity is not None else None,
+          "verified": report.verified, "unverified_reason": report.unverified_reason}
+    if report_path is not None:
+        rr.update(path=str(report_path), sha256=file_sha256(Path(report_path)))
+    write_sidecar(report.output["path"], source=report.source, spec=report.spec,
+                  rebuild_report=rr)
 
 
 def save_model(model, output: str | os.PathLike) -> dict:

@@ -82,8 +82,41 @@ def verify(model, *, other=None, inputs=None, expected=None, spec=None, activati
            seed: int = 0, n_random: int = RANDOM_SAMPLES, plot=None, report_path=None,
            raise_on_failure: bool = True) -> VerifyReport:
     """Check MODEL (a path or a Keras model) against reference data, another artifact or
-    the NumPy reference of a spec's source. Raises ParityError (exit 1) when outside the
-    tolerance (after writing the report and the plot), InputError (exit 2) on bad input."""
+    the NumPy reference of a spec's source.
+
+    Args:
+        model: a path (``.keras``, ``.h5``, SavedModel folder, ``.onnx``, ``.tflite``), a
+            ``keras.Model`` or an Artifact.
+        other: another artifact of the same model, run on the same inputs (MODEL is the
+            reference).
+        inputs: input arrays or references (``.npy``, ``data.npz:key``,
+            ``data.h5:dataset``), one per model input; default: seeded random samples.
+        expected: the expected outputs for ``inputs``, one per model output.
+        spec: the spec MODEL was rebuilt from: compare with the NumPy reference of its
+            source (``parity.kind == "self-reference"``: proves the tensors' conversion,
+            not the architecture).
+        activations: reference activations stored under the layers' names (``.npz`` or
+            HDF5), for a per-layer diagnosis.
+        input_layout, output_layout: layout of the stored arrays if not channels-last
+            (``nchw``, ``ncl``, ``ncdhw``).
+        atol, rtol: tolerances, elementwise ``|a - e| <= atol + rtol * |e|`` (default by
+            dtype).
+        samples: use the first N samples.
+        seed, n_random: seed and count of the random samples used without ``inputs``.
+        plot: write a PNG of the comparison here.
+        report_path: write the JSON report here.
+        raise_on_failure: raise :class:`ParityError` outside the tolerance (else only
+            report it).
+
+    Returns:
+        A :class:`VerifyReport` (``parity`` with ``kind`` and ``verdict``, ``against``,
+        ``diagnosis``).
+
+    Raises:
+        InputError: bad input: unreadable files, shapes that do not fit, nothing to
+            compare with (exit 2).
+        ParityError: outside the tolerance, after the report and plot are written (exit 1).
+    """
     from .artifacts import random_inputs
 
     art = _load(model)
@@ -93,7 +126,7 @@ def verify(model, *, other=None, inputs=None, expected=None, spec=None, activati
     in_desc = _desc(inputs) if inputs is not None else ""
     if not xs:
         if expected is not None:
-            raise InputError("--expected needs --inputs (the inputs that produced it)")
+            raise InputError("expected outputs need inputs (the inputs that produced them)")
         xs = random_inputs(art, n_random, seed=seed)
         in_desc = f"{n_random} seeded random samples (seed {seed}, standard normal floats)"
     xs = art.check_inputs(xs)
@@ -104,7 +137,7 @@ def verify(model, *, other=None, inputs=None, expected=None, spec=None, activati
         art2 = _load(other)
         want = art.predict(xs)
         got = art2.predict(xs)
-        against = f"{art.display} ({art.kind})"
+        against = f"{art2.display} ({art2.kind})"
         other_desc = art2.describe()
         method = f"artifact ({art2.kind} vs {art.kind})"
     elif expected is not None:
@@ -130,8 +163,8 @@ def verify(model, *, other=None, inputs=None, expected=None, spec=None, activati
                   f"({ref.convention} semantics)"
         method = f"numpy reference ({ref.convention} semantics)"
     else:
-        raise InputError("give reference outputs (--expected Y), another artifact (OTHER), "
-                         "or the rebuild spec (--spec S) to verify against")
+        raise InputError("give reference outputs (expected=), another artifact (other=), "
+                         "or the rebuild spec (spec=) to verify against")
     res = compare(got if len(got) > 1 else got[0], want if len(want) > 1 else want[0],
                   atol=atol, rtol=rtol, method=method, what="outputs")
     report = VerifyReport(art.describe(), against, in_desc, res, other=other_desc, notes=notes)
@@ -216,8 +249,8 @@ def _diagnose(art, xs, spec, activations, ref_acts) -> dict | None:
         _, ref_acts = ref.forward(xs[0])
     if ref_acts is not None:
         return diagnose(model, ref_acts, xs[0], method="numpy reference").to_dict()
-    return {"note": "no per-layer diagnosis: give --spec (the rebuild spec) for the NumPy "
-                    "reference, or --activations with reference activations stored under "
+    return {"note": "no per-layer diagnosis: give spec= (the rebuild spec) for the NumPy "
+                    "reference, or activations= with reference activations stored under "
                     "the layers' names"}
 
 

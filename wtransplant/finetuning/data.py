@@ -204,11 +204,11 @@ class Dataset:
     def split_tail(self, fraction: float) -> tuple[Dataset, Dataset]:
         """(first 1-fraction, last fraction), contiguous, so both stay streamable."""
         if not 0.0 < fraction < 1.0:
-            raise InputError(f"--val-split must be between 0 and 1, got {fraction}")
+            raise InputError(f"val_split must be between 0 and 1, got {fraction}")
         n = len(self)
         k = int(round(n * fraction))
         if k < 1 or k >= n:
-            raise InputError(f"{self.display}: --val-split {fraction} of {n} samples leaves "
+            raise InputError(f"{self.display}: val_split {fraction} of {n} samples leaves "
                              f"{n - k} for training and {k} for validation")
         cut = n - k
 
@@ -331,12 +331,12 @@ def choose_pair(names: dict[str, int], where: str, *, x: str | None, y: str | No
             raise InputError(f"{where}: no array {x!r} (it holds {_listing(names)})")
         y = y or _y_for(x, names)
         if y is None:
-            raise InputError(f"{where}: no target array pairs with {x!r}; name it with --y")
+            raise InputError(f"{where}: no target array pairs with {x!r}; name it with y")
         if y not in names:
             raise InputError(f"{where}: no array {y!r} (it holds {_listing(names)})")
         return Pair(x, y, _split_of(_SEP.split(x)))
     if y is not None:
-        raise InputError(f"{where}: --y {y} given without --x")
+        raise InputError(f"{where}: y {y} given without x")
     pairs = find_pairs(names)
     order = ("train", "none") if role == "train" else ("val", "test", "train", "none")
     for split in order:
@@ -345,9 +345,9 @@ def choose_pair(names: dict[str, int], where: str, *, x: str | None, y: str | No
             return cands[0]
         if len(cands) > 1:
             raise InputError(f"{where}: several {split} pairs ({', '.join(map(str, cands))}); "
-                             f"choose one with --x and --y")
+                             f"choose one with x and y")
     raise InputError(f"{where}: found no x/y pair of arrays by name (it holds "
-                     f"{_listing(names)}); name them with --x and --y")
+                     f"{_listing(names)}); name them with x and y")
 
 
 def matching_val_pair(names: dict[str, int], train: Pair) -> Pair | None:
@@ -437,7 +437,7 @@ def load_data(data, *, x: str | None = None, y: str | None = None, val_data=None
     val, val_from = None, "none"
     if val_data is not None:
         if val_split:
-            raise InputError("give --val-data or --val-split, not both")
+            raise InputError("give val_data or val_split, not both")
         val = _open_val(val_data, val_x, val_y, image_size, channels, train)
         val_from = "--val-data"
     elif val_split:
@@ -449,8 +449,8 @@ def load_data(data, *, x: str | None = None, y: str | None = None, val_data=None
             val = Dataset(container.array(vp.x), container.array(vp.y), train.classes)
             val_from = f"{vp} in the same file"
     if val is None:
-        notes.append("no validation data (no val/test pair found; use --val-data or "
-                     "--val-split): the final evaluation uses the training data")
+        notes.append("no validation data (no val/test pair found; use val_data or "
+                     "val_split): the final evaluation uses the training data")
     elif val.x.sample_shape != train.x.sample_shape:
         raise InputError(f"{val.x.display} has samples of shape {val.x.sample_shape} but "
                          f"{train.x.display} has {train.x.sample_shape}")
@@ -464,7 +464,7 @@ def _open_train(data, x, y, image_size, channels, notes):
     p = Path(data)
     if p.is_dir():
         if x or y:
-            notes.append("--x/--y are ignored for an image folder")
+            notes.append("x/y are ignored for an image folder")
         return open_image_folder(p, image_size, channels), "images", None, None
     if not p.exists():
         raise InputError(f"{p}: no such file or folder")
@@ -523,7 +523,7 @@ def read_csv(path: Path, *, x: str | None = None, y: str | None = None) -> Datas
         y = next((h for h in header if h.lower() in ("label", "target", "y", "class")), None)
         if y is None:
             raise InputError(f"{path}: no target column named label/target/y/class; name it "
-                             f"with --y (columns: {', '.join(header[:12])})")
+                             f"with y (columns: {', '.join(header[:12])})")
     if y not in header:
         raise InputError(f"{path}: no column {y!r} (columns: {', '.join(header[:12])})")
     yi = header.index(y)
@@ -832,7 +832,7 @@ class BatchReader:
                  y_dtype=None, shard: tuple[int, int] | None = None,
                  guard: NonFiniteGuard | None = None):
         if batch_size < 1:
-            raise InputError(f"--batch-size must be at least 1, got {batch_size}")
+            raise InputError(f"batch_size must be at least 1, got {batch_size}")
         self.ds = ds
         self.batch_size = batch_size
         self.shuffle = shuffle

@@ -76,8 +76,7 @@ class FinetuneOptions:
         def positive(name, minimum=1):
             v = getattr(self, name)
             if v is not None and v < minimum:
-                raise InputError(f"--{name.replace('_', '-')} must be at least {minimum}, "
-                                 f"got {v}")
+                raise InputError(f"{name} must be at least {minimum}, got {v}")
 
         for name in ("epochs", "batch_size", "new_head", "steps_per_execution"):
             positive(name)
@@ -86,35 +85,35 @@ class FinetuneOptions:
         if self.workers is not None:
             positive("workers", 0)
         if not self.lr > 0:
-            raise InputError(f"--lr must be positive, got {self.lr}")
+            raise InputError(f"lr must be positive, got {self.lr}")
         if not self.lr_scale > 0:
-            raise InputError(f"--lr-scale must be positive, got {self.lr_scale}")
+            raise InputError(f"lr_scale must be positive, got {self.lr_scale}")
         for name, allowed in (("task", TASKS), ("optimizer", OPTIMIZERS),
                               ("schedule", SCHEDULES), ("precision", PRECISIONS),
                               ("flip", FLIPS)):
             if getattr(self, name) not in allowed:
-                raise InputError(f"--{name} {getattr(self, name)!r}: use one of "
+                raise InputError(f"{name} {getattr(self, name)!r}: use one of "
                                  f"{', '.join(a for a in allowed if a)}")
         if isinstance(self.strategy, str) and self.strategy not in STRATEGIES:
-            raise InputError(f"--strategy {self.strategy!r}: use mirrored or multiworker")
+            raise InputError(f"strategy {self.strategy!r}: use mirrored or multiworker")
         if self.head_epochs is not None and self.head_epochs > self.epochs:
-            raise InputError(f"--head-epochs {self.head_epochs} is more than --epochs "
+            raise InputError(f"head_epochs {self.head_epochs} is more than epochs "
                              f"{self.epochs}")
         if self.val_split is not None and not 0 < self.val_split < 1:
-            raise InputError(f"--val-split must be between 0 and 1, got {self.val_split}")
+            raise InputError(f"val_split must be between 0 and 1, got {self.val_split}")
         if self.rotation < 0 or self.rotation > 180:
-            raise InputError(f"--rotation must be 0..180 degrees, got {self.rotation}")
+            raise InputError(f"rotation must be 0..180 degrees, got {self.rotation}")
         if self.trainable:
             try:
                 re.compile(self.trainable)
             except re.error as e:
-                raise InputError(f"--trainable {self.trainable!r} is not a valid regular "
+                raise InputError(f"trainable {self.trainable!r} is not a valid regular "
                                  f"expression: {e}") from None
         if isinstance(self.trainable_from, str) and re.fullmatch(r"-?\d+",
                                                                  self.trainable_from):
             self.trainable_from = int(self.trainable_from)
         if not 0 < self.decay_rate <= 1:
-            raise InputError(f"--decay-rate must be in (0, 1], got {self.decay_rate}")
+            raise InputError(f"decay_rate must be in (0, 1], got {self.decay_rate}")
         return self
 
     def fingerprint(self) -> dict:
@@ -128,7 +127,33 @@ class FinetuneOptions:
         return {k: d[k] for k in keep}
 
 
+#: the command's flags that are not fields, and the field each one turns off:
+#: ``quiet=True`` is ``progress=False``, ``no_plot=True`` is ``plot=False``
+FLAG_ALIASES = {"quiet": "progress", "no_plot": "plot"}
+
+
 def make_options(**kw) -> FinetuneOptions:
+    """Options from keyword arguments: the fields of :class:`FinetuneOptions`, which are the
+    ``finetune`` command's options with underscores (``quiet`` and ``no_plot`` included;
+    ``metrics`` may be a comma-separated string as on the command line).
+
+    Args:
+        **kw: option name -> value.
+
+    Returns:
+        The validated options.
+
+    Raises:
+        TypeError: an unknown keyword (a misspelt option), or an option given twice.
+        InputError: a value out of range (the message names the keyword, not a flag).
+    """
+    for alias, target in FLAG_ALIASES.items():
+        if kw.pop(alias, False):
+            if kw.get(target):
+                raise TypeError(f"finetune() got {alias}=True and {target}=True")
+            kw[target] = False
+    if isinstance(kw.get("metrics"), str):
+        kw["metrics"] = [m.strip() for m in kw["metrics"].split(",") if m.strip()] or None
     names = {f.name for f in dataclasses.fields(FinetuneOptions)}
     unknown = sorted(set(kw) - names)
     if unknown:

@@ -45,8 +45,8 @@ def load_checkpoint(directory: Path) -> tuple[dict, dict[str, np.ndarray]]:
     """(state, arrays) of the last complete checkpoint in ``directory``."""
     sp = directory / STATE
     if not sp.is_file():
-        raise InputError(f"--resume: no checkpoint in {directory} (nothing to resume; run "
-                         f"without --resume)")
+        raise InputError(f"resume: no checkpoint in {directory} (nothing to resume; run "
+                         f"without resume)")
     try:
         state = json.loads(sp.read_text())
     except (OSError, ValueError) as e:

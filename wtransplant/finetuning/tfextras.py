@@ -35,7 +35,7 @@ def _tf():
     import keras
 
     if keras.backend.backend() != "tensorflow":
-        raise InputError(f"--strategy needs the TensorFlow backend (KERAS_BACKEND="
+        raise InputError(f"strategy needs the TensorFlow backend (KERAS_BACKEND="
                          f"{keras.backend.backend()}); under JAX use keras.distribution")
     import tensorflow as tf
 
@@ -48,7 +48,7 @@ def split_cpu(n: int) -> None:
     import tensorflow as tf
 
     if n < 1:
-        raise InputError(f"--cpu-devices must be at least 1, got {n}")
+        raise InputError(f"cpu_devices must be at least 1, got {n}")
     cpus = tf.config.list_physical_devices("CPU")
     try:
         tf.config.set_logical_device_configuration(
@@ -76,7 +76,7 @@ def get_strategy(name: str | None):
     elif name == "multiworker":
         cfg = os.environ.get("TF_CONFIG")
         if not cfg:
-            raise InputError("--strategy multiworker needs TF_CONFIG (the cluster and this "
+            raise InputError("strategy multiworker needs TF_CONFIG (the cluster and this "
                              "worker's index); see docs/finetune.md")
         try:
             json.loads(cfg)
@@ -88,7 +88,7 @@ def get_strategy(name: str | None):
             raise InputError(f"cannot start MultiWorkerMirroredStrategy from TF_CONFIG: "
                              f"{' '.join(str(e).split())[:300]}") from None
     else:
-        raise InputError(f"--strategy {name!r}: use mirrored or multiworker")
+        raise InputError(f"strategy {name!r}: use mirrored or multiworker")
     _STRATEGIES[name] = strategy
     return strategy
 

@@ -75,18 +75,41 @@ class FinetuneHistory:
 
 
 def finetune(model, data, *, output: str | os.PathLike | None = None,
+             provenance: str | os.PathLike | None = None,
              **options) -> tuple[keras.Model, FinetuneHistory]:
     """Fine-tune ``model`` (a ``keras.Model``, a ``.keras`` file or a Keras 2 full-model
     ``.h5``) on ``data`` (an HDF5/``.npz``/CSV file, an image folder, or ``(x, y)``
     arrays) and, if ``output`` is given, save it there (``.keras`` or ``.h5``) with the
-    history, curves and report next to it. Options: see
-    :class:`~wtransplant.finetuning.options.FinetuneOptions`. Returns ``(model, history)``.
+    history, curves and report next to it.
 
-    Raises :class:`~wtransplant.errors.InputError` on bad input and
-    :class:`~wtransplant.errors.TrainingError` if the loss becomes NaN/Inf (nothing is
-    saved then)."""
+    Args:
+        model: a ``keras.Model``, a ``.keras`` archive or a Keras 2 full-model ``.h5``.
+        data: training data: an HDF5 (streamed), ``.npz`` or CSV file, an image folder,
+            or ``(x, y)`` arrays.
+        output: where to save the fine-tuned model; None: nothing is written.
+        provenance: a rebuild or finetune report (JSON) naming where the input model's
+            weights come from; default: what the model file carries (its
+            ``.wtransplant.json`` sidecar, written by rebuild and finetune). It goes into
+            the report (``provenance``), history.json and the sidecar of ``output``, so an
+            export of the fine-tuned model still names the original weights' sha256.
+        **options: the ``finetune`` command's options with underscores, e.g.
+            ``epochs=4, batch_size=32, lr=3e-3, new_head=10, trainable_from="features",
+            seed=1, quiet=True, no_plot=True`` (all in
+            :class:`~wtransplant.finetuning.options.FinetuneOptions`; ``val_data`` also
+            takes ``(x, y)``).
+
+    Returns:
+        ``(model, history)``: the fine-tuned ``keras.Model`` and a :class:`FinetuneHistory`
+        (``history`` per metric and epoch, the whole ``report``).
+
+    Raises:
+        TypeError: an unknown keyword (a misspelt option).
+        InputError: bad input or option value; messages name keyword arguments (exit 2).
+        TrainingError: the loss became NaN/Inf; nothing is saved (exit 1).
+    """
     opts = make_options(**options)
     run = _Run(model, data, output, opts)
+    run.provenance_arg = provenance
     try:
         return run.execute()
     finally:
@@ -114,15 +137,34 @@ def load_model(model) -> tuple[keras.Model, dict]:
         except Exception as e:
             raise InputError(f"{p}: Keras cannot load the model: "
                              f"{' '.join(str(e).split())[:300]}") from None
-        return m, {"source": str(p), "format": "keras3-archive", "name": m.name}
+        return m, {"source": str(p), "format": "keras3-archive", "name": m.name,
+                   **_carried(p)}
     if p.suffix.lower() in (".h5", ".hdf5"):
         from ..transplanting import rebuild_file
 
         m, rep = rebuild_file(p, progress=False)
-        return m, {"source": str(p), "format": rep.source.get("format"), "name": m.name,
-                   "rebuilt": True}
+        info = {"source": str(p), "format": rep.source.get("format"), "name": m.name,
+                "rebuilt": True, **_carried(p)}
+        if info.get("provenance") is None:  # the file itself holds the original weights
+            info["provenance"] = {"source": rep.source, "spec": rep.spec,
+                                  "rebuild_report": None, "finetune": []}
+        return m, info
     raise InputError(f"{p}: MODEL must be a .keras archive or a Keras 2 full-model .h5 (for "
                      f"other files run `wtransplant rebuild` first)")
+
+
+def _carried(p: Path) -> dict:
+    """The model file's sha256 and the provenance it carries (its sidecar), if any."""
+    from ..provenance import file_sha256, read_sidecar
+
+    side = read_sidecar(p)
+    prov = None
+    if side is not None:
+        prov = {"source": side["source"], "spec": side.get("spec"),
+                "rebuild_report": side.get("rebuild_report"),
+                "finetune": list(side.get("finetune") or []),
+                "from": f"{p.name}.wtransplant.json"}
+    return {"input_file": {"path": str(p), "sha256": file_sha256(p)}, "provenance": prov}
 
 
 def compute_layers(model) -> list:
@@ -145,14 +187,14 @@ def replace_head(model, units: int, activation: str) -> tuple[keras.Model, keras
     such as a softmax Activation) is replaced by ``Dense(units, activation)`` in float32.
     Returns (model, head layer, names of the replaced layers)."""
     if len(model.outputs) != 1:
-        raise InputError(f"--new-head: model {model.name!r} has {len(model.outputs)} outputs; "
+        raise InputError(f"new_head: model {model.name!r} has {len(model.outputs)} outputs; "
                          f"only single-output models are supported")
     top = [lay for lay in model.layers if not isinstance(lay, keras.layers.InputLayer)]
     k = max((i for i, lay in enumerate(top) if lay.weights), default=None)
     if k is None:
-        raise InputError(f"--new-head: model {model.name!r} has no layer with weights")
+        raise InputError(f"new_head: model {model.name!r} has no layer with weights")
     if isinstance(top[k], keras.Model):
-        raise InputError(f"--new-head: the last layer with weights, {top[k].name!r}, is a "
+        raise InputError(f"new_head: the last layer with weights, {top[k].name!r}, is a "
                          f"nested model; replace its head by hand")
     replaced = [lay.name for lay in top[k:]]
     names = {lay.name for lay in _walk_layers(model)}
@@ -318,8 +360,8 @@ class _Run:
         state = arrays = None
         if o.resume:
             if self.ckpt_dir is None:
-                raise InputError("--resume needs the run folder of the interrupted run "
-                                 "(give the same -o OUT, or --run-dir)")
+                raise InputError("resume needs the run folder of the interrupted run "
+                                 "(give the same output, or run_dir)")
             state, arrays = records.load_checkpoint(self.ckpt_dir)
         self.seed = int(state["seed"]) if state else (
             o.seed if o.seed is not None else int(np.random.SeedSequence().entropy % 2**31))
@@ -330,6 +372,7 @@ class _Run:
 
         self.strategy = get_strategy(o.strategy) if o.strategy not in (None, "none") else None
         original, self.model_info = load_model(self.model_arg)
+        self.provenance = self._input_provenance()
         self._open_data(original)
         self.labels = label_info(self.bundle.train.y, skip_nonfinite=o.skip_nonfinite)
         model = self._shape_model(original)
@@ -418,8 +461,8 @@ class _Run:
         in_dtype = str(model.inputs[0].dtype)
         if "int" in in_dtype:  # token ids and the like: passed as they are
             if o.rescale is not None or o.standardize or pre.augments:
-                raise InputError(f"model {model.name!r} takes {in_dtype} inputs: --rescale, "
-                                 f"--standardize, --flip and --rotation do not apply")
+                raise InputError(f"model {model.name!r} takes {in_dtype} inputs: rescale, "
+                                 f"standardize, flip and rotation do not apply")
             pre.dtype = in_dtype
         if None not in shape and got != shape:
             if math.prod(got) == math.prod(shape):
@@ -434,7 +477,7 @@ class _Run:
             raise InputError(f"{self.bundle.train.x.display}: samples of shape {got} do not fit "
                              f"the input {tuple(shape)} of model {model.name!r}")
         if pre.augments and len(pre.reshape or got) != 3:
-            raise InputError(f"--flip/--rotation augment images (h, w, c); samples of "
+            raise InputError(f"flip/rotation augment images (h, w, c); samples of "
                              f"{self.bundle.train.x.display} have shape {got}")
         if o.standardize:
             pre.mean, pre.std = fit_standardize(self.bundle.train.x, pre)
@@ -479,7 +522,7 @@ class _Run:
         if self.task in ("classification", "binary"):
             if lab.kind == "float":
                 raise InputError(f"{y}: targets are real numbers, not class indices; use "
-                                 f"--task regression")
+                                 f"task regression")
             if lab.kind == "onehot":
                 if lab.classes != units and not (self.task == "binary" and units == 1):
                     raise InputError(f"{y}: one-hot targets of width {lab.classes} but the "
@@ -489,7 +532,7 @@ class _Run:
                 raise InputError(f"{y}: class labels must be >= 0, found {lab.minimum:g}")
             limit = 2 if self.task == "binary" else units
             if lab.maximum >= limit:
-                hint = f"; use --new-head {int(lab.maximum) + 1}" if self.task != "binary" \
+                hint = f"; use new_head {int(lab.maximum) + 1}" if self.task != "binary" \
                     else ""
                 raise InputError(f"{y}: labels go up to {int(lab.maximum)} but the output layer "
                                  f"{head!r} has {units} unit(s){hint}")
@@ -549,12 +592,12 @@ class _Run:
             tf_ = o.trainable_from
             if isinstance(tf_, int):
                 if not -len(names) <= tf_ < len(names):
-                    raise InputError(f"--trainable-from {tf_}: the model has {len(names)} layers "
+                    raise InputError(f"trainable_from {tf_}: the model has {len(names)} layers "
                                      f"(index 0..{len(names) - 1} or -{len(names)}..-1)")
                 k = tf_ % len(names)
             else:
                 if tf_ not in names:
-                    raise InputError(f"--trainable-from {tf_!r}: no such layer (layers: "
+                    raise InputError(f"trainable_from {tf_!r}: no such layer (layers: "
                                      f"{', '.join(names)})")
                 k = names.index(tf_)
             body += names[k:]
@@ -562,7 +605,7 @@ class _Run:
             rx = re.compile(o.trainable)
             matched = [n for n in names if rx.search(n)]
             if not matched:
-                raise InputError(f"--trainable {o.trainable!r} matches no layer (layers: "
+                raise InputError(f"trainable {o.trainable!r} matches no layer (layers: "
                                  f"{', '.join(names)})")
             body += matched
         if o.trainable_from is None and not o.trainable:
@@ -752,10 +795,10 @@ class _Run:
 
         if importlib.util.find_spec("tensorboard") is None or \
                 keras.backend.backend() != "tensorflow":
-            msg = ("--tensorboard skipped: the tensorboard package is not installed "
+            msg = ("tensorboard skipped: the tensorboard package is not installed "
                    "(tensorflow-cpu does not bring it; pip install tensorboard)"
                    if importlib.util.find_spec("tensorboard") is None else
-                   "--tensorboard skipped: it needs the TensorFlow backend")
+                   "tensorboard skipped: it needs the TensorFlow backend")
             if msg not in self.notes:
                 self.notes.append(msg)
                 print(f"wtransplant: warning: {msg}", file=sys.stderr)
@@ -799,13 +842,13 @@ class _Run:
         if state is None:
             if self.ckpt_dir is not None and (self.ckpt_dir / records.STATE).exists():
                 self.notes.append(f"the checkpoints of an earlier interrupted run in "
-                                  f"{self.ckpt_dir} are replaced (use --resume to continue one)")
+                                  f"{self.ckpt_dir} are replaced (use resume to continue one)")
             return
         want, have = state.get("fingerprint") or {}, self._fingerprint()
         diff = [k for k in sorted(set(want) | set(have)) if want.get(k) != have.get(k)]
         if diff:
             k = diff[0]
-            raise InputError(f"--resume: the interrupted run had {k}={want.get(k)!r}, this one "
+            raise InputError(f"resume: the interrupted run had {k}={want.get(k)!r}, this one "
                              f"{k}={have.get(k)!r}; resume with the same options")
 
     def write_checkpoint(self, epochs_done: int, p_index: int, resume_at: tuple[int, int],
@@ -847,18 +890,60 @@ class _Run:
     # ----------------------------------------------------------------------------------
     # outputs
 
+    provenance_arg = None
+    provenance: dict | None = None
+
+    def _input_provenance(self) -> dict | None:
+        """Where the input model's weights come from: the report given, else what the
+        model file carries."""
+        info = self.model_info
+        prov = info.pop("provenance", None)
+        if self.provenance_arg is not None:
+            from ..provenance import read_report
+
+            rr = read_report(self.provenance_arg)
+            out = rr["report"].get("output") or {}
+            have = (info.get("input_file") or {}).get("sha256")
+            if have and out.get("sha256") and out["sha256"] != have:
+                self.notes.append(f"the {rr['kind']} report {self.provenance_arg} describes "
+                                  f"another model file than {info.get('source')} (sha256 "
+                                  f"differs)")
+            return {"source": rr["source"], "spec": rr.get("spec"),
+                    "rebuild_report": rr.get("rebuild_report"),
+                    "finetune": rr.get("finetune") or [], "from": str(self.provenance_arg)}
+        if prov is None and info.get("input_file"):
+            self.notes.append("the input model carries no provenance (no .wtransplant.json "
+                              "next to it): give its rebuild report to record where its "
+                              "weights come from")
+        return prov
+
     def _save(self) -> dict | None:
         if self.output is None or not self._chief():
             return None
         from ..transplanting import save_model
 
-        return save_model(self.model, self.output)
+        out = save_model(self.model, self.output)
+        if self.provenance is not None:
+            from ..provenance import file_sha256, write_sidecar
+
+            out["sha256"] = file_sha256(out["path"])
+            steps = list(self.provenance.get("finetune") or [])
+            steps.append({"report": str(self.run_dir / "report.json") if self.run_dir
+                          else None, "input_model": self.model_info.get("input_file"),
+                          "data": self.bundle.train.x.display, "seed": self.seed})
+            side = write_sidecar(out["path"], source=self.provenance["source"],
+                                 spec=self.provenance.get("spec"),
+                                 rebuild_report=self.provenance.get("rebuild_report"),
+                                 finetune=steps)
+            out["provenance_file"] = str(side)
+        return out
 
     def _write_records(self, output: dict | None = None) -> None:
         self.report = self._report(output)
         if self.run_dir is None or not self._chief():
             return
-        meta = {"wtransplant_history": 1, "status": self.status, "seed": self.seed}
+        meta = {"wtransplant_history": 1, "status": self.status, "seed": self.seed,
+                "provenance": self.provenance}
         files = records.write_history(self.run_dir, self.rows, meta)
         if self.opts.plot:
             title = f"{self.model_info.get('name')} on {self.bundle.train.x.display}"
@@ -887,6 +972,7 @@ class _Run:
                       "replaced_head": self.replaced or None,
                       "head": {"name": layers[-1].name, "units": self.units,
                                "activation": self.out_activation}},
+            "provenance": self.provenance,
             "data": self.bundle.describe(),
             "task": self.task, "labels": self.labels.to_dict(),
             "loss": self.loss_name, "metrics": self.metric_names,
@@ -932,12 +1018,12 @@ def _assign(variables, arrays: dict, prefix: str) -> None:
     checkpoint holds as many arrays as there are variables, of the same shapes."""
     n = sum(1 for k in arrays if k.startswith(prefix + "/"))
     if n != len(variables):
-        raise InputError(f"--resume: the checkpoint holds {n} {prefix} variables, the run has "
+        raise InputError(f"resume: the checkpoint holds {n} {prefix} variables, the run has "
                          f"{len(variables)}")
     for i, v in enumerate(variables):
         a = arrays[f"{prefix}/{i}"]
         if tuple(a.shape) != tuple(v.shape):
-            raise InputError(f"--resume: checkpoint {prefix} variable {i} has shape "
+            raise InputError(f"resume: checkpoint {prefix} variable {i} has shape "
                              f"{tuple(a.shape)}, {v.path} has {tuple(v.shape)}")
         v.assign(a)
 
@@ -1016,9 +1102,9 @@ class _Bookkeeper(keras.callbacks.Callback):
         run = self.run
         run.status = "diverged"
         run.failure = (f"training diverged: {what} (phase {self.phase.name!r}, lr "
-                       f"{self.phase.lr:g}); nothing was saved. Lower --lr, check the data "
+                       f"{self.phase.lr:g}); nothing was saved. Lower lr, check the data "
                        f"for NaN/Inf (wtransplant inspect --stats) or standardise it "
-                       f"(--standardize)")
+                       f"(standardize)")
         self.model.stop_training = True
 
     def on_epoch_end(self, epoch, logs=None):

@@ -108,6 +108,12 @@ def flatten_rows(layer: TargetLayer, n_in: int, n_out: int) -> list[Op]:
                                                     f"the flattened NCHW map"),
                 Transpose(tuple(range(1, k + 1)) + (0, k + 1), why="to Keras' H,W,C order"),
                 Reshape((n_in, n_out))]
+    if order == "whc" and k == 2:
+        # rows in (W, H, C) order: a flatten of the map with its spatial axes swapped
+        h, w_ = spatial
+        return [Reshape((w_, h, c, n_out), why="rows as W,H,C of the flattened map"),
+                Transpose((1, 0, 2, 3), why="to Keras' H,W,C order"),
+                Reshape((n_in, n_out))]
     if order == "fortran":
         # column-major flatten of (spatial..., C): the first spatial axis varies fastest
         rev = (c, *reversed(spatial))
