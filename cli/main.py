@@ -454,10 +454,12 @@ def _print_export(report, as_json: bool, quiet: bool = False) -> None:
 @click.argument("model", type=click.Path())
 @click.argument("other", required=False, type=click.Path())
 @click.option("--inputs", multiple=True, metavar="X",
-              help="Inputs: .npy, data.npz:key or data.h5:dataset (once per model input). "
-                   "Default: seeded random samples of a realistic scale.")
+              help="Inputs: .npy, data.npz:key or data.h5:dataset; several inputs as "
+                   "NAME=FILE, once per model input. Default: seeded random samples of a "
+                   "realistic scale.")
 @click.option("--expected", multiple=True, metavar="Y",
-              help="Expected outputs for --inputs (once per model output).")
+              help="Expected outputs for --inputs (once per model output, in the model's "
+                   "outputs order).")
 @click.option("--spec", "spec_path", type=click.Path(dir_okay=False),
               help="The spec MODEL was rebuilt from: compare with the NumPy reference of its "
                    "source, and diagnose layer by layer on failure.")

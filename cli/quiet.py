@@ -13,6 +13,11 @@ import sys
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
+from wtransplant.quiet_tf import install as _install_quiet_tf  # noqa: E402
+
+# before anything can import TensorFlow: under JAX/PyTorch Keras imports it lazily, later
+_install_quiet_tf()
+
 
 def import_keras():
     if "keras" in sys.modules and getattr(import_keras, "_done", False):

@@ -198,7 +198,47 @@ def print_inspect(report: InspectReport, pattern: str | None = None,
 MAX_HINT_ROWS = 60
 
 
+def escape_text(s) -> str:
+    """A string from a file, safe for a terminal and for rich: control characters shown as
+    escapes, markup brackets escaped, bounded length."""
+    from rich.markup import escape
+
+    s = str(s)
+    s = "".join(ch if ch.isprintable() else ascii(ch)[1:-1] for ch in s)
+    return escape(short(s, 200))
+
+
+def _print_architecture(con, arch: dict) -> None:
+    """The layer graph a Keras 2 full model states in its model_config."""
+    from rich.table import Table
+
+    con.print()
+    table = Table(title=f"Architecture from the file's model_config ({arch['class']}, "
+                        f"{arch['parameters']:,} parameters in the file)",
+                  title_justify="left", expand=False)
+    for col in ("layer", "class", "settings", "params", "inbound"):
+        table.add_column(col, justify="right" if col == "params" else "left")
+    def fmt(v):
+        if isinstance(v, list) and v and all(isinstance(x, int) for x in v):
+            return "x".join(map(str, v))
+        return v
+
+    for r in arch["layers"][:MAX_HINT_ROWS * 4]:
+        args = " ".join(f"{k}={fmt(v)}" for k, v in r["args"].items()
+                        if not (k == "strides" and fmt(v) in (1, "1x1", "1", "1x1x1")))
+        table.add_row(escape_text(r["name"]), escape_text(r["class"]), escape_text(args),
+                      f"{r['parameters']:,}", escape_text(", ".join(r["inbound"])))
+    con.print(table)
+    if len(arch["layers"]) > MAX_HINT_ROWS * 4:
+        con.print(f"  … {len(arch['layers']) - MAX_HINT_ROWS * 4} more layers (--json lists all)")
+    if arch.get("outputs"):
+        con.print(f"outputs: {escape_text(', '.join(arch['outputs']))}", markup=False)
+
+
 def _print_hints(con, report: InspectReport) -> None:
+    if getattr(report, "architecture", None):
+        _print_architecture(con, report.architecture)
+        return
     h = report.hints
     known = [lh for lh in h.layers if lh.proposal is not None]
     unknown = len(h.layers) - len(known)

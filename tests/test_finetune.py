@@ -177,7 +177,7 @@ def test_labels_and_preprocessing():
     oh = fdata.label_info(m(np.eye(4)[[0, 2, 3]], "y"))
     assert (oh.kind, oh.classes) == ("onehot", 4)
     assert fdata.label_info(m(np.array([0.5, 1.25]), "y")).kind == "float"
-    with pytest.raises(InputError, match="NaN or Inf"):
+    with pytest.raises(InputError, match="y: target of sample 1 contains NaN"):
         fdata.label_info(m(np.array([0.5, np.nan]), "y"))
     x = np.random.default_rng(0).random((50, 4, 4, 3)).astype(np.float32)
     pre = fdata.Preprocess(rescale=2.0)

@@ -62,10 +62,20 @@ def test_reference_declines_with_a_reason():
     spec.verify = None
     _, report = rebuild(spec)
     assert report.parity is None and "plain convention" in report.parity_note
-    with pytest.raises(NotCovered, match="not a chain"):
-        s = load_spec(fx("specs/k2_mobilenetv2.yaml"))
-        m, r = rebuild(s)
-        _reference(m, r, s)
+    # a graph is covered now (issue 13): MobileNetV2's residual Adds, under keras semantics
+    s = load_spec(fx("specs/k2_mobilenetv2.yaml"))
+    m, r = rebuild(s)
+    ref = _reference(m, r, s)
+    x = np.load(fx("keras2/k2_mobilenetv2_weights.io.npz"))["x"][:2]
+    y = np.load(fx("keras2/k2_mobilenetv2_weights.io.npz"))["y"][:2]
+    got, _ = ref.forward(x, keep=False)
+    assert np.abs(got - y).max() / np.abs(y).max() < 1e-5
+    # a layer called twice (shared) is still declined, with the reason
+    inp = keras.Input((4,))
+    dense = keras.layers.Dense(4, name="shared")
+    m2 = keras.Model(inp, dense(dense(inp)))
+    with pytest.raises(NotCovered, match="shared"):
+        build_reference(m2, r.plan, None)
 
 
 def _broken(name, mutate):

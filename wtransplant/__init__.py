@@ -13,7 +13,13 @@ from __future__ import annotations
 
 import importlib
 
+from .quiet_tf import install as _install_quiet_tf
+
 __version__ = "0.1.0"
+
+# Keras imports TensorFlow lazily under JAX and PyTorch, from wherever it first needs it:
+# whoever imports it first, TensorFlow's start-up log lines stay off stderr (quiet_tf.py).
+_install_quiet_tf()
 
 # name -> module that defines it; loaded lazily so that `import wtransplant` stays light
 _LAZY = {
@@ -56,3 +62,53 @@ def __getattr__(name: str):
 
 def __dir__():
     return __all__
+
+
+def _register_own_layers() -> None:
+    """wtransplant's own Keras layers (``wtransplant.layers_custom``) must be registered
+    for ``keras.models.load_model`` to read a saved model that uses them, without making
+    ``import wtransplant`` import Keras: register now if Keras is loaded, else right after
+    Keras is first imported (a one-shot import hook)."""
+    import sys
+
+    if "keras" in sys.modules:
+        try:
+            importlib.import_module("wtransplant.layers_custom")
+        except Exception:  # a broken Keras install must not break `import wtransplant`
+            pass
+        return
+    from importlib import abc as _abc
+    from importlib import util as _util
+
+    class _Loader(_abc.Loader):
+        def __init__(self, inner):
+            self.inner = inner
+
+        def create_module(self, spec):
+            return self.inner.create_module(spec)
+
+        def exec_module(self, module):
+            self.inner.exec_module(module)
+            try:
+                importlib.import_module("wtransplant.layers_custom")
+            except Exception:
+                pass
+
+    class _Finder(_abc.MetaPathFinder):
+        def find_spec(self, name, path=None, target=None):
+            if name != "keras":
+                return None
+            try:
+                sys.meta_path.remove(self)
+            except ValueError:
+                return None
+            spec = _util.find_spec("keras")
+            if spec is None or spec.loader is None:
+                return spec
+            spec.loader = _Loader(spec.loader)
+            return spec
+
+    sys.meta_path.insert(0, _Finder())
+
+
+_register_own_layers()

@@ -32,6 +32,9 @@ from pathlib import Path
 import numpy as np
 
 from .errors import InputError, UnsafeInputError
+from .quiet_tf import install as _quiet_tf
+
+_quiet_tf()  # Keras may import TensorFlow lazily under any backend: keep its logs off stderr
 
 #: length used for dimensions other than the batch that the model leaves open
 DEFAULT_OPEN_DIM = 8

@@ -98,7 +98,12 @@ def diagnose(model, reference_acts: dict[str, np.ndarray], x, *, method: str,
         diag.note = "no reference activations under the names of the model's layers"
         return diag
     keras_acts = layer_outputs(model, x, names)
-    prev_input = np.asarray(x)
+    from .keras_model import inbound, input_layer_names
+
+    ins = inbound(model)
+    xs = x if isinstance(x, list | tuple) else [x]
+    by_input = {n: np.asarray(a) for n, a in zip(input_layer_names(model), xs)}
+    prev_input = np.asarray(xs[0])
     prev_name = None
     for n in names:
         lay = model.get_layer(n)
@@ -110,8 +115,17 @@ def diagnose(model, reference_acts: dict[str, np.ndarray], x, *, method: str,
             diag.first_bad = n
             # the layer's own input: the Keras activation of the layer before it, which
             # matched the reference (or the model input)
-            inp = keras_acts[prev_name] if prev_name is not None else prev_input
-            cause = explain(model, lay, inp, e, mrel)
+            # in a graph: the layer's own (single) inbound tensor
+            srcs = ins.get(n)
+            if srcs is not None and len(srcs) == 1 and srcs[0] in by_input:
+                inp = by_input[srcs[0]]
+            elif srcs is not None and len(srcs) == 1 and srcs[0] in keras_acts:
+                inp = keras_acts[srcs[0]]
+            elif srcs is not None and len(srcs) != 1:
+                inp = None  # a merge: the classic causes are single-input layers
+            else:
+                inp = keras_acts[prev_name] if prev_name is not None else prev_input
+            cause = explain(model, lay, inp, e, mrel) if inp is not None else None
             if cause:
                 diag.cause, diag.evidence = cause
         prev_name = n

@@ -160,6 +160,12 @@ def _draft_layers(w, loaded: LoadedSource, hints: Hints, src) -> Draft:
     todo: list[str] = []
     notes: list[str] = list(hints.notes)
     known = [lh for lh in hints.layers if lh.proposal is not None]
+    from .draftgraph import heads as _heads
+    from .draftgraph import place_prelus
+
+    known = place_prelus(known)
+    reads, head_outs = _heads(known)
+    unmapped = [lh for lh in hints.layers if lh.proposal is None]
     if not known:
         from .unnamed import is_unnamed
 
@@ -204,6 +210,12 @@ def _draft_layers(w, loaded: LoadedSource, hints: Hints, src) -> Draft:
                       if conv == "torch" else ""))
         args = dict(p.args)
         comment = []
+        if p.kind == "prelu" and prev_kind in ("dense", "flatten"):
+            args.pop("shared_axes", None)  # after a Linear: one slope per feature
+        if i in reads:
+            r = reads[i]
+            args["inputs"] = "input" if r < 0 else _name_for(known[r], r, fmt, stacked)
+            comment.append("a parallel head: reads the same tensor as the layer before it")
         if p.keras_class in ("GRU", "LSTM", "SimpleRNN", "Bidirectional"):
             nxt = known[i + 1].proposal if i + 1 < len(known) else None
             if nxt is not None and nxt.keras_class in ("GRU", "LSTM", "SimpleRNN",
@@ -246,8 +258,14 @@ def _draft_layers(w, loaded: LoadedSource, hints: Hints, src) -> Draft:
         w.line(f"    - {_flow({'class': p.keras_class, 'name': name, **args})}"
                + (f"  # {'; '.join(comment)}" if comment else ""))
         entries.append((name, list(p.slots.items()), lh))
-        if p.kind not in ("batchnorm", "layernorm"):
+        if p.kind not in ("batchnorm", "layernorm", "prelu"):
             prev_kind = p.kind or prev_kind
+    if head_outs:
+        outs = [_name_for(known[j], j, fmt, stacked) for j in head_outs]
+        w.kv("  outputs", outs, "parallel heads (widths: each reads what the layer before "
+                                "it reads)")
+        notes.append("parallel heads became outputs in file order; a Softmax a head applies "
+                     "has no weights, so it is not in the draft: add it if the source has one")
     # weights
     w.line("weights:")
     square_note = hints.orientation
@@ -283,6 +301,10 @@ def _draft_layers(w, loaded: LoadedSource, hints: Hints, src) -> Draft:
         w.comment(f"verify: {{inputs: x.npy, expected: y.npy{layout}}}  # to check parity")
     for n in notes:
         w.comment(f"note: {n}")
+    for lh in unmapped:
+        w.comment(f"not mapped: {lh.unit} ({', '.join(lh.tensors[:6])}): no layer rule "
+                  f"recognises these tensors; map them in `weights` or list them in "
+                  f"options.ignore")
     if todo:
         w.comment("guesses, written as {undecided: [...]}: `wtransplant rebuild` refuses the")
         w.comment("spec until each holds one value (or --force, and the result is unverified)")

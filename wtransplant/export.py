@@ -58,6 +58,9 @@ from .atomic import atomic_path, write_json
 from .errors import InputError, ParityError
 from .h5io import fmt_bytes
 from .parity import compare
+from .quiet_tf import install as _quiet_tf
+
+_quiet_tf()  # before TensorFlow or tf2onnx is imported: no TensorFlow log lines on stderr
 
 FORMATS = ("keras", "h5", "savedmodel", "onnx", "tflite")
 #: file names inside the folder of ``--format all``
@@ -448,7 +451,7 @@ def export_one(src: KerasArtifact, fmt: str, out: Path, prov: dict, check,
         with atomic_path(out, directory=is_dir) as tmp:
             if is_dir:
                 tmp.mkdir()
-            info = WRITERS[fmt](src, tmp, prov, opset=opset)
+            info = writer_for(fmt)(src, tmp, prov, opset=opset)
             res.opset = info.get("opset")
             res.notes += info.get("notes", [])
             res.size = _size(tmp)
@@ -895,6 +898,114 @@ def _litert_reason(e: Exception) -> str:
 
 WRITERS = {"keras": _write_keras, "h5": _write_keras, "savedmodel": _write_savedmodel,
            "onnx": _write_onnx, "tflite": _write_tflite}
+
+# -- other Keras backends ------------------------------------------------------------------
+
+#: formats that TensorFlow writes (it traces the model's call as a tf.function)
+TF_FORMATS = ("savedmodel", "onnx", "tflite")
+#: (backend, format) that Keras writes itself under a backend other than TensorFlow
+#: (``keras.export.ExportArchive`` converts a JAX model with jax2tf); every other TF_FORMATS
+#: pair is written by TensorFlow in a child process from the model saved as ``.keras``
+NATIVE = {("jax", "savedmodel"), ("jax", "tflite")}
+#: seconds the child may take to start TensorFlow, load and write (a hang is a bug)
+CHILD_TIMEOUT_S = 1800
+
+
+def keras_backend() -> str:
+    import keras
+
+    return keras.backend.backend()
+
+
+def writer_for(fmt: str, backend: str | None = None):
+    """The writer of ``fmt`` under the running Keras backend: the TensorFlow writers in
+    this process under TensorFlow (and where Keras converts the model itself), else
+    :func:`_write_in_tensorflow`."""
+    backend = backend or keras_backend()
+    if backend == "tensorflow" or fmt not in TF_FORMATS:
+        return WRITERS[fmt]
+    if (backend, fmt) in NATIVE:
+        return lambda src, tmp, prov, **kw: _native_then_child(fmt, src, tmp, prov, **kw)
+    return lambda src, tmp, prov, **kw: _write_in_tensorflow(fmt, src, tmp, prov, **kw)
+
+
+def _native_then_child(fmt: str, src: KerasArtifact, tmp: Path, prov: dict, **kw) -> dict:
+    """Keras' own conversion (jax2tf) first; if it cannot express the model, TensorFlow
+    in a child process from the saved ``.keras``."""
+    import shutil
+
+    try:
+        return WRITERS[fmt](src, tmp, prov, **kw)
+    except LiteRTUnsupported:
+        raise  # the LiteRT converter's verdict: the same in a child
+    except InputError as e:
+        first = str(e)
+    if tmp.is_dir():  # a SavedModel folder, maybe half written: start it again empty
+        shutil.rmtree(tmp)
+        tmp.mkdir()
+    elif tmp.exists():
+        tmp.unlink()
+    info = _write_in_tensorflow(fmt, src, tmp, prov, **kw)
+    info["notes"].insert(0, f"Keras' own {keras_backend()} export failed "
+                            f"({first[:200]}); TensorFlow wrote it instead")
+    return info
+
+
+def _write_in_tensorflow(fmt: str, src: KerasArtifact, tmp: Path, prov: dict, *,
+                         opset: int | None = None, **_) -> dict:
+    """Write ``fmt`` with TensorFlow in a child process (KERAS_BACKEND=tensorflow) from
+    the model saved as a ``.keras`` archive, which every backend reads alike."""
+    import subprocess
+
+    from .quiet_tf import TF_ENV
+    from .transplanting import _quiet_save
+
+    backend = keras_backend()
+    with tempfile.TemporaryDirectory(prefix="wt-export-") as d:
+        arch = Path(d) / "model.keras"
+        try:
+            _quiet_save(src.keras_model, arch)
+        except Exception as e:
+            raise InputError(f"{src.display}: Keras ({backend}) could not save the model as "
+                             f".keras for TensorFlow to write {fmt}: {one_line(e)}; export "
+                             f"it under KERAS_BACKEND=tensorflow") from None
+        job = {"format": fmt, "model": str(arch), "output": str(tmp), "display": src.display,
+               "kind": src.kind, "opset": opset, "provenance": prov}
+        (Path(d) / "job.json").write_text(json.dumps(job, default=str), encoding="utf-8")
+        env = dict(os.environ, KERAS_BACKEND="tensorflow")
+        for k, v in TF_ENV.items():
+            env.setdefault(k, v)
+        try:
+            r = subprocess.run([sys.executable, "-m", "wtransplant._tfexport",
+                                str(Path(d) / "job.json")], capture_output=True, text=True,
+                               env=env, timeout=CHILD_TIMEOUT_S, stdin=subprocess.DEVNULL)
+        except subprocess.TimeoutExpired:
+            raise InputError(f"{src.display}: TensorFlow did not finish writing the {fmt} "
+                             f"file within {CHILD_TIMEOUT_S} s; export it under "
+                             f"KERAS_BACKEND=tensorflow") from None
+    lines = [ln for ln in r.stdout.splitlines() if ln.strip()]
+    try:
+        out = json.loads(lines[-1])
+    except (IndexError, ValueError):
+        why = one_line(RuntimeError(r.stderr.strip().splitlines()[-1])) \
+            if r.stderr.strip() else f"exit code {r.returncode}"
+        raise InputError(f"{src.display}: TensorFlow, run to write {fmt} for the {backend} "
+                         f"backend, failed ({why}); export it under "
+                         f"KERAS_BACKEND=tensorflow") from None
+    if not out.get("ok"):
+        cls = out.get("class")
+        if cls == "LiteRTUnsupported":
+            raise LiteRTUnsupported(out["error"])
+        if cls == "internal":
+            raise InputError(f"{src.display}: TensorFlow could not write {fmt} from the "
+                             f"{backend} model ({out['error']}); export it under "
+                             f"KERAS_BACKEND=tensorflow")
+        raise InputError(out["error"])
+    info = dict(out.get("info") or {})
+    info["notes"] = list(info.get("notes") or []) + [
+        f"written by TensorFlow in a child process from the model saved as .keras (Keras "
+        f"backend {backend}); checked against the {backend} model"]
+    return info
 
 
 # --------------------------------------------------------------------------------------

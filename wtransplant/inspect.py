@@ -68,6 +68,8 @@ class InspectReport:
     #: references to data outside the file (external links, virtual datasets, external
     #: storage) that were not followed: the CLI reports them and exits 2
     outside: list[str] = field(default_factory=list)
+    #: the architecture the file states itself (a Keras 2 full model's model_config)
+    architecture: dict | None = None
 
     @property
     def format(self) -> str:
@@ -105,6 +107,7 @@ class InspectReport:
             "warnings": list(self.warnings),
             "outside_references": list(self.outside),
             "tree": self.tree.to_dict(),
+            "architecture": self.architecture,
         }
         if self.tree.archive is not None:
             d["archive"] = {"members": self.tree.archive.members,
@@ -151,8 +154,18 @@ def inspect_file(path: str | os.PathLike, *, stats: bool = False, follow_links: 
                     continue
                 st[ds.path] = tensor_stats(src, ds.path)
     outside = [] if follow_links else outside_references(tree)
+    arch = None
+    if loaded.format == "keras-legacy-model":
+        from .kerasconfig import summarize
+
+        arch = summarize(tree.root_attrs.get("model_config"), loaded.tensors)
+        if arch is not None:
+            # the file states its architecture: no guessing from shapes (chains, flatten
+            # orders) next to it
+            hints.chain = None
+            hints.notes = []
     return InspectReport(str(path), tree.file_size, loaded.detection, tree, loaded.tensors,
-                         hints, st, warnings, outside)
+                         hints, st, warnings, outside, arch)
 
 
 def outside_references(tree: FileTree) -> list[str]:

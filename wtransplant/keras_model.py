@@ -32,6 +32,8 @@ FORBIDDEN = {"Lambda", "TFOpLambda", "SlicingOpLambda", "TFSMLayer", "TorchModul
 KERAS2_ONLY = {"time_major": False, "ragged": False, "sparse": False, "implementation": None,
                "groups": 1}
 _MAX_CONFIG_BYTES = 64 << 20
+#: wtransplant's own serialisable layers (wtransplant/layers_custom.py): data, not code
+OWN_CLASSES = {"TorchPooling"}
 #: parameter-free, elementwise layers: a Dense after Flatten -> Dropout still sees the
 #: flattened map in the same order
 PASS_THROUGH = {"Dropout", "AlphaDropout", "GaussianDropout", "GaussianNoise", "Activation",
@@ -57,7 +59,9 @@ def check_config_safe(config, where: str) -> None:
                         f"{where}: layer {name!r} is a {cls}: its config is Python code, which "
                         f"wtransplant never runs; rebuild that part with standard layers")
                 mod = c.get("module")
-                if isinstance(mod, str) and mod and not mod.startswith("keras"):
+                ours = isinstance(mod, str) and mod.startswith("wtransplant.") and \
+                    cls in OWN_CLASSES
+                if isinstance(mod, str) and mod and not mod.startswith("keras") and not ours:
                     raise UnsafeInputError(
                         f"{where}: class {cls!r} comes from module {mod!r}, not from Keras; "
                         f"custom classes are not deserialised")
@@ -73,11 +77,19 @@ def check_config_safe(config, where: str) -> None:
 
 
 def build_model(ms: ModelSpec, *, name: str | None = None) -> keras.Model:
+    return build_model_notes(ms, name=name)[0]
+
+
+def build_model_notes(ms: ModelSpec, *, name: str | None = None
+                      ) -> tuple[keras.Model, list[str]]:
+    """The model and notes on how spec items were built (PyTorch padding, ceil mode...)."""
     if ms.layers is not None:
-        return _sequential(ms, name)
+        from .graph import build_graph
+
+        return build_graph(ms, name)
     if ms.keras_config is not None:
-        return model_from_json_file(ms.keras_config)
-    return _application(ms)
+        return model_from_json_file(ms.keras_config), []
+    return _application(ms), []
 
 
 def _layer_from_dict(d: dict, where: str):
@@ -86,7 +98,9 @@ def _layer_from_dict(d: dict, where: str):
     if cls_name in FORBIDDEN:
         raise UnsafeInputError(f"{where}: {cls_name} layers run Python code and are not "
                                f"supported; express the computation with standard layers")
-    cls = getattr(keras.layers, cls_name, None)
+    from .layers_custom import CUSTOM_CLASSES
+
+    cls = getattr(keras.layers, cls_name, None) or CUSTOM_CLASSES.get(cls_name)
     if not (isinstance(cls, type) and issubclass(cls, keras.layers.Layer)) or \
             cls_name in ("InputLayer", "Layer"):
         options = [n for n in dir(keras.layers) if n[:1].isupper()]
@@ -104,26 +118,6 @@ def _layer_from_dict(d: dict, where: str):
         return cls(**d)
     except (TypeError, ValueError) as e:
         raise InputError(f"{where} ({cls_name}): {' '.join(str(e).split())}") from None
-
-
-def _sequential(ms: ModelSpec, name: str | None) -> keras.Model:
-    layers = [_layer_from_dict(d, f"model.layers[{i}]") for i, d in enumerate(ms.layers)]
-    seen = {}
-    for i, lay in enumerate(layers):
-        if lay.name in seen:
-            raise InputError(f"model.layers[{i}]: duplicate layer name {lay.name!r} (also "
-                             f"model.layers[{seen[lay.name]}])")
-        seen[lay.name] = i
-    inp = keras.Input(shape=tuple(ms.input_shape), dtype=ms.input_dtype, name="input")
-    x = inp
-    for i, lay in enumerate(layers):
-        try:
-            x = lay(x)
-        except Exception as e:
-            raise InputError(
-                f"model.layers[{i}] ({type(lay).__name__} {lay.name!r}) does not accept "
-                f"input of shape {tuple(x.shape)}: {' '.join(str(e).split())[:300]}") from None
-    return keras.Model(inp, x, name=ms.name or name or "transplanted")
 
 
 def _application(ms: ModelSpec) -> keras.Model:
@@ -298,9 +292,23 @@ def _walk_layers(model) -> list:
     return out
 
 
-def _parents(model) -> dict[str, str]:
-    """layer name -> the name of the layer feeding it (single-input layers only)."""
-    out = {}
+def _histories(obj, out: list) -> None:
+    if isinstance(obj, dict):
+        hist = (obj.get("config") or {}).get("keras_history") if \
+            obj.get("class_name") == "__keras_tensor__" else None
+        if hist:
+            out.append(hist[0])
+            return
+        for v in obj.values():
+            _histories(v, out)
+    elif isinstance(obj, list | tuple):
+        for v in obj:
+            _histories(v, out)
+
+
+def inbound(model) -> dict[str, list[str]]:
+    """layer name -> the names of the layers feeding it (first call of each layer)."""
+    out: dict[str, list[str]] = {}
     try:
         cfg = model.get_config()
     except Exception:
@@ -311,21 +319,80 @@ def _parents(model) -> dict[str, str]:
         name = entry.get("name") or (entry.get("config") or {}).get("name")
         nodes = entry.get("inbound_nodes")
         if nodes:
-            node = nodes[0]
-            args = node.get("args") if isinstance(node, dict) else None
-            if args and isinstance(args[0], dict):
-                hist = (args[0].get("config") or {}).get("keras_history")
-                if hist:
-                    out[name] = hist[0]
+            srcs: list[str] = []
+            _histories(nodes[0].get("args") if isinstance(nodes[0], dict) else nodes[0], srcs)
+            out[name] = srcs
         elif isinstance(model, keras.Sequential) and prev is not None:
-            out[name] = prev
+            out[name] = [prev]
         prev = name
     return out
 
 
+def input_layer_names(model) -> list[str]:
+    """The names of the layers that are the model's inputs (what ``inbound`` refers to)."""
+    out = []
+    for t in model.inputs:
+        hist = getattr(t, "_keras_history", None)
+        op = getattr(hist, "operation", None) or (hist[0] if hist else None)
+        out.append(op.name if op is not None else str(t.name).split(":")[0])
+    return out
+
+
+def _parents(model) -> dict[str, str]:
+    """layer name -> the name of the layer feeding it (single-input layers only)."""
+    return {k: v[0] for k, v in inbound(model).items() if len(v) == 1}
+
+
+#: layers between a feature map and its Flatten that reorder it the way the source did
+REORDERING = {"Permute", "Reshape"}
+
+
+def flatten_path(model, layer_name: str, by_name=None, ins=None) -> tuple[str, object]:
+    """How a layer's input relates to a flattened feature map, following the real graph:
+    ('map', (H, W, C)): a Flatten of that map (through parameter-free elementwise layers);
+    ('mirrored', why): a Permute/Reshape reorders the map before the Flatten, mirroring the
+    source model's own reordering (no automatic row permutation); ('undecidable', why): a
+    merge of flattened paths; ('none', None): not after a Flatten."""
+    by_name = by_name or layers_by_name(model)
+    ins = ins if ins is not None else inbound(model)
+    srcs = ins.get(layer_name) or []
+    if len(srcs) != 1:
+        return "none", None
+    return _origin(srcs[0], by_name, ins, 0)
+
+
+def _origin(name: str, by_name, ins, depth: int) -> tuple[str, object]:
+    lay = by_name.get(name)
+    if lay is None or depth > 64:
+        return "none", None
+    cls = type(lay).__name__
+    srcs = ins.get(name) or []
+    if cls in PASS_THROUGH and len(srcs) == 1:
+        return _origin(srcs[0], by_name, ins, depth + 1)
+    if cls == "Flatten" and len(srcs) == 1:
+        before = by_name.get(srcs[0])
+        hops = 0
+        while before is not None and type(before).__name__ in PASS_THROUGH and hops < 16:
+            p = ins.get(before.name) or []
+            before = by_name.get(p[0]) if len(p) == 1 else None
+            hops += 1
+        if before is not None and type(before).__name__ in REORDERING:
+            return "mirrored", f"{type(before).__name__} {before.name} before Flatten {name}"
+        try:
+            fm = tuple(int(d) for d in lay.input.shape[1:])
+        except Exception:
+            return "none", None
+        return ("map", fm) if len(fm) >= 2 else ("none", None)
+    if len(srcs) > 1:
+        kinds = [_origin(s, by_name, ins, depth + 1)[0] for s in srcs]
+        if any(k != "none" for k in kinds):
+            return "undecidable", f"{cls} {name} merges flattened maps ({', '.join(srcs)})"
+    return "none", None
+
+
 def describe_targets(model: keras.Model) -> list[TargetLayer]:
     """Every layer that owns variables, as plain data, in model order."""
-    parents = _parents(model)
+    ins = inbound(model)
     by_name = {lay.name: lay for lay in _walk_layers(model)}
     out: list[TargetLayer] = []
     index = 0
@@ -356,18 +423,11 @@ def describe_targets(model: keras.Model) -> list[TargetLayer]:
                 t.inner_config = inner.get_config()
             except Exception:
                 t.inner_config = None
-        parent = by_name.get(parents.get(lay.name, ""))
-        hops = 0
-        while parent is not None and type(parent).__name__ in PASS_THROUGH and hops < 16:
-            parent = by_name.get(parents.get(parent.name, ""))
-            hops += 1
-        if parent is not None and type(parent).__name__ == "Flatten":
-            try:
-                fm = tuple(int(d) for d in parent.input.shape[1:])
-                if len(fm) >= 2:
-                    t.flatten_from = fm
-            except Exception:
-                pass
+        kind, what = flatten_path(model, lay.name, by_name, ins)
+        if kind == "map":
+            t.flatten_from = what
+        elif kind in ("mirrored", "undecidable"):
+            t.flatten_note = f"{kind}: {what}"
         out.append(t)
     return out
 

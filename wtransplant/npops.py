@@ -169,6 +169,28 @@ def pool(x, size, stride, mode: str, pads=None):
     return s / mw.sum(axis=axes)
 
 
+def torch_pool(x, size, stride, padding, mode: str, ceil_mode: bool = False,
+               count_include_pad: bool = True):
+    """PyTorch's MaxPoolNd/AvgPoolNd on (N, C, *S): explicit padding on both sides (max:
+    padded positions never win), ceil_mode (the last window may reach past the input; it
+    must start inside the input or its left padding) and PyTorch's average divisors."""
+    from .torchgeom import avg_correction, extra_right
+
+    nd = x.ndim - 2
+    size, stride, padding = _tup(size, nd), _tup(stride, nd), _tup(padding, nd)
+    spatial = x.shape[2:]
+    pads = [(p, p + extra_right(n, k, s, p, ceil_mode))
+            for n, k, s, p in zip(spatial, size, stride, padding)]
+    if mode == "max":
+        return pool(x, size, stride, "max", pads)
+    xp = pad_spatial(x, pads, 0.0)
+    win = sliding_window_view(xp, size, axis=tuple(range(2, 2 + nd)))
+    sl = (slice(None), slice(None)) + tuple(slice(None, None, s) for s in stride)
+    mean = win[sl].sum(axis=tuple(range(-nd, 0))) / math.prod(size)
+    f = avg_correction(tuple(spatial), size, stride, padding, ceil_mode, count_include_pad)
+    return mean * f
+
+
 def _tup(v, n):
     if isinstance(v, int):
         return (v,) * n

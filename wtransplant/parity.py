@@ -85,6 +85,13 @@ class ParityResult:
              f"max abs err {self.max_abs:.3g}, max rel err {self.max_rel:.3g}")
         if self.argmax_agreement is not None:
             s += f", argmax agreement {self.argmax_agreement:.1%}"
+        if len(self.outputs) > 1:  # several outputs: each one's figure
+            parts = []
+            for i, o in enumerate(self.outputs):
+                label = (getattr(o, "detail", "") or "").rsplit("output ", 1)[-1] or str(i)
+                ok = "" if getattr(o, "passed", True) else " FAILED"
+                parts.append(f"{label} {o.max_rel:.3g}{ok}")
+            s += f" (max rel err per output: {', '.join(parts)})"
         return f"{s} over {self.n_samples} samples: {self.verdict} (atol {self.atol:g}, " \
                f"rtol {self.rtol:g})"
 

@@ -433,8 +433,16 @@ def build_recipe(var: TargetVar, layer: TargetLayer, srcs: list[SourceTensor], c
             ops.append(Reshape(tuple(wref.reshape), why="from the spec"))
     else:
         order = FLATTEN_ORDER.get(conv)
+        note = layer.flatten_note or ""
         if wref is not None and wref.flatten != "auto":
             order = None if wref.flatten == "none" else wref.flatten
+        elif note.startswith("undecidable") and order and var.var == "kernel":
+            raise MappingError(
+                f"{var.key}: the flatten order of this layer's input cannot be derived from "
+                f"the graph ({note.split(': ', 1)[1]}); say `flatten: chw`, `fortran` or "
+                f"`none` in its weights entry")
+        elif note.startswith("mirrored"):
+            order = None  # the graph reorders the map as the source did
         lay = replace(layer, flatten_order=order)
         layout = layout_for(layer.class_name)
         if layout is None:

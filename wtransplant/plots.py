@@ -31,13 +31,20 @@ def save_figure(fig, path: str | os.PathLike, *, title: str = "", dpi: int = 110
     return str(path)
 
 
+#: at most this many outputs get a scatter panel each
+MAX_OUTPUT_PANELS = 8
+
+
 def parity_plot(path: str | os.PathLike, *, actual=None, expected=None, layers=None,
                 title: str = "") -> str:
     """Per-layer error on a log axis (if ``layers``: dicts with name, max_rel, ok) and a
     scatter of expected against actual outputs (if given). Written atomically."""
     plt = pyplot()
 
-    panels = (1 if layers else 0) + (1 if actual is not None and expected is not None else 0)
+    pairs = []
+    if actual is not None and expected is not None:
+        pairs = list(zip(_as_list(actual), _as_list(expected)))[:MAX_OUTPUT_PANELS]
+    panels = (1 if layers else 0) + len(pairs)
     if panels == 0:
         raise ValueError("nothing to plot")
     fig, axes = plt.subplots(1, panels, figsize=(6.5 * panels, 4.6), squeeze=False)
@@ -55,10 +62,10 @@ def parity_plot(path: str | os.PathLike, *, actual=None, expected=None, layers=N
         ax.set_title("per-layer error against the reference")
         ax.axhline(1e-5, color="gray", linestyle="--", linewidth=1, label="divergence threshold 1e-5")
         ax.legend(loc="upper left", fontsize=8)
-    if actual is not None and expected is not None:
+    for k, (act, exp) in enumerate(pairs):  # one panel per output
         ax = axes.pop(0)
-        a = np.concatenate([np.asarray(x, np.float64).ravel() for x in _as_list(actual)])
-        e = np.concatenate([np.asarray(x, np.float64).ravel() for x in _as_list(expected)])
+        a = np.asarray(act, np.float64).ravel()
+        e = np.asarray(exp, np.float64).ravel()
         if a.size > 20000:
             idx = np.random.default_rng(0).choice(a.size, 20000, replace=False)
             a, e = a[idx], e[idx]
@@ -67,7 +74,8 @@ def parity_plot(path: str | os.PathLike, *, actual=None, expected=None, layers=N
         ax.plot([lo, hi], [lo, hi], color="gray", linewidth=1)
         ax.set_xlabel("expected")
         ax.set_ylabel("actual")
-        ax.set_title("outputs: actual against expected")
+        ax.set_title("outputs: actual against expected" if len(pairs) == 1 else
+                     f"output {k}: actual against expected")
     return save_figure(fig, path, title=title)
 
 

@@ -51,7 +51,7 @@ class Act:
     flattened map, in the order the source flattened it."""
 
     a: np.ndarray
-    kind: str  # vec | seq | map | flat | ids
+    kind: str  # vec | seq | map | flat | ids | raw (already in Keras' layout)
     map_shape: tuple = ()  # for 'flat': (C, *spatial) before flattening (channels first)
     flat_order: str = "chw"  # 'chw' (PyTorch, MATLAB) or 'hwc' (Keras)
 
@@ -67,31 +67,62 @@ def to_keras(act: Act) -> np.ndarray:
 
 
 class Reference:
-    def __init__(self, layers: list[RefLayer], convention: str, input_kind: str, src=None):
+    def __init__(self, layers: list[RefLayer], convention: str, input_kind,
+                 inbound: dict | None = None, inputs: list | None = None,
+                 outputs: list | None = None, src=None):
         self.layers = layers
         self.convention = convention
+        # one kind, or input name -> kind for several inputs
         self.input_kind = input_kind
+        self.inbound = inbound  # layer name -> names it reads (None: a chain)
+        self.inputs = inputs or ["input"]
+        self.outputs = outputs or ([layers[-1].name] if layers else [])
         self.src = src  # an open source: weights are read per layer during forward (lazy)
 
-    def forward(self, x: np.ndarray, *, keep: bool = True):
-        """x in the Keras model's layout. Returns (output in Keras layout, {layer name:
-        activation in Keras layout}) in float64."""
-        act = _initial(np.asarray(x), self.input_kind)
+    def _call(self, fn, lay: RefLayer, arg):
+        """``fn(self, lay, arg)``; a lazy layer's float64 weights are read just before and
+        dropped just after (one layer's weights in memory at a time)."""
+        if not lay.sources:
+            return fn(self, lay, arg)
+        lay.weights = {v: [_raw(self.src, t) for t in ts] for v, ts in lay.sources.items()}
+        try:
+            return fn(self, lay, arg)
+        finally:
+            lay.weights = {}
+
+    def forward(self, x, *, keep: bool = True):
+        """x in the Keras model's layout (one array, or a list in the model's input order).
+        Returns (output(s) in Keras layout: one array or a list in the model's output order,
+        {layer name: activation in Keras layout}) in float64."""
+        if self.inbound is None:
+            act = _initial(np.asarray(x), self.input_kind)
+            acts = {}
+            for lay in self.layers:
+                act = self._call(OPS.get(lay.class_name), lay, act)
+                if keep:
+                    acts[lay.name] = to_keras(act)
+            return to_keras(act), acts
+        xs = x if isinstance(x, list | tuple) else [x]
+        if len(xs) != len(self.inputs):
+            raise NotCovered(f"the model has {len(self.inputs)} inputs, got {len(xs)} arrays")
+        kinds = self.input_kind if isinstance(self.input_kind, dict) else \
+            {n: self.input_kind for n in self.inputs}
+        env = {n: _initial(np.asarray(a), kinds[n]) for n, a in zip(self.inputs, xs)}
         acts = {}
         for lay in self.layers:
-            fn = OPS.get(lay.class_name)
-            if lay.sources:  # lazy: one layer's float64 weights in memory at a time
-                lay.weights = {v: [_raw(self.src, t) for t in ts]
-                               for v, ts in lay.sources.items()}
-                try:
-                    act = fn(self, lay, act)
-                finally:
-                    lay.weights = {}
+            srcs = [env[n] for n in self.inbound.get(lay.name, [])]
+            if lay.class_name in MERGES:
+                out = self._call(MERGES[lay.class_name], lay, srcs)
             else:
-                act = fn(self, lay, act)
+                if len(srcs) != 1:
+                    raise NotCovered(f"layer {lay.name} ({lay.class_name}) has {len(srcs)} "
+                                     f"inputs")
+                out = self._call(OPS[lay.class_name], lay, srcs[0])
+            env[lay.name] = out
             if keep:
-                acts[lay.name] = to_keras(act)
-        return to_keras(act), acts
+                acts[lay.name] = to_keras(out)
+        ys = [to_keras(env[n]) for n in self.outputs]
+        return (ys if len(ys) > 1 else ys[0]), acts
 
 
 def _initial(x: np.ndarray, kind: str) -> Act:
@@ -129,7 +160,7 @@ def build_reference(model, plan, src: OpenedSource, *, spec_layers: list[dict] |
     if conv not in ("torch", "matlab", "keras"):
         raise NotCovered(f"no reference semantics for the {conv} convention (a home-made "
                          f"layout has no framework of its own to imitate)")
-    layers = _linear_chain(model)
+    layers, inbound, in_names, out_names = _graph(model)
     by_target: dict[str, list] = {}
     for a in plan.assignments:
         # an explicit transpose/reshape in the spec is the user's claim about conversion;
@@ -142,7 +173,7 @@ def build_reference(model, plan, src: OpenedSource, *, spec_layers: list[dict] |
     refs = []
     for lay in layers:
         cls = type(lay).__name__
-        if cls not in OPS:
+        if cls not in OPS and cls not in MERGES:
             raise NotCovered(f"layer {lay.name} ({cls}) is not covered by the NumPy "
                              f"reference")
         cfg = lay.get_config()
@@ -150,7 +181,12 @@ def build_reference(model, plan, src: OpenedSource, *, spec_layers: list[dict] |
         if stated is not None:
             # what the spec states about the source wins over the model's own settings:
             # a model that disagrees with its spec is what verify --spec must catch
-            cfg = {**cfg, **{k: v for k, v in stated.items() if k not in ("class", "layer")}}
+            # (graph and PyTorch-style keys are built into other layers: ZeroPadding before
+            # the conv, TorchPooling; their configs carry them)
+            cfg = {**cfg, **{k: v for k, v in stated.items()
+                             if k not in ("class", "layer", "inputs", "ceil_mode",
+                                          "count_include_pad")
+                             and not (k == "padding" and not isinstance(v, str))}}
             exp = set(stated)
         else:
             exp = set(cfg) if spec_layers is None else set()
@@ -171,12 +207,15 @@ def build_reference(model, plan, src: OpenedSource, *, spec_layers: list[dict] |
             raise NotCovered(f"layer {lay.name} ({cls}): the MATLAB reference covers dense "
                              f"chains only")
         refs.append(r)
-    first = refs[0].class_name if refs else ""
-    shape = model.inputs[0].shape
-    kind = input_kind_for(first, len(shape) - 1, model.inputs[0].dtype)
-    if conv == "matlab" and kind not in ("vec",):
+    kinds = {}
+    for name, t in zip(in_names, model.inputs):
+        first = next((r.class_name for r in refs if name in inbound.get(r.name, [])), "")
+        kinds[name] = input_kind_for(first, len(t.shape) - 1, t.dtype)
+    if conv == "matlab" and any(k != "vec" for k in kinds.values()):
         raise NotCovered("the MATLAB reference covers dense chains on vectors only")
-    return Reference(refs, conv, kind, src if lazy else None)
+    kind = kinds[in_names[0]] if len(in_names) == 1 else kinds
+    return Reference(refs, conv, kind, inbound, in_names, out_names,
+                     src=src if lazy else None)
 
 
 def _raw(src: OpenedSource, t) -> np.ndarray:
@@ -184,31 +223,44 @@ def _raw(src: OpenedSource, t) -> np.ndarray:
     return np.transpose(a) if t.column_major else a  # MATLAB's own view
 
 
-def _linear_chain(model) -> list:
-    """The model's layers if they form a single chain (Sequential or a linear functional
-    graph), else NotCovered."""
-    layers = [lay for lay in model.layers if type(lay).__name__ != "InputLayer"]
-    if len(model.inputs) != 1 or len(model.outputs) != 1:
-        raise NotCovered("the reference covers single-input, single-output chains")
+def _graph(model):
+    """The model's layers in an order where inputs come first, who feeds whom, and the
+    names of its inputs and outputs; NotCovered for shared layers and nested models."""
+    from .keras_model import inbound as _inbound
+
     try:
         cfg = model.get_config()
     except Exception as e:
         raise NotCovered(f"model config unavailable: {e}") from None
-    entries = [e for e in cfg.get("layers", []) if e.get("class_name") != "InputLayer"]
-    prev = None
-    for e in entries:
+    for e in cfg.get("layers", []):
         nodes = e.get("inbound_nodes") or []
         if len(nodes) > 1:
             raise NotCovered(f"layer {e.get('name')} is shared (called more than once)")
-        if nodes and isinstance(nodes[0], dict):
-            args = nodes[0].get("args") or []
-            if len(args) != 1 or not isinstance(args[0], dict):
-                raise NotCovered(f"layer {e.get('name')} has several inputs: not a chain")
-            parent = (args[0].get("config") or {}).get("keras_history", [None])[0]
-            if prev is not None and parent != prev:
-                raise NotCovered(f"layer {e.get('name')} does not follow {prev}: not a chain")
-        prev = e.get("name") or (e.get("config") or {}).get("name")
-    return layers
+    layers = [lay for lay in model.layers if type(lay).__name__ != "InputLayer"]
+    if any(hasattr(lay, "layers") and type(lay).__name__ not in ("Bidirectional",)
+           for lay in layers):
+        raise NotCovered("nested models are not covered by the NumPy reference")
+    ins = _inbound(model)
+    in_names = []
+    for t in model.inputs:
+        hist = getattr(t, "_keras_history", None)
+        op = getattr(hist, "operation", None) or (hist[0] if hist else None)
+        in_names.append(op.name if op is not None else str(t.name).split(":")[0])
+    if isinstance(model, __import__("keras").Sequential):
+        in_names = [in_names[0]] if in_names else ["input"]
+        prev = in_names[0]
+        ins = {}
+        for lay in layers:
+            ins[lay.name] = [prev]
+            prev = lay.name
+    out_names = []
+    for t in model.outputs:
+        hist = getattr(t, "_keras_history", None)
+        lay = getattr(hist, "operation", None) or (hist[0] if hist else None)
+        if lay is None:
+            raise NotCovered("cannot tell which layer produces an output")
+        out_names.append(lay.name)
+    return layers, ins, in_names, out_names
 
 
 # --------------------------------------------------------------------------------------
@@ -228,7 +280,7 @@ def _act_fn(cfg):
 
 
 def op_dense(ref, lay, act):
-    if act.kind in ("map", "ids"):
+    if act.kind in ("map", "ids") or (act.kind == "raw" and act.a.ndim != 2):
         raise NotCovered(f"{lay.name}: Dense on a {act.kind} input")
     w = _w(lay, "kernel")
     b = _w(lay, "bias")
@@ -468,6 +520,8 @@ def op_global_pool(ref, lay, act):
 
 def op_flatten(ref, lay, act):
     n = act.a.shape[0]
+    if act.kind == "raw":  # Keras layout after Permute/Reshape: flattened as Keras does
+        return Act(act.a.reshape(n, -1), "vec")
     if act.kind == "map":
         if ref.convention == "keras":  # Keras flattens channels-last
             return Act(np.moveaxis(act.a, 1, -1).reshape(n, -1), "vec")
@@ -496,6 +550,8 @@ def op_cropping(ref, lay, act):
 def _norm_pairs(p, nd):
     if isinstance(p, int):
         return [(p, p)] * nd
+    if nd == 1 and len(p) == 2 and all(isinstance(v, int) for v in p):
+        return [tuple(p)]  # ZeroPadding1D / Cropping1D: (left, right)
     out = []
     for v in p:
         out.append((v, v) if isinstance(v, int) else tuple(v))
@@ -537,6 +593,117 @@ def op_identity(ref, lay, act):
     return act
 
 
+def op_prelu(ref, lay, act):
+    """PReLU: y = x for x > 0, alpha * x otherwise. Under torch/MATLAB/plain the slopes are
+    a per-channel vector (or one value): channel axis 1 of a map, the last axis otherwise;
+    under keras, alpha in Keras' own shape."""
+    a = act.a
+    alpha = _w(lay, "alpha")
+    if ref.convention == "keras":
+        k = to_keras(act)
+        y = np.where(k > 0, k, alpha * k)
+        return _from_keras(y, act)
+    w = alpha.reshape(-1)
+    if w.size == 1:
+        slope = w[0]
+    elif act.kind == "map":
+        if w.size != a.shape[1]:
+            raise NotCovered(f"{lay.name}: {w.size} slopes for {a.shape[1]} channels")
+        slope = w.reshape((1, -1) + (1,) * (a.ndim - 2))
+    else:
+        if w.size != a.shape[-1]:
+            raise NotCovered(f"{lay.name}: {w.size} slopes for {a.shape[-1]} features")
+        slope = w
+    return Act(np.where(a > 0, a, slope * a), act.kind, act.map_shape, act.flat_order)
+
+
+def _from_keras(y, like: Act) -> Act:
+    """A Keras-layout array back into the reference's layout of ``like``."""
+    if like.kind == "map":
+        return Act(np.moveaxis(y, -1, 1), "map")
+    if like.kind == "flat":
+        return Act(y, "raw")
+    return Act(y, like.kind)
+
+
+def op_permute(ref, lay, act):
+    dims = tuple(int(d) for d in lay.config.get("dims"))
+    k = to_keras(act)
+    return Act(np.transpose(k, (0,) + dims), "raw")
+
+
+def op_reshape(ref, lay, act):
+    shape = tuple(int(d) for d in lay.config.get("target_shape"))
+    k = to_keras(act)
+    y = k.reshape((k.shape[0],) + shape)
+    return Act(y, "vec" if y.ndim == 2 else "raw")
+
+
+def op_torch_pool(ref, lay, act):
+    cfg = lay.config
+    nd = act.a.ndim - 2 if act.kind == "map" else 1
+    act = _to_map(lay, act, nd)
+    y = F.torch_pool(act.a, cfg["pool_size"], cfg.get("strides") or cfg["pool_size"],
+                     cfg.get("padding", 0), cfg.get("mode", "max"),
+                     bool(cfg.get("ceil_mode")), bool(cfg.get("count_include_pad", True)))
+    return Act(y, "map")
+
+
+def _same_layout(lay, acts: list[Act]) -> list[Act]:
+    """Merge inputs in one layout: as they are if they agree, else all in Keras' layout."""
+    kinds = {(a.kind, a.map_shape, a.flat_order) for a in acts}
+    if len(kinds) == 1:
+        return acts
+    if any(a.kind == "flat" for a in acts):
+        raise NotCovered(f"{lay.name}: merges a flattened map with other tensors")
+    return [Act(to_keras(a), "raw") for a in acts]
+
+
+def _merge(fn):
+    def op(ref, lay, acts):
+        acts = _same_layout(lay, acts)
+        y = acts[0].a
+        for a in acts[1:]:
+            y = fn(y, a.a)
+        first = acts[0]
+        return Act(y, first.kind, first.map_shape, first.flat_order)
+    return op
+
+
+def op_average(ref, lay, acts):
+    acts = _same_layout(lay, acts)
+    y = sum(a.a for a in acts) / len(acts)
+    return Act(y, acts[0].kind, acts[0].map_shape, acts[0].flat_order)
+
+
+def op_subtract(ref, lay, acts):
+    if len(acts) != 2:
+        raise NotCovered(f"{lay.name}: Subtract takes two inputs")
+    acts = _same_layout(lay, acts)
+    return Act(acts[0].a - acts[1].a, acts[0].kind, acts[0].map_shape, acts[0].flat_order)
+
+
+def op_concatenate(ref, lay, acts):
+    axis = lay.config.get("axis", -1)
+    if any(a.kind == "flat" for a in acts):
+        raise NotCovered(f"{lay.name}: concatenates flattened maps (their order is the "
+                         f"spec's `flatten:` choice)")
+    if all(a.kind == "map" for a in acts) and axis in (-1, acts[0].a.ndim - 1):
+        return Act(np.concatenate([a.a for a in acts], axis=1), "map")
+    ks = [to_keras(a) for a in acts]
+    y = np.concatenate(ks, axis=axis)
+    kind = acts[0].kind if all(a.kind == acts[0].kind for a in acts) and \
+        acts[0].kind in ("vec", "seq") else "raw"
+    return Act(y, kind)
+
+
+MERGES = {
+    "Add": _merge(np.add), "Multiply": _merge(np.multiply),
+    "Maximum": _merge(np.maximum), "Minimum": _merge(np.minimum),
+    "Average": op_average, "Subtract": op_subtract, "Concatenate": op_concatenate,
+}
+
+
 OPS = {
     "Dense": op_dense,
     "Conv1D": op_conv, "Conv2D": op_conv, "Conv3D": op_conv,
@@ -561,6 +728,8 @@ OPS = {
     "Activation": op_activation_layer, "ReLU": op_activation_layer,
     "LeakyReLU": op_activation_layer, "ELU": op_activation_layer,
     "Softmax": op_activation_layer,
+    "PReLU": op_prelu, "Permute": op_permute, "Reshape": op_reshape,
+    "TorchPooling": op_torch_pool, "Identity": op_identity,
     "Dropout": op_identity, "SpatialDropout1D": op_identity, "SpatialDropout2D": op_identity,
     "SpatialDropout3D": op_identity, "GaussianNoise": op_identity,
     "GaussianDropout": op_identity, "AlphaDropout": op_identity,

@@ -29,7 +29,8 @@ LAYOUTS = ("nchw", "ncl", "ncdhw", "nhwc", "nlc", "ndhwc", "none")
 
 TOP_KEYS = {"version", "source", "convention", "model", "weights", "rules", "verify",
             "options", "name"}
-MODEL_KEYS = {"input_shape", "input_dtype", "layers", "keras_config", "application", "name"}
+MODEL_KEYS = {"input_shape", "input_dtype", "layers", "keras_config", "application", "name",
+              "inputs", "outputs"}
 WEIGHT_KEYS = {"from", "transpose", "reshape", "flatten", "convert"}
 RULE_KEYS = {"match", "to"}
 VERIFY_KEYS = {"inputs", "expected", "input_layout", "output_layout", "atol", "rtol",
@@ -80,8 +81,10 @@ class Rule:
 
 @dataclass
 class VerifySpec:
-    inputs: str | None = None
-    expected: str | None = None
+    #: one reference, or (several inputs) a mapping input name -> reference
+    inputs: str | dict | None = None
+    #: one reference, a list (one per output, in ``outputs`` order) or a mapping name -> ref
+    expected: str | list | dict | None = None
     input_layout: str | None = None
     output_layout: str | None = None
     atol: float = 1e-5
@@ -101,6 +104,12 @@ class ModelSpec:
     keras_config: Path | None = None
     application: dict | None = None
     name: str | None = None
+    #: graph specs: named inputs (name -> one sample's shape) and output item names
+    inputs: dict | None = None
+    outputs: list | None = None
+    #: where the spec came from, for errors at build time: file and line of each item
+    display: str = "<spec>"
+    layer_lines: list = field(default_factory=list)
 
     @property
     def kind(self) -> str:
@@ -113,6 +122,10 @@ class ModelSpec:
             d["input_shape"] = list(self.input_shape)
         if self.input_dtype != "float32":
             d["input_dtype"] = self.input_dtype
+        if self.inputs is not None:
+            d["inputs"] = {k: list(v) for k, v in self.inputs.items()}
+        if self.outputs is not None:
+            d["outputs"] = list(self.outputs)
         if self.layers is not None:
             d["layers"] = self.layers
         if self.keras_config is not None:
@@ -295,6 +308,20 @@ def load_spec(path: str | os.PathLike | None = None, *, text: str | None = None,
         u["line"] = lines.line(u.pop("_path")) if lines is not None else None
         u.pop("_path", None)
     spec.undecided = undecided
+    if spec.model is not None:
+        spec.model.display = display
+        if lines is not None and spec.model.layers is not None:
+            spec.model.layer_lines = [lines.line(("model", "layers", i))
+                                      for i in range(len(spec.model.layers))]
+        if spec.model.layers is not None:
+            from .graphspec import GraphSpecError, check_graph
+
+            try:
+                check_graph(spec.model)
+            except GraphSpecError as e:
+                line = lines.line(e.keypath) if lines else None
+                where = f"{display}:{line}" if line else display
+                raise InputError(f"{where}: {_where(e.keypath)}: {e.msg}") from None
     return spec
 
 
@@ -461,10 +488,36 @@ def _model(m) -> ModelSpec:
             raise _SpecErr(path + ("layers",), "empty layer list")
         for i, lay in enumerate(layers):
             _layer_dict(lay, path + ("layers", i))
-        if ms.input_shape is None:
+        if m.get("inputs") is not None:
+            if ms.input_shape is not None:
+                raise _SpecErr(path + ("inputs",), "give 'inputs' (named inputs) or "
+                                                   "'input_shape' (one input), not both")
+            ins = m["inputs"]
+            if not isinstance(ins, dict) or not ins:
+                raise _SpecErr(path + ("inputs",), "expected a mapping input name -> one "
+                                                   "sample's shape, e.g. {image: [48, 48, 3]}")
+            ms.inputs = {}
+            for k, v in ins.items():
+                if not isinstance(k, str) or not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_.-]*", k):
+                    raise _SpecErr(path + ("inputs", k), f"input name {k!r}: use letters, "
+                                                         f"digits and _ . -")
+                if not isinstance(v, list) or not v or not all(
+                        (isinstance(x, int) and not isinstance(x, bool) and x > 0) or x is None
+                        for x in v):
+                    raise _SpecErr(path + ("inputs", k), f"expected one sample's shape, e.g. "
+                                                         f"[16, 16, 3], got {v!r}")
+                ms.inputs[k] = tuple(v)
+        if m.get("outputs") is not None:
+            outs = m["outputs"]
+            outs = [outs] if isinstance(outs, str) else outs
+            if not isinstance(outs, list) or not outs or not all(isinstance(x, str)
+                                                                  for x in outs):
+                raise _SpecErr(path + ("outputs",), "expected a list of item names")
+            ms.outputs = list(outs)
+        if ms.input_shape is None and ms.inputs is None:
             raise _SpecErr(path + ("input_shape",), "missing key 'input_shape' (one sample's "
-                                                    "shape, channels last), needed with "
-                                                    "'layers'")
+                                                    "shape, channels last) or 'inputs' (named "
+                                                    "inputs), needed with 'layers'")
         ms.layers = layers
     elif "keras_config" in kinds:
         ms.keras_config = Path(_type(m["keras_config"], str, path + ("keras_config",),
@@ -532,7 +585,23 @@ def _verify(v) -> VerifySpec:
     vs = VerifySpec()
     for k in ("inputs", "expected"):
         if v.get(k) is not None:
-            setattr(vs, k, _type(v[k], str, path + (k,), "a dataset name or a .npy path"))
+            val = v[k]
+            if isinstance(val, dict):
+                if not val or not all(isinstance(a, str) and isinstance(b, str)
+                                      for a, b in val.items()):
+                    raise _SpecErr(path + (k,), "expected a mapping name -> dataset name or "
+                                                ".npy path")
+                val = dict(val)
+            elif isinstance(val, list) and k == "expected":
+                if not val or not all(isinstance(a, str) for a in val):
+                    raise _SpecErr(path + (k,), "expected a list of dataset names or .npy "
+                                                "paths (one per output)")
+                val = list(val)
+            else:
+                val = _type(val, str, path + (k,), "a dataset name or a .npy path" + (
+                    ", a list (one per output) or a mapping" if k == "expected" else
+                    " or a mapping input name -> reference"))
+            setattr(vs, k, val)
     for k in ("input_layout", "output_layout"):
         if v.get(k) is not None:
             val = _type(v[k], str, path + (k,), "a layout name").lower()

@@ -324,12 +324,12 @@ def rebuild_file(path: str | os.PathLike, *, output: str | os.PathLike | None = 
 
 
 def _model_for(spec: Spec, loaded: LoadedSource):
-    from .keras_model import build_model, model_from_config, model_from_keras2_config
+    from .keras_model import build_model_notes, model_from_config, model_from_keras2_config
 
     notes: list[str] = []
     if spec.model is not None:
         try:
-            return build_model(spec.model, name=spec.name), notes
+            return build_model_notes(spec.model, name=spec.name)
         except InputError as e:
             from .speclines import locate_layer_error
 
@@ -363,7 +363,7 @@ def _transplant(spec: Spec, src: OpenedSource, loaded: LoadedSource, model, note
     targets = describe_targets(model)
     refs = []
     if spec.verify is not None:
-        refs += [r for r in (spec.verify.inputs, spec.verify.expected) if r]
+        refs += ref_names(spec.verify.inputs) + ref_names(spec.verify.expected)
     _, io = split_io(loaded.tensors)
     if io:
         refs += [io["inputs"], io["expected"]]
@@ -406,7 +406,8 @@ def _transplant(spec: Spec, src: OpenedSource, loaded: LoadedSource, model, note
                "layers_with_weights": len(targets),
                "variables": sum(len(t.vars) for t in targets), "parameters": n_params,
                "inputs": [list(x.shape) for x in model.inputs],
-               "outputs": [list(x.shape) for x in model.outputs]},
+               "outputs": [list(x.shape) for x in model.outputs],
+               "input_names": input_names(model), "output_names": output_names(model)},
         plan=plan, checksums=sums, notes=notes, versions=versions(),
         undecided=list(undecided))
 
@@ -508,7 +509,7 @@ def check_parity(report: RebuildReport, model, spec: Spec, src, loaded, plan) ->
 
     x = None
     if has_data and mode in ("auto", "data", "numpy"):
-        x, _ = load_reference(spec, src, loaded)
+        x, _ = load_reference(spec, src, loaded, model)
         report.parity = _verify_with_data(model, spec, src, loaded)
     if mode == "numpy" or (mode == "auto" and not has_data):
         ref = reference()
@@ -537,24 +538,29 @@ def check_parity(report: RebuildReport, model, spec: Spec, src, loaded, plan) ->
         if ref is not None and x is not None:
             from .diagnose import diagnose
 
-            xd = x[:max(1, n_ref)]
+            k = max(1, n_ref)
+            xd = [a[:k] for a in x] if isinstance(x, list) else x[:k]
             _, acts = ref.forward(xd)
             report.diagnosis = diagnose(model, acts, xd, method="numpy reference").to_dict()
         elif state.get("why"):
             report.diagnosis = {"note": f"no per-layer diagnosis: {state['why']}"}
 
 
-def reference_inputs(model, n: int, seed: int = 0) -> np.ndarray:
-    """Seeded inputs of realistic scale for the model's (single) input: standard normal
-    floats; integer ids in the first Embedding's range."""
+def reference_inputs(model, n: int, seed: int = 0):
+    """Seeded inputs of realistic scale for the model's inputs (one array, or a list for
+    several): standard normal floats; integer ids in the first Embedding's range."""
     rng = np.random.default_rng(seed)
-    inp = model.inputs[0]
-    shape = (n,) + tuple(8 if d is None else int(d) for d in inp.shape[1:])
-    if "int" in str(inp.dtype):
-        emb = next((lay for lay in model.layers if type(lay).__name__ == "Embedding"), None)
-        high = int(emb.input_dim) if emb is not None else 10
-        return rng.integers(0, high, size=shape).astype(str(inp.dtype))
-    return rng.standard_normal(shape).astype(str(inp.dtype))
+    out = []
+    for inp in model.inputs:
+        shape = (n,) + tuple(8 if d is None else int(d) for d in inp.shape[1:])
+        if "int" in str(inp.dtype):
+            emb = next((lay for lay in model.layers if type(lay).__name__ == "Embedding"),
+                       None)
+            high = int(emb.input_dim) if emb is not None else 10
+            out.append(rng.integers(0, high, size=shape).astype(str(inp.dtype)))
+        else:
+            out.append(rng.standard_normal(shape).astype(str(inp.dtype)))
+    return out if len(out) > 1 else out[0]
 
 
 def _progress(n: int, what: str, progress: bool | None):
@@ -585,24 +591,99 @@ def _assigned_checksums(model, targets, sums) -> None:
             row["assigned_matches"] = row["assigned_sha256"] == row["value_sha256"]
 
 
-def load_reference(spec: Spec, src: OpenedSource, loaded: LoadedSource):
+def ref_names(ref) -> list[str]:
+    """The reference names in a verify entry (one, a list or a mapping)."""
+    if ref is None:
+        return []
+    if isinstance(ref, dict):
+        return list(ref.values())
+    if isinstance(ref, list):
+        return list(ref)
+    return [ref]
+
+
+def input_names(model) -> list[str]:
+    return [str(getattr(t, "name", f"input_{i}")).split(":")[0]
+            for i, t in enumerate(model.inputs)]
+
+
+def output_names(model) -> list[str]:
+    names = getattr(model, "output_names", None)
+    if names and len(names) == len(model.outputs):
+        return [str(n) for n in names]
+    return [f"output_{i}" for i in range(len(model.outputs))]
+
+
+def load_reference(spec: Spec, src: OpenedSource, loaded: LoadedSource, model=None):
+    """The spec's reference data: x (one array, or a list in the model's input order) and
+    y (one array, or a list in the model's output order)."""
     v = spec.verify
-    x = load_array(v.inputs, base_dir=spec.base_dir, loaded=loaded, src=src)
-    y = load_array(v.expected, base_dir=spec.base_dir, loaded=loaded, src=src)
+
+    def one(ref, what):
+        return load_array(ref, base_dir=spec.base_dir, loaded=loaded, src=src)
+
+    in_names = input_names(model) if model is not None else None
+    out_names = output_names(model) if model is not None else None
+    if isinstance(v.inputs, dict):
+        if in_names is not None:
+            unknown = [k for k in v.inputs if k not in in_names]
+            missing = [k for k in in_names if k not in v.inputs]
+            if unknown or missing:
+                raise InputError(f"verify.inputs names {sorted(v.inputs)}, the model's inputs "
+                                 f"are {in_names}")
+            keys = in_names
+        else:
+            keys = list(v.inputs)
+        x = []
+        for k in keys:
+            a = one(v.inputs[k], "inputs")
+            # a layout names the channel axis of maps; vector inputs have none
+            x.append(a if a.ndim <= 2 else to_channels_last(
+                a, v.input_layout, f"verify.inputs {k}: {v.inputs[k]}"))
+    else:
+        x = to_channels_last(one(v.inputs, "inputs"), v.input_layout,
+                             f"verify.inputs {v.inputs}")
+    if isinstance(v.expected, dict):
+        if out_names is not None:
+            unknown = [k for k in v.expected if k not in out_names]
+            missing = [k for k in out_names if k not in v.expected]
+            if unknown or missing:
+                raise InputError(f"verify.expected names {sorted(v.expected)}, the model's "
+                                 f"outputs are {out_names}")
+            keys = out_names
+        else:
+            keys = list(v.expected)
+        y = [_layout(one(v.expected[k], "expected"), v.output_layout,
+                     f"verify.expected {k}") for k in keys]
+    elif isinstance(v.expected, list):
+        y = [_layout(one(r, "expected"), v.output_layout, f"verify.expected {r}")
+             for r in v.expected]
+    else:
+        y = to_channels_last(one(v.expected, "expected"), v.output_layout,
+                             f"verify.expected {v.expected}")
     if v.samples:
-        x, y = x[: v.samples], y[: v.samples]
-    x = to_channels_last(x, v.input_layout, f"verify.inputs {v.inputs}")
-    y = to_channels_last(y, v.output_layout, f"verify.expected {v.expected}")
+        x = [a[: v.samples] for a in x] if isinstance(x, list) else x[: v.samples]
+        y = [a[: v.samples] for a in y] if isinstance(y, list) else y[: v.samples]
     return x, y
 
 
+def _layout(a, layout, what):
+    """Several outputs: the layout applies to the maps among them (vectors have no channel
+    axis)."""
+    return a if a.ndim <= 2 else to_channels_last(a, layout, what)
+
+
 def predict(model, x, batch_size: int = 256):
-    """Forward pass in batches, returning NumPy (one array, or a list for several outputs)."""
+    """Forward pass in batches, returning NumPy (one array, or a list for several outputs).
+    ``x``: one array, or a list of arrays in the model's input order."""
     import keras
 
+    xs = x if isinstance(x, list | tuple) else [x]
+    n = len(xs[0])
     outs = []
-    for i in range(0, len(x), batch_size):
-        y = model(x[i:i + batch_size], training=False)
+    for i in range(0, n, batch_size):
+        batch = [a[i:i + batch_size] for a in xs]
+        y = model(batch if len(batch) > 1 else batch[0], training=False)
         if isinstance(y, list | tuple):
             outs.append([keras.ops.convert_to_numpy(t) for t in y])
         elif isinstance(y, dict):
@@ -615,22 +696,48 @@ def predict(model, x, batch_size: int = 256):
 
 
 def _verify_with_data(model, spec: Spec, src, loaded) -> ParityResult:
-    x, y = load_reference(spec, src, loaded)
-    want = tuple(int(d) if d is not None else -1 for d in model.inputs[0].shape[1:])
-    got = tuple(x.shape[1:])
-    if len(want) != len(got) or any(w not in (-1, g) for w, g in zip(want, got)):
-        hint = ""
-        if len(got) == len(want) and sorted(got) == sorted(w for w in want if w != -1):
-            hint = " (a channels-first layout? set verify.input_layout: nchw)"
-        raise InputError(f"verify.inputs {spec.verify.inputs}: shape {x.shape} does not fit "
-                         f"the model's input (None, {', '.join(map(str, want))}){hint}")
-    xdt = model.inputs[0].dtype
-    x = x.astype(str(xdt) if str(xdt) != "None" else np.float32, copy=False)
-    out = predict(model, x)
+    x, y = load_reference(spec, src, loaded, model)
+    xs = x if isinstance(x, list) else [x]
+    if len(xs) != len(model.inputs):
+        raise InputError(f"verify.inputs: the model has {len(model.inputs)} inputs "
+                         f"({', '.join(input_names(model))}); give a mapping input name -> "
+                         f"reference")
+    cast = []
+    for t, a, nm in zip(model.inputs, xs, input_names(model)):
+        want = tuple(int(d) if d is not None else -1 for d in t.shape[1:])
+        got = tuple(a.shape[1:])
+        if len(want) != len(got) or any(w not in (-1, g) for w, g in zip(want, got)):
+            hint = ""
+            if len(got) == len(want) and sorted(got) == sorted(w for w in want if w != -1):
+                hint = " (a channels-first layout? set verify.input_layout: nchw)"
+            what = spec.verify.inputs if not isinstance(spec.verify.inputs, dict) else \
+                f"{nm}: {spec.verify.inputs[nm]}"
+            raise InputError(f"verify.inputs {what}: shape {a.shape} does not fit the "
+                             f"model's input {nm} (None, {', '.join(map(str, want))}){hint}")
+        xdt = t.dtype
+        cast.append(a.astype(str(xdt) if str(xdt) != "None" else np.float32, copy=False))
+    out = predict(model, cast if len(cast) > 1 else cast[0])
+    n_out = len(model.outputs)
+    if n_out > 1 and not isinstance(y, list):
+        raise InputError(f"verify.expected: the model has {n_out} outputs "
+                         f"({', '.join(output_names(model))}); give a list (one per output, "
+                         f"in outputs order) or a mapping output name -> reference")
     res = compare(out, y, atol=spec.verify.atol, rtol=spec.verify.rtol,
-                  method=f"reference data ({spec.verify.inputs} -> {spec.verify.expected})",
+                  method=f"reference data ({_desc(spec.verify.inputs)} -> "
+                         f"{_desc(spec.verify.expected)})",
                   what="verify.expected")
+    if n_out > 1:
+        for part, nm in zip(res.outputs, output_names(model)):
+            part.detail = (part.detail + " " if part.detail else "") + f"output {nm}"
     return res
+
+
+def _desc(ref) -> str:
+    if isinstance(ref, dict):
+        return ", ".join(f"{k}={v}" for k, v in ref.items())
+    if isinstance(ref, list):
+        return ", ".join(ref)
+    return str(ref)
 
 
 # --------------------------------------------------------------------------------------

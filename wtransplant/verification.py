@@ -18,6 +18,7 @@ come from :func:`wtransplant.parity.compare`; ``plot`` writes a PNG.
 from __future__ import annotations
 
 import os
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -120,7 +121,13 @@ def verify(model, *, other=None, inputs=None, expected=None, spec=None, activati
     from .artifacts import random_inputs
 
     art = _load(model)
-    xs = _arrays(inputs, input_layout, "inputs")
+    named = named_refs(inputs)
+    if named is not None:
+        xs = {k: _arrays([r], input_layout if _rank(r) > 2 else None, f"inputs {k}")[0]
+              for k, r in named.items()}
+        xs = art.check_inputs(xs)
+    else:
+        xs = _arrays(inputs, input_layout, "inputs")
     if samples:
         xs = [x[:samples] for x in xs]
     in_desc = _desc(inputs) if inputs is not None else ""
@@ -141,7 +148,11 @@ def verify(model, *, other=None, inputs=None, expected=None, spec=None, activati
         other_desc = art2.describe()
         method = f"artifact ({art2.kind} vs {art.kind})"
     elif expected is not None:
-        want = _arrays(expected, output_layout, "expected")
+        exp = [expected] if isinstance(expected, str | os.PathLike | np.ndarray) else \
+            list(expected)
+        # several outputs: the layout applies to the maps among them
+        want = [_arrays([r], output_layout if len(exp) == 1 or _rank(r) > 2 else None,
+                        "expected")[0] for r in exp]
         if samples:
             want = [y[:samples] for y in want]
         got = art.predict(xs)
@@ -154,10 +165,8 @@ def verify(model, *, other=None, inputs=None, expected=None, spec=None, activati
         ref, ref_why = _spec_reference(art, spec)
         if ref is None:
             raise InputError(f"no NumPy reference for this model: {ref_why}")
-        if len(xs) != 1:
-            raise InputError("the NumPy reference covers single-input models")
-        y_ref, ref_acts = ref.forward(xs[0])
-        want = [y_ref]
+        y_ref, ref_acts = ref.forward(xs if len(xs) > 1 else xs[0])
+        want = y_ref if isinstance(y_ref, list) else [y_ref]
         got = art.predict(xs)
         against = f"the NumPy reference of {Path(str(_spec_source(spec))).name} " \
                   f"({ref.convention} semantics)"
@@ -188,6 +197,38 @@ def verify(model, *, other=None, inputs=None, expected=None, spec=None, activati
         raise ParityError(f"{art.display}: outputs differ from {against}: "
                           f"{res.summary()}{where}", report=report)
     return report
+
+
+def named_refs(refs) -> dict | None:
+    """``NAME=FILE`` references (one per model input), or None for plain references. A
+    mapping is taken as is."""
+    if isinstance(refs, dict):
+        return dict(refs)
+    if refs is None or isinstance(refs, np.ndarray):
+        return None
+    items = [refs] if isinstance(refs, str | os.PathLike) else list(refs)
+    out = {}
+    for r in items:
+        if not isinstance(r, str):
+            return None
+        name, sep, path = r.partition("=")
+        if not sep or not path or not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_.-]*", name) \
+                or Path(r).exists():
+            if out:
+                raise InputError(f"inputs: mix of NAME=FILE and plain references ({r!r}); "
+                                 f"name every input as NAME=FILE")
+            return None
+        if name in out:
+            raise InputError(f"inputs: {name} given twice")
+        out[name] = path
+    return out
+
+
+def _rank(ref) -> int:
+    """The rank of a reference array without keeping it (for layouts of several inputs)."""
+    if isinstance(ref, np.ndarray):
+        return ref.ndim
+    return load_array(str(ref)).ndim
 
 
 def _desc(ref) -> str:
@@ -237,18 +278,17 @@ def _diagnose(art, xs, spec, activations, ref_acts) -> dict | None:
     if model is None:
         return {"note": f"no per-layer diagnosis: a {art.kind} artifact has no Keras layers; "
                         f"verify the .keras model it came from"}
-    if len(xs) != 1:
-        return {"note": "per-layer diagnosis covers single-input models"}
+    x = xs if len(xs) > 1 else xs[0]
     if activations is not None:
         acts = load_activations(activations)
-        return diagnose(model, acts, xs[0], method="stored activations").to_dict()
+        return diagnose(model, acts, x, method="stored activations").to_dict()
     if ref_acts is None and spec is not None:
         ref, why = _spec_reference(art, spec)
         if ref is None:
             return {"note": f"no per-layer diagnosis: {why}"}
-        _, ref_acts = ref.forward(xs[0])
+        _, ref_acts = ref.forward(x)
     if ref_acts is not None:
-        return diagnose(model, ref_acts, xs[0], method="numpy reference").to_dict()
+        return diagnose(model, ref_acts, x, method="numpy reference").to_dict()
     return {"note": "no per-layer diagnosis: give spec= (the rebuild spec) for the NumPy "
                     "reference, or activations= with reference activations stored under "
                     "the layers' names"}

@@ -27,6 +27,9 @@ import json
 import os
 
 from ..errors import InputError
+from ..quiet_tf import install as _quiet_tf
+
+_quiet_tf()  # before TensorFlow is imported: no TensorFlow log lines on stderr
 
 _STRATEGIES: dict = {}
 
@@ -35,8 +38,10 @@ def _tf():
     import keras
 
     if keras.backend.backend() != "tensorflow":
-        raise InputError(f"strategy needs the TensorFlow backend (KERAS_BACKEND="
-                         f"{keras.backend.backend()}); under JAX use keras.distribution")
+        b = keras.backend.backend()
+        raise InputError(f"strategy needs the TensorFlow backend (KERAS_BACKEND={b}): run "
+                         f"with KERAS_BACKEND=tensorflow"
+                         + ("; under JAX, keras.distribution does this" if b == "jax" else ""))
     import tensorflow as tf
 
     return tf

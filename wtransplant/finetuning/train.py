@@ -690,11 +690,21 @@ class _Run:
         workers = o.workers if o.workers is not None else (
             1 if keras.backend.backend() == "tensorflow" else 2)
         self.workers = workers
+        self.use_processes = o.multiprocessing
+        if o.multiprocessing and keras.backend.backend() == "jax":
+            # Keras' loader pool forks; JAX runs threads, and a forked copy of a threaded
+            # process can deadlock (JAX warns so on stderr): threads load instead
+            self.use_processes = False
+            msg = (f"multiprocessing loaders are not used under JAX (forking a JAX process "
+                   f"may deadlock): {workers} loader threads instead")
+            if msg not in self.notes:
+                self.notes.append(msg)
+                print(f"wtransplant: warning: {msg}", file=sys.stderr)
         if keras.backend.backend() == "tensorflow" and o.workers is None and \
                 not o.multiprocessing:
             self.loader = "tf.data"
         else:
-            kind = "processes" if o.multiprocessing else "threads"
+            kind = "processes" if self.use_processes else "threads"
             self.loader = f"PyDataset, {workers} loader {kind}"
         from .tfextras import is_multiworker
 
@@ -733,10 +743,10 @@ class _Run:
             self.train_input = stream_dataset([tr], lambda: self.epoch)
             self.val_input = None if vr is None else stream_dataset([vr], lambda: 0)
             return
-        self.train_feed = Feed(tr, workers=workers, use_multiprocessing=o.multiprocessing)
+        self.train_feed = Feed(tr, workers=workers, use_multiprocessing=self.use_processes)
         self.train_input = self.train_feed
         self.val_input = None if vr is None else Feed(vr, workers=workers,
-                                                      use_multiprocessing=o.multiprocessing)
+                                                      use_multiprocessing=self.use_processes)
 
     def _evaluate(self) -> dict:
         data = self.val_input

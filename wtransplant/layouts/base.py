@@ -51,6 +51,10 @@ class TargetLayer:
     #: how the source flattened that map: 'chw' (channels first, PyTorch), 'fortran'
     #: (column-major, MATLAB) or None (Keras' own H,W,C order); set by the plan
     flatten_order: str | None = None
+    #: the graph between the input and its Flatten: 'mirrored: <why>' (a Permute/Reshape
+    #: reorders the map as the source did: no automatic row permutation) or
+    #: 'undecidable: <why>' (the spec must say `flatten:`); None otherwise
+    flatten_note: str | None = None
 
     def var(self, name: str) -> TargetVar | None:
         return next((v for v in self.vars if v.var == name), None)

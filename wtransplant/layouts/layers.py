@@ -21,7 +21,7 @@ import math
 
 from ..errors import MappingError
 from .base import LayerLayout, Proposal, TargetLayer, TargetVar, Unit, mismatch, single
-from .ops import GateReorder, Op, Reshape, Shape, Stack, Sum, Transpose
+from .ops import BroadcastTo, GateReorder, Op, Reshape, Shape, Stack, Sum, Transpose
 
 REGISTRY: dict[str, LayerLayout] = {}
 
@@ -442,6 +442,63 @@ class EmbeddingLayout(LayerLayout):
                             {"embeddings": [unit.tensors["embeddings"].name]},
                             f"Embedding({v}, {d})", None, d, kind="embedding")
         return None
+
+
+# --------------------------------------------------------------------------------------
+# PReLU
+
+
+@register
+class PReLULayout(LayerLayout):
+    """PReLU slopes. Keras' ``alpha`` has the input's shape with ``shared_axes`` set to 1:
+    (1,1,C) for a conv map with ``shared_axes: [1, 2]``, (C,) after a Dense. A source
+    vector of C slopes (PyTorch ``weight`` (C,), MATLAB's ``Alpha``, a plain array) fills
+    the channel axis and is repeated over the axes that are not shared; a single slope
+    (PyTorch ``num_parameters=1``: shape (1,)) fills every position. Same rule under every
+    convention: the slopes are a per-channel vector whichever framework wrote them."""
+
+    classes = ("PReLU",)
+    roles = {"keras": {"alpha": ("alpha",)}, "torch": {"alpha": ("weight",)},
+             "*": {"alpha": ("alpha|weight|scale",)}}
+
+    def recipe(self, var, convention, shapes, layer, target):
+        single(shapes, target)
+        s = tuple(shapes[0])
+        t = tuple(target.shape)
+        n = math.prod(s)
+        if s == t:
+            return []
+        if convention == "keras" and n == math.prod(t):
+            return _check([Reshape(t, why="Keras alpha stored with another shape")], shapes,
+                          target)
+        if n == math.prod(t) and (max(s, default=1) == n or n == 1):
+            return _check([Reshape(t, why=f"{n} slopes")], shapes, target)
+        if n == 1:
+            ones = (1,) * len(t)
+            return _check([Reshape(ones, why="one shared slope"),
+                           BroadcastTo(t, why="fills every position")], shapes, target)
+        if max(s, default=1) == n and n == t[-1]:
+            lead = (1,) * (len(t) - 1) + (n,)
+            return _check([Reshape(lead, why=f"{n} slopes on the channel axis"),
+                           BroadcastTo(t, why="repeated over the axes not in shared_axes")],
+                          shapes, target)
+        raise mismatch(target, shapes, f"PReLU slopes: expected {t[-1]} (one per channel) or "
+                                       f"1 value")
+
+    def recognize(self, unit, convention):
+        t = unit.tensors
+        role = {"keras": "alpha", "torch": "weight"}.get(convention, "weight")
+        if set(t) != {role} or len(unit.shape(role) or ()) != 1:
+            return None
+        if convention != "keras" and "relu" not in unit.key.lower():
+            return None  # a lone vector: only a name says it is a PReLU
+        n = unit.shape(role)[0]
+        args = {} if n == 1 else {"shared_axes": [1, 2]}
+        decide = ["shared_axes (conv map: [1, 2]; after a Dense: none)"] if n > 1 else \
+            ["one slope shared by every position: shared_axes over all non-batch axes"]
+        return Proposal("PReLU", args, {"alpha": [t[role].name]},
+                        f"PReLU({n})", n if n > 1 else None, n if n > 1 else None,
+                        decide=decide, kind="prelu")
 
 
 # --------------------------------------------------------------------------------------

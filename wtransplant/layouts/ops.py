@@ -211,6 +211,28 @@ class Select(Op):
         return f"take source {self.index}"
 
 
+@dataclass
+class BroadcastTo(Op):
+    """Repeat a tensor (with size-1 axes) to a shape: a shared PReLU slope filling every
+    position it covers."""
+
+    shape: tuple
+    why: str = ""
+
+    def shapes(self, shapes):
+        s = _one(shapes, self)
+        if len(s) != len(self.shape) or any(a not in (1, b) for a, b in zip(s, self.shape)):
+            raise OpShapeError(f"cannot broadcast {s} to {tuple(self.shape)}")
+        return [tuple(self.shape)]
+
+    def apply(self, arrays):
+        return [np.broadcast_to(arrays[0], self.shape).copy()]
+
+    def describe(self):
+        txt = "repeat to (" + ",".join(map(str, self.shape)) + ")"
+        return f"{txt} [{self.why}]" if self.why else txt
+
+
 def run_shapes(recipe: list[Op], shapes: list[Shape]) -> list[Shape]:
     for op in recipe:
         shapes = op.shapes(shapes)
