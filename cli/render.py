@@ -31,8 +31,10 @@ class PlainConsole:
 
     is_terminal = False
 
-    def print(self, text: str = "", *, markup: bool = True, end: str = "\n") -> None:
-        text = str(text)
+    def print(self, text="", *, markup: bool = True, end: str = "\n") -> None:
+        if not isinstance(text, str):  # a rich renderable (a table): rich draws it
+            _console().print(text, end=end)
+            return
         if markup:
             text = _TAGS.sub("", text)
         sys.stdout.write(text.translate(_CONTROL) + end)
