@@ -166,6 +166,10 @@ def main(argv=None) -> dict:
     ap.add_argument("--batch-size", type=int, default=64)
     ap.add_argument("--epochs", type=int, default=3)
     ap.add_argument("--rounds", type=int, default=6)
+    ap.add_argument("--batch-sizes", default="",
+                    help="also measure throughput at these batch sizes (e.g. 32,128,512), "
+                         "one paired round each")
+    ap.add_argument("--no-memory", action="store_true", help="skip the peak-RSS runs")
     ap.add_argument("--json", action="store_true")
     ap.add_argument("--child", choices=["stream", "memory", "paired"], help=argparse.SUPPRESS)
     ap.add_argument("--data", help=argparse.SUPPRESS)
@@ -188,9 +192,10 @@ def main(argv=None) -> dict:
     with tempfile.TemporaryDirectory() as d:
         small, big = Path(d) / "small.h5", Path(d) / "big.h5"
         make_data(small, args.base)
-        make_data(big, args.base * args.grow)
+        if not args.no_memory:
+            make_data(big, args.base * args.grow)
         res["files_mib"] = {"small": small.stat().st_size / 2**20,
-                            "big": big.stat().st_size / 2**20}
+                            "big": big.stat().st_size / 2**20 if big.exists() else 0.0}
         p = run_child("paired", small, args.epochs, args.batch_size, args.rounds)
         ratios = [s_ / m for s_, m in zip(p["stream"], p["memory"])]
         thr = {m: statistics.median(p[m]) for m in ("stream", "memory")}
@@ -202,8 +207,17 @@ def main(argv=None) -> dict:
         res["cpu_us_per_sample"] = cpu
         res["cpu_ratio_stream_over_memory"] = cpu["stream"] / cpu["memory"]
         res["load_average_after"] = os.getloadavg()
+        if args.batch_sizes:
+            res["batch_scaling"] = []
+            for bs in (int(b) for b in args.batch_sizes.split(",")):
+                q = run_child("paired", small, args.epochs, bs, 1)
+                row = {"batch_size": bs, "stream": q["stream"][0], "memory": q["memory"][0],
+                       "ratio": q["stream"][0] / q["memory"][0]}
+                res["batch_scaling"].append(row)
+                print(f"  batch {bs:5d}: streamed {row['stream']:.0f}, in-memory "
+                      f"{row['memory']:.0f} samples/s ({row['ratio']:.2f}x)", file=sys.stderr)
         mem = {}
-        for mode in ("stream", "memory"):
+        for mode in (() if args.no_memory else ("stream", "memory")):
             for name, path in (("1x", small), (f"{args.grow}x", big)):
                 r = run_child(mode, path, 1, args.batch_size)
                 mem[f"{mode}_{name}"] = r["peak_rss_mib"]
@@ -212,13 +226,14 @@ def main(argv=None) -> dict:
         res["peak_rss_mib"] = mem
         g = f"{args.grow}x"
         res["rss_growth_mib"] = {"stream": mem[f"stream_{g}"] - mem["stream_1x"],
-                                 "memory": mem[f"memory_{g}"] - mem["memory_1x"]}
-        res["data_growth_mib"] = res["files_mib"]["big"] - res["files_mib"]["small"]
+                                 "memory": mem[f"memory_{g}"] - mem["memory_1x"]} \
+            if mem else {"stream": 0.0, "memory": 0.0}
+        res["data_growth_mib"] = max(0.0, res["files_mib"]["big"] - res["files_mib"]["small"])
     ratio = res["throughput_ratio_stream_over_memory"]
     growth = res["rss_growth_mib"]
     res["goals"] = {"throughput_ratio>=0.9": ratio >= 0.9,
                     "stream_memory_flat(<10% of data growth)":
-                        growth["stream"] < 0.1 * res["data_growth_mib"]}
+                        growth["stream"] < 0.1 * res["data_growth_mib"] if mem else None}
     if args.json:
         print(json.dumps(res, indent=2))
     else:
@@ -228,6 +243,8 @@ def main(argv=None) -> dict:
               f"{', '.join(f'{q:.2f}' for q in res['round_ratios'])}); CPU time per sample "
               f"{cpu['stream']:.1f} vs {cpu['memory']:.1f} us ({res['cpu_ratio_stream_over_memory']:.2f}x); load "
               f"average {res['load_average_after'][0]:.1f} on {os.cpu_count()} CPUs")
+        if not mem:
+            return res
         print(f"peak RSS, data {args.base} -> {args.base * args.grow} samples "
               f"(+{res['data_growth_mib']:.0f} MiB on disk): streamed "
               f"{mem['stream_1x']:.0f} -> {mem[f'stream_{g}']:.0f} MiB "

@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import re
 import sys
 
 from wtransplant.h5io import fmt_bytes
@@ -25,6 +26,50 @@ def _console():
             return super().print(*objects, **kw)
 
     return SafeConsole(highlight=False, soft_wrap=True)
+
+
+#: the markup tags this module writes (user text is printed with markup=False or escaped)
+_TAGS = re.compile(r"(?<!\\)(?:\[/\]|\[/?(?:bold green|bold red|bold blue|bold|yellow|green|red|dim)\])")
+#: the control characters rich's Text drops (BEL, BS, VT, FF, CR)
+_CONTROL = str.maketrans("", "", "\x07\x08\x0b\x0c\x0d")
+
+
+class PlainConsole:
+    """What ``inspect`` needs of rich's Console when stdout is not a terminal (a pipe, a
+    file): plain lines, markup tags dropped, no import of rich (a fifth of a small
+    inspect's own start-up)."""
+
+    is_terminal = False
+
+    def print(self, text="", *, markup: bool = True, end: str = "\n") -> None:
+        if not isinstance(text, str):  # a rich renderable (a table): rich draws it
+            _console().print(text, end=end)
+            return
+        if markup:  # our own tags dropped; file strings were escaped with markup()
+            text = _TAGS.sub("", text).replace("\\[", "[")
+        sys.stdout.write(neutral(text, keep_newlines=True).translate(_CONTROL) + end)
+
+
+def _inspect_console():
+    return _console() if sys.stdout.isatty() else PlainConsole()
+
+
+def plain_table(title: str, columns: list[str], rows: list[list[str]],
+                right: tuple = ()) -> str:
+    """A table as aligned text lines (cells may hold several lines)."""
+    cells = [[str(c).split("\n") for c in r] for r in rows]
+    widths = [max([len(h)] + [len(x) for r in cells for x in r[i]])
+              for i, h in enumerate(columns)]
+
+    def fmt(parts):
+        return "  ".join((p.rjust(w) if i in right else p.ljust(w))
+                         for i, (p, w) in enumerate(zip(parts, widths))).rstrip()
+
+    out = [title, fmt(columns), fmt(["-" * w for w in widths])]
+    for r in cells:
+        for k in range(max(len(c) for c in r)):
+            out.append(fmt([c[k] if k < len(c) else "" for c in r]))
+    return "\n".join(out)
 
 
 def short(v, n: int = MAX_ATTR_CHARS) -> str:
@@ -138,7 +183,7 @@ STYLES = {"group": "bold blue", "dataset": "", "other": "dim", "link": "magenta"
 
 def print_inspect(report: InspectReport, pattern: str | None = None,
                   depth: int | None = None) -> None:
-    con = _console()
+    con = _inspect_console()
     det = report.detection
     con.print(f"[bold]{markup(report.file)}[/]  ({fmt_bytes(report.file_size)})")
     con.print(f"format: [bold green]{det.format}[/]   convention: [bold]{det.convention}[/]"
@@ -214,18 +259,12 @@ def _print_hints(con, report: InspectReport) -> None:
         if h.layers:
             con.print(f"\nno layer recognised among {len(h.layers)} groups of tensors")
         return
-    from rich.table import Table
-
     con.print()
     title = "Implied architecture"
     if h.chain_text:
-        title += f": {markup(h.chain_text)}"
-    table = Table(title=title, title_justify="left", show_lines=False, expand=False)
-    table.add_column("#", justify="right")
-    table.add_column("source unit")
-    table.add_column("looks like")
-    table.add_column("Keras layer")
-    table.add_column("to decide / notes")
+        title += f": {neutral(h.chain_text)}"
+    columns = ["#", "source unit", "looks like", "Keras layer", "to decide / notes"]
+    rows = []
     explain: dict[str, None] = {}
     for i, lh in enumerate(known[:MAX_HINT_ROWS], 1):
         p = lh.proposal
@@ -236,10 +275,23 @@ def _print_hints(con, report: InspectReport) -> None:
             keys.append(key)
             if key != d:
                 explain[f"{key}: {d[len(key):].lstrip(' :')}"] = None
-        table.add_row(str(i), markup(lh.unit), markup(p.summary),
-                      markup(f"{p.keras_class}({args})"), markup(", ".join(keys)) + (
-                          "\n" + markup("; ".join(lh.notes)) if lh.notes else ""))
-    con.print(table)
+        rows.append([neutral(str(i)), neutral(lh.unit), neutral(p.summary),
+                     neutral(f"{p.keras_class}({args})"),
+                     neutral(", ".join(keys)) + ("\n" + neutral("; ".join(lh.notes))
+                                                 if lh.notes else "")])
+    if con.is_terminal:
+        from rich.table import Table
+        from rich.text import Text
+
+        table = Table(title=Text(title), title_justify="left", show_lines=False,
+                      expand=False)
+        for c in columns:
+            table.add_column(c, justify="right" if c == "#" else "left")
+        for r in rows:
+            table.add_row(*(Text(c) for c in r))  # Text: file strings are never markup
+        con.print(table)
+    else:
+        con.print(plain_table(title, columns, rows, right=(0,)), markup=False)
     if len(known) > MAX_HINT_ROWS:
         con.print(f"  … {len(known) - MAX_HINT_ROWS} more layers (--json lists all)")
     if unknown:

@@ -311,6 +311,7 @@ def test_fast_probe_and_h5py_walk_agree(rel, monkeypatch):
     from wtransplant.tree import walk
 
     assert _fasth5._load() is not None, "fast path unavailable on this platform"
+    monkeypatch.setattr(_fasth5, "FAST_MIN", 0)
     with open_source(fx(rel)) as src:
         fast = walk(src).to_dict()
     monkeypatch.setattr(_fasth5, "_lib", None)
@@ -331,6 +332,7 @@ def test_two_process_probe_gives_the_same_tree(rel, monkeypatch):
     if not hasattr(os, "fork") or not sys.platform.startswith("linux"):
         pytest.skip("the two-process probe is Linux-only")
     monkeypatch.setattr(_fasth5, "PARALLEL_MIN", 10**9)
+    monkeypatch.setattr(_fasth5, "FAST_MIN", 0)
     with open_source(fx(rel)) as src:
         serial = walk(src).to_dict()
     monkeypatch.setattr(_fasth5, "_parallel_ok", lambda n: n >= 2)
@@ -358,6 +360,7 @@ def test_interrupted_walk_leaves_no_helper(monkeypatch):
     if not hasattr(os, "fork") or not sys.platform.startswith("linux"):
         pytest.skip("the two-process probe is Linux-only")
     monkeypatch.setattr(_fasth5, "_parallel_ok", lambda n: n >= 2)
+    monkeypatch.setattr(_fasth5, "FAST_MIN", 0)
     me = os.getpid()
     real_probe = _fasth5.Prober.probe
 

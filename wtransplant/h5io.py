@@ -419,6 +419,38 @@ def read_dataset(src: OpenedSource, path: str, *, limit: int = MAX_TENSOR_BYTES)
                          path=src.display) from None
 
 
+#: a source tensor that must change dtype is read and cast this many bytes at a time
+READ_BLOCK_BYTES = 16 << 20
+
+
+def read_dataset_as(src: OpenedSource, path: str, dtype, *, hasher=None) -> np.ndarray:
+    """Read one whole dataset straight into an array of ``dtype``, a block of rows at a
+    time: a float64 source of a float32 variable is never held whole as float64. With
+    ``hasher`` (a hashlib object), the stored values are fed to it block by block, exactly
+    the bytes :func:`read_dataset`'s array would give (C order, the file's dtype)."""
+    ds = resolve_dataset(src, path)
+    dtype = np.dtype(dtype)
+    try:
+        if ds.ndim == 0 or ds.shape[0] == 0:
+            a = ds[()]
+            if hasher is not None:
+                hasher.update(memoryview(np.ascontiguousarray(a)).cast("B") if a.size else b"")
+            return np.asarray(a).astype(dtype)
+        out = np.empty(ds.shape, dtype)
+        row = max(1, ds.dtype.itemsize * (out.size // ds.shape[0]))
+        step = max(1, READ_BLOCK_BYTES // row)
+        for a in range(0, ds.shape[0], step):
+            block = ds[a:a + step]
+            if hasher is not None and block.size:
+                hasher.update(memoryview(np.ascontiguousarray(block)).cast("B"))
+            out[a:a + step] = block
+            del block
+        return out
+    except (OSError, TypeError, ValueError, RuntimeError, KeyError) as e:
+        raise InputError(f"cannot read dataset {ds.name}: {str(e).split('(')[0].strip()}",
+                         path=src.display) from None
+
+
 def fmt_bytes(n: float) -> str:
     for unit in ("B", "KiB", "MiB", "GiB", "TiB", "PiB"):
         if abs(n) < 1024 or unit == "PiB":

@@ -457,20 +457,97 @@ def describe_targets(model: keras.Model) -> list[TargetLayer]:
     return out
 
 
+#: variables larger than this are written a block of rows at a time where the backend can
+#: write into a variable in place (TensorFlow): handed a whole NumPy array, the framework
+#: first copies it into a tensor of its own, so a large kernel would be held twice
+ASSIGN_BLOCK_BYTES = 16 << 20
+
+
+def _inplace_target(v, value: np.ndarray | None = None):
+    """The backend's own variable when it can take row-block writes (a ``tf.Variable`` of
+    the same dtype), else None."""
+    import sys
+
+    tf = sys.modules.get("tensorflow")
+    if tf is None or keras.backend.backend() != "tensorflow":
+        return None
+    target = getattr(v, "value", None)
+    if not isinstance(target, tf.Variable):
+        return None
+    if value is not None and np.dtype(target.dtype.as_numpy_dtype) != value.dtype:
+        return None
+    return target
+
+
+def _row_step(shape: tuple, itemsize: int) -> int:
+    n = 1
+    for d in shape[1:]:
+        n *= int(d)
+    return max(1, ASSIGN_BLOCK_BYTES // max(1, n * itemsize))
+
+
+def assign_variable(v, value: np.ndarray, layer_name: str = "") -> None:
+    """``v.assign(value)``, in row blocks for a large variable on TensorFlow (at most one
+    extra block in memory instead of a second copy of the whole tensor)."""
+    if tuple(v.shape) != tuple(value.shape):
+        raise ValueError(f"Layer {layer_name} weight shape {tuple(v.shape)} is not "
+                         f"compatible with provided weight shape {tuple(value.shape)}.")
+    target = None
+    if value.nbytes > ASSIGN_BLOCK_BYTES and value.ndim >= 1 and value.shape[0] > 1:
+        target = _inplace_target(v, value)
+    if target is None:
+        v.assign(value)
+        return
+    import tensorflow as tf
+
+    # in place, without reading the variable (``target[a:b].assign`` reads it all first)
+    step = _row_step(value.shape, value.itemsize)
+    for a in range(0, value.shape[0], step):
+        b = min(a + step, value.shape[0])
+        tf.raw_ops.ResourceStridedSliceAssign(ref=target.handle, begin=[a], end=[b],
+                                              strides=[1], value=value[a:b])
+
+
+def variable_sha256(v) -> str:
+    """sha256 of a variable's value as ``plan.sha256_array`` computes it for a NumPy array,
+    read back a block of rows at a time where the backend allows it."""
+    import hashlib
+
+    target = _inplace_target(v)
+    shape = tuple(int(d) for d in v.shape)
+    dt = np.dtype(target.dtype.as_numpy_dtype) if target is not None else None
+    if target is None or len(shape) == 0 or \
+            int(np.prod(shape)) * dt.itemsize <= ASSIGN_BLOCK_BYTES:
+        from .plan import sha256_array
+
+        return sha256_array(keras.ops.convert_to_numpy(v))
+    h = hashlib.sha256()
+    h.update(str(dt).encode())
+    h.update(str(shape).encode())
+    import tensorflow as tf
+
+    step = _row_step(shape, dt.itemsize)
+    for a in range(0, shape[0], step):
+        rows = tf.raw_ops.ResourceGather(resource=target.handle,
+                                         indices=tf.range(a, min(a + step, shape[0])),
+                                         dtype=target.dtype)
+        h.update(memoryview(np.ascontiguousarray(rows.numpy())).cast("B"))
+        del rows
+    return h.hexdigest()
+
+
 def assign_layer(layer, values: dict[str, np.ndarray]) -> None:
-    """Set a layer's variables with ``set_weights`` (variables not in ``values`` keep their
-    current values)."""
-    current = None
-    arrays = []
+    """Set a layer's variables from NumPy arrays by their names relative to the layer
+    (variables not in ``values`` keep their current values)."""
     for v in layer.weights:
         rel = _rel_var_name(v, layer)
         if rel in values:
-            arrays.append(values[rel])
-        else:
-            if current is None:
-                current = layer.get_weights()
-            arrays.append(current[len(arrays)])
-    layer.set_weights(arrays)
+            assign_variable(v, values[rel], layer.name)
+
+
+def layer_variables(layer) -> dict:
+    """A layer's variables by their names relative to the layer (as in ``TargetVar.var``)."""
+    return {_rel_var_name(v, layer): v for v in layer.weights}
 
 
 def layers_by_name(model) -> dict:

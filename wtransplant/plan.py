@@ -28,10 +28,10 @@ import numpy as np
 
 from .errors import MappingError, UnsafeInputError
 from .formats import SourceTensor, keras3_group_names
-from .h5io import OpenedSource, read_dataset
+from .h5io import OpenedSource, read_dataset, read_dataset_as, resolve_dataset
 from .inspect import LoadedSource
 from .layouts import Proposal, TargetLayer, TargetVar, Unit, layout_for
-from .layouts.ops import Op, OpShapeError, Reshape, ReverseAxes, Transpose, apply, run_shapes
+from .layouts.ops import Op, OpShapeError, Reshape, ReverseAxes, Sum, Transpose, apply, run_shapes
 from .spec import Spec, WeightRef
 
 
@@ -490,23 +490,84 @@ class Value:
 
 def materialize(plan: Plan, src: OpenedSource, assignments: list[Assignment] | None = None,
                 *, checksums: bool = True) -> Iterator[Value]:
-    """Read, convert and cast each assignment's sources, one assignment at a time."""
+    """Read, convert and cast each assignment's sources, one assignment at a time.
+
+    One copy of each tensor is in flight where the recipe allows it: a source whose dtype
+    differs from the target's is cast block by block while it is read (when the recipe
+    only moves values: no sum, whose rounding depends on the dtype it runs in), the
+    NaN/Inf scan runs in blocks, and the generator keeps no reference to a value it has
+    handed over (the caller drops it once assigned)."""
     for a in assignments if assignments is not None else plan.assignments:
-        raw = [read_dataset(src, s.path) for s in a.sources]
-        sums = [sha256_array(r) for r in raw] if checksums else []
+        want = np.dtype(a.target.dtype)
+        cast_early = not any(isinstance(op, Sum) for op in a.ops)
+        raw, sums, src_dtypes = [], [], []
+        for s in a.sources:
+            h = None
+            if cast_early:
+                ds_dtype, ds_shape = _stored_type(src, s.path)
+                if ds_dtype is not None and ds_dtype != want and ds_dtype.kind in "fiu" \
+                        and want.kind in "fiu":
+                    h = _array_hasher(ds_dtype, ds_shape) if checksums else None
+                    raw.append(read_dataset_as(src, s.path, want, hasher=h))
+                    src_dtypes.append(ds_dtype)
+                    sums.append(h.hexdigest() if h is not None else None)
+                    continue
+            r = read_dataset(src, s.path)
+            raw.append(r)
+            src_dtypes.append(r.dtype)
+            sums.append(sha256_array(r) if checksums else None)
+        sums = sums if checksums else []
         try:
             arr = apply(a.ops, raw)
         except (OpShapeError, ValueError) as e:
             raise MappingError(_shape_msg(a.target, a.sources, str(e))) from None
-        identity = not a.ops and len(raw) == 1 and raw[0].dtype == np.dtype(a.target.dtype)
+        identity = not a.ops and len(raw) == 1 and src_dtypes[0] == want
         del raw
-        arr = arr.astype(a.target.dtype, copy=False)
-        if not np.all(np.isfinite(arr)) and arr.dtype.kind == "f":
-            bad = int(np.count_nonzero(~np.isfinite(arr)))
-            plan.warnings.append(f"{a.target.key}: {bad} NaN/Inf values in the source")
+        arr = arr.astype(want, copy=False)
+        if arr.dtype.kind == "f":
+            bad = count_nonfinite(arr)
+            if bad:
+                plan.warnings.append(f"{a.target.key}: {bad} NaN/Inf values in the source")
         # the converted value is the source itself when nothing was done to it
         value_sum = (sums[0] if identity else sha256_array(arr)) if checksums else ""
-        yield Value(a, arr, sums, value_sum)
+        value = Value(a, arr, sums, value_sum)
+        del arr
+        yield value
+        del value
+
+
+def _stored_type(src: OpenedSource, path: str) -> tuple:
+    """(dtype, shape) of a source dataset; (None, None) if it cannot be opened (then
+    read_dataset says why)."""
+    try:
+        ds = resolve_dataset(src, path)
+        return ds.dtype, tuple(ds.shape)
+    except Exception:
+        return None, None
+
+
+def _array_hasher(dtype: np.dtype, shape: tuple):
+    """A sha256 primed as :func:`sha256_array` primes it (dtype, shape), for values fed
+    block by block."""
+    h = hashlib.sha256()
+    h.update(str(dtype).encode())
+    h.update(str(tuple(shape)).encode())
+    return h
+
+
+#: elements per block of the NaN/Inf scan (a 4 MiB boolean temporary at most)
+SCAN_BLOCK = 1 << 22
+
+
+def count_nonfinite(arr: np.ndarray) -> int:
+    """NaN/Inf values in a float array, scanned in blocks (no array-sized temporary)."""
+    flat = arr.reshape(-1)
+    bad = 0
+    for i in range(0, flat.size, SCAN_BLOCK):
+        fin = np.isfinite(flat[i:i + SCAN_BLOCK])
+        if not fin.all():
+            bad += int(fin.size - np.count_nonzero(fin))
+    return bad
 
 
 def sha256_array(a: np.ndarray) -> str:

@@ -41,6 +41,8 @@ class RefLayer:
     explicit: set  # argument names the spec stated (vs Keras defaults)
     weights: dict = field(default_factory=dict)  # var -> list of raw arrays (source view)
     inner: RefLayer | None = None  # Bidirectional's wrapped layer
+    #: lazy references: var -> source tensors, read (as float64) only while this layer runs
+    sources: dict = field(default_factory=dict)
 
 
 @dataclass
@@ -67,7 +69,7 @@ def to_keras(act: Act) -> np.ndarray:
 class Reference:
     def __init__(self, layers: list[RefLayer], convention: str, input_kind,
                  inbound: dict | None = None, inputs: list | None = None,
-                 outputs: list | None = None):
+                 outputs: list | None = None, src=None):
         self.layers = layers
         self.convention = convention
         # one kind, or input name -> kind for several inputs
@@ -75,6 +77,18 @@ class Reference:
         self.inbound = inbound  # layer name -> names it reads (None: a chain)
         self.inputs = inputs or ["input"]
         self.outputs = outputs or ([layers[-1].name] if layers else [])
+        self.src = src  # an open source: weights are read per layer during forward (lazy)
+
+    def _call(self, fn, lay: RefLayer, arg):
+        """``fn(self, lay, arg)``; a lazy layer's float64 weights are read just before and
+        dropped just after (one layer's weights in memory at a time)."""
+        if not lay.sources:
+            return fn(self, lay, arg)
+        lay.weights = {v: [_raw(self.src, t) for t in ts] for v, ts in lay.sources.items()}
+        try:
+            return fn(self, lay, arg)
+        finally:
+            lay.weights = {}
 
     def forward(self, x, *, keep: bool = True):
         """x in the Keras model's layout (one array, or a list in the model's input order).
@@ -84,7 +98,7 @@ class Reference:
             act = _initial(np.asarray(x), self.input_kind)
             acts = {}
             for lay in self.layers:
-                act = OPS.get(lay.class_name)(self, lay, act)
+                act = self._call(OPS.get(lay.class_name), lay, act)
                 if keep:
                     acts[lay.name] = to_keras(act)
             return to_keras(act), acts
@@ -98,12 +112,12 @@ class Reference:
         for lay in self.layers:
             srcs = [env[n] for n in self.inbound.get(lay.name, [])]
             if lay.class_name in MERGES:
-                out = MERGES[lay.class_name](self, lay, srcs)
+                out = self._call(MERGES[lay.class_name], lay, srcs)
             else:
                 if len(srcs) != 1:
                     raise NotCovered(f"layer {lay.name} ({lay.class_name}) has {len(srcs)} "
                                      f"inputs")
-                out = OPS[lay.class_name](self, lay, srcs[0])
+                out = self._call(OPS[lay.class_name], lay, srcs[0])
             env[lay.name] = out
             if keep:
                 acts[lay.name] = to_keras(out)
@@ -136,9 +150,12 @@ def input_kind_for(first_class: str, rank: int, dtype: str) -> str:
 # building from a rebuilt model and its plan
 
 
-def build_reference(model, plan, src: OpenedSource, *, spec_layers: list[dict] | None = None
-                    ) -> Reference:
-    """A :class:`Reference` for a rebuilt Keras model, or NotCovered."""
+def build_reference(model, plan, src: OpenedSource, *, spec_layers: list[dict] | None = None,
+                    lazy: bool = False) -> Reference:
+    """A :class:`Reference` for a rebuilt Keras model, or NotCovered. ``lazy``: keep no
+    weights; each forward pass reads a layer's tensors (as float64) just before the layer
+    runs and drops them after, so ``src`` must stay open while the reference is used (a
+    float64 copy of the whole model would be twice the model's bytes)."""
     conv = plan.convention
     if conv not in ("torch", "matlab", "keras"):
         raise NotCovered(f"no reference semantics for the {conv} convention (a home-made "
@@ -180,8 +197,11 @@ def build_reference(model, plan, src: OpenedSource, *, spec_layers: list[dict] |
         for key, srcs in by_target.items():
             lname, _, var = key.partition("/")
             if lname == lay.name:
-                r.weights[var] = [_raw(src, t) for t in srcs]
-        if lay.weights and not r.weights:
+                if lazy:
+                    r.sources[var] = list(srcs)
+                else:
+                    r.weights[var] = [_raw(src, t) for t in srcs]
+        if lay.weights and not (r.weights or r.sources):
             raise NotCovered(f"layer {lay.name} has no mapped source tensors")
         if conv == "matlab" and lay.weights and cls != "Dense":
             raise NotCovered(f"layer {lay.name} ({cls}): the MATLAB reference covers dense "
@@ -194,7 +214,8 @@ def build_reference(model, plan, src: OpenedSource, *, spec_layers: list[dict] |
     if conv == "matlab" and any(k != "vec" for k in kinds.values()):
         raise NotCovered("the MATLAB reference covers dense chains on vectors only")
     kind = kinds[in_names[0]] if len(in_names) == 1 else kinds
-    return Reference(refs, conv, kind, inbound, in_names, out_names)
+    return Reference(refs, conv, kind, inbound, in_names, out_names,
+                     src=src if lazy else None)
 
 
 def _raw(src: OpenedSource, t) -> np.ndarray:

@@ -38,7 +38,7 @@ from .h5io import OpenedSource, fmt_bytes, open_source
 from .hints import split_io
 from .inspect import LoadedSource, load_source
 from .parity import ParityResult, compare
-from .plan import Plan, make_plan, materialize, sha256_array
+from .plan import Plan, make_plan, materialize
 from .spec import ModelSpec, Spec, VerifySpec, describe_undecided, load_spec
 
 
@@ -189,6 +189,32 @@ def file_sha256(path: Path) -> str:
     return h.hexdigest()
 
 
+def file_sha256_async(path: Path):
+    """Start hashing a file in a background thread (reading and hashing release the GIL,
+    so it overlaps with building and assigning); returns a function that waits for the
+    hex digest (and re-raises what the thread raised)."""
+    import threading
+
+    box: dict = {}
+
+    def work():
+        try:
+            box["sha"] = file_sha256(path)
+        except BaseException as e:  # handed to the caller
+            box["err"] = e
+
+    th = threading.Thread(target=work, name="wtransplant-sha256", daemon=True)
+    th.start()
+
+    def result() -> str:
+        th.join()
+        if "err" in box:
+            raise box["err"]
+        return box["sha"]
+
+    return result
+
+
 # --------------------------------------------------------------------------------------
 
 
@@ -334,9 +360,10 @@ def _model_for(spec: Spec, loaded: LoadedSource):
 
 def _transplant(spec: Spec, src: OpenedSource, loaded: LoadedSource, model, notes, *, output,
                 report_path, force, progress, checksums, t0, build_s=None, undecided=()):
-    from .keras_model import assign_layer, describe_targets, layers_by_name
+    from .keras_model import assign_variable, describe_targets, layer_variables, layers_by_name
 
     timings = {} if build_s is None else {"build_s": build_s}
+    source_sha = file_sha256_async(spec.source)
     t = time.perf_counter()
     targets = describe_targets(model)
     refs = []
@@ -355,15 +382,17 @@ def _transplant(spec: Spec, src: OpenedSource, loaded: LoadedSource, model, note
     it = groups.items()
     bar = _progress(len(groups), "assigning", progress)
     for lname, assigns in it:
-        values = {}
+        # one tensor in flight: read, convert, assign, drop (a layer's variables are not
+        # collected first)
+        variables = layer_variables(layers[lname])
         for val in materialize(plan, src, assigns, checksums=checksums):
-            values[val.assignment.target.var] = val.array
+            assign_variable(variables[val.assignment.target.var], val.array, lname)
+            val.array = None
             sums.append({"target": val.assignment.target.key,
                          "sources": [s.name for s in val.assignment.sources],
                          "source_sha256": val.source_sha256,
                          "value_sha256": val.value_sha256})
-        assign_layer(layers[lname], values)
-        del values
+            del val
         if bar:
             bar.update(1)
     if bar:
@@ -374,7 +403,7 @@ def _transplant(spec: Spec, src: OpenedSource, loaded: LoadedSource, model, note
 
     n_params = int(sum(int(np.prod(v.shape)) for v in model.weights))
     report = RebuildReport(
-        source={"path": str(spec.source), "sha256": file_sha256(spec.source),
+        source={"path": str(spec.source), "sha256": source_sha(),
                 "size": loaded.tree.file_size, "format": loaded.format,
                 "writer": loaded.detection.writer, "convention": plan.convention},
         spec=spec.to_dict() if spec.model is not None or spec.weights else None,
@@ -477,7 +506,7 @@ def check_parity(report: RebuildReport, model, spec: Spec, src, loaded, plan) ->
             else:
                 try:
                     state["ref"] = build_reference(
-                        model, plan, src,
+                        model, plan, src, lazy=True,
                         spec_layers=spec.model.layers if spec.model is not None else None)
                 except NotCovered as e:
                     state["why"] = str(e)
@@ -552,11 +581,9 @@ def _progress(n: int, what: str, progress: bool | None):
 
 def _assigned_checksums(model, targets, sums) -> None:
     """Read every assigned variable back from the model and checksum what it holds."""
-    import keras
+    from .keras_model import layers_by_name, variable_sha256
 
     by_key = {}
-    from .keras_model import layers_by_name
-
     layers = layers_by_name(model)
     for t in targets:
         lay = layers[t.name]
@@ -565,7 +592,7 @@ def _assigned_checksums(model, targets, sums) -> None:
     for row in sums:
         v = by_key.get(row["target"])
         if v is not None:
-            row["assigned_sha256"] = sha256_array(keras.ops.convert_to_numpy(v))
+            row["assigned_sha256"] = variable_sha256(v)
             row["assigned_matches"] = row["assigned_sha256"] == row["value_sha256"]
 
 
