@@ -144,8 +144,9 @@ def test_output_that_is_an_input_refused_by_name_symlink_and_hard_link(tmp_path)
              ("export", b, "--format", "keras", "-o", b),
              ("finetune", b, "--data", x, "-o", b),
              ("verify", b, b, "--report", b)]
-    for args in cases:
-        assert_one_line_error(run_cli(*args), 2, "would overwrite the input")
+    for args in cases:  # the CLI's own same-name check or the symlink/inode one
+        line = assert_one_line_error(run_cli(*args), 2)
+        assert "would overwrite the input" in line or "also an input" in line, line
     assert _sums(tmp_path) == before
 
 
