@@ -131,7 +131,9 @@ def _layer_from_dict(d: dict, where: str):
     try:
         return cls(**d)
     except (TypeError, ValueError) as e:
-        raise InputError(f"{where} ({cls_name}): {' '.join(str(e).split())}") from None
+        name = d.get("name")
+        label = f"{cls_name} {name!r}" if isinstance(name, str) else cls_name
+        raise InputError(f"{where} ({label}): {' '.join(str(e).split())}") from None
 
 
 def _application(ms: ModelSpec) -> keras.Model:
