@@ -39,6 +39,12 @@ def handle_errors(fn):
         except KeyboardInterrupt:
             _err("interrupted")
             sys.exit(130)
+        except BrokenPipeError:
+            # the reader went away (`wtransplant inspect F | head`): stop quietly, and keep
+            # Python from complaining again when it flushes stdout at exit
+            devnull = os.open(os.devnull, os.O_WRONLY)
+            os.dup2(devnull, sys.stdout.fileno())
+            sys.exit(0)
         except click.exceptions.Exit:
             raise
         except (click.ClickException, click.Abort):

@@ -385,3 +385,19 @@ def test_interrupted_walk_leaves_no_helper(monkeypatch):
     assert len(pids) == 1
     with pytest.raises(ChildProcessError):  # already reaped
         os.waitpid(pids[0], os.WNOHANG)
+
+
+def test_inspect_into_a_closed_pipe_stops_quietly(tmp_path):
+    # `wtransplant inspect F | head -c 10`: the reader leaves early (the tree is far more
+    # than a pipe's buffer); no "internal error", exit 0
+    import subprocess
+
+    big = tmp_path / "many.h5"
+    with h5py.File(big, "w") as f:
+        for i in range(3000):
+            f[f"layer_{i:04d}/kernel"] = np.zeros((2, 2), np.float32)
+    cmd = f"'{sys.executable}' -m wtransplant_cli.main inspect '{big}' | head -c 10 " \
+          f"> /dev/null; echo ${{PIPESTATUS[0]}}"
+    r = subprocess.run(["bash", "-c", cmd], capture_output=True, text=True, timeout=120)
+    assert r.stdout.strip() == "0", (r.stdout, r.stderr)
+    assert "error" not in r.stderr.lower(), r.stderr
