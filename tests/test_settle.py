@@ -350,3 +350,94 @@ def test_search_budget_spent_leaves_choices_undecided(tmp_path, monkeypatch):
         assert c in und or all(f"weights.{k}" in und for k in keys), (c, und)
     assert all(any(u.removeprefix("weights.") in c for c in unsettled) for u in und)
     assert d.report["forward_evaluations"] < 100
+
+
+# --------------------------------------------------------------------------------------
+# RNN gate order and GRU reset_after (fixtures/make_settle.py rnn(): PyTorch GRU/LSTM
+# state_dict values as an unnamed list, PyTorch's own outputs)
+
+GRU_GATES = "weights.gru/kernel + gru/recurrent_kernel + gru/bias"
+
+
+def test_unnamed_gru_gate_order_settled(tmp_path):
+    d = _draft("unnamed/unnamed_gru", tmp_path)
+    c = _by_where(d)[GRU_GATES]
+    assert c["status"] == "settled" and c["winner"] == "gates rzn", c
+    assert c["winner_error"] < 1e-5 and c["runner_up"] == "gates zrh"
+    assert c["runner_up_error"] > 1e-2, c
+    doc = yaml.safe_load(d.text)
+    assert doc["model"]["layers"][0] == {"class": "GRU", "name": "gru", "units": 5}
+    assert doc["weights"]["gru/kernel"] == {"from": "arr_0", "gates": "rzn"}
+    assert doc["weights"]["gru/bias"] == {"from": ["arr_2", "arr_3"], "gates": "rzn"}
+    line = next(x for x in d.text.splitlines() if x.strip().startswith("gru/recurrent_kernel"))
+    assert "# settled by data: gates rzn error" in line and "runner-up gates zrh" in line
+    assert d.spec.undecided == [] and d.rebuildable
+
+
+def test_unnamed_lstm_gate_order_settled(tmp_path):
+    d = _draft("unnamed/unnamed_lstm", tmp_path)
+    c = _by_where(d)["weights.lstm/kernel + lstm/recurrent_kernel + lstm/bias"]
+    assert c["status"] == "settled" and c["winner"] == "gates ifgo", c
+    assert c["winner_error"] < 1e-5 and c["runner_up_error"] > 1e-2, c
+    assert set(c["errors"]) == {"gates ifgo", "gates iofc", "gates icfo"}
+    assert yaml.safe_load(d.text)["weights"]["lstm/kernel"]["gates"] == "ifgo"
+
+
+def _plain_gru_doc(stem):
+    """A plain-convention draft of the PyTorch GRU file: nothing fixes the gate order or
+    reset_after; the wrong candidates come first."""
+    und = lambda src, **kw: {"undecided": [{"from": src, **kw, "gates": g}  # noqa: E731
+                                           for g in ("zrh", "rzn")]}
+    return {"version": 1, "source": str(fx(f"unnamed/{stem}.h5")), "convention": "plain",
+            "model": {"input_shape": [7, 4], "layers": [
+                {"class": "GRU", "name": "gru", "units": 5,
+                 "reset_after": {"undecided": [False, True]}},
+                {"class": "Dense", "name": "fc", "units": 3}]},
+            "weights": {"gru/kernel": und("arr_0", transpose=[1, 0]),
+                        "gru/recurrent_kernel": und("arr_1", transpose=[1, 0]),
+                        "gru/bias": und(["arr_2", "arr_3"]),
+                        "fc/kernel": "arr_4", "fc/bias": "arr_5"}}
+
+
+def test_plain_gru_reset_after_and_gates_settled():
+    from wtransplant.h5io import open_source
+    from wtransplant.inspect import load_source
+    from wtransplant.settle import settle
+
+    io = np.load(fx("unnamed/unnamed_gru.io.npz"))
+    with open_source(fx("unnamed/unnamed_gru.h5")) as src:
+        res = settle(_plain_gru_doc("unnamed_gru"), load_source(src), src, io["x"], io["y"],
+                     convention="plain")
+    ch = {c.where: c for c in res.choices}
+    ra = ch["model.layers[0].reset_after"]
+    assert ra.status == "settled" and ra.value is True, ra.evidence
+    assert ra.errors["true"] < 1e-5 < 1e-2 < ra.errors["false"]
+    assert ra.evidence.startswith("settled by data: true error")
+    g = ch[GRU_GATES]
+    assert g.status == "settled" and g.errors["gates rzn"] < 1e-5 < 1e-2 < g.errors["gates zrh"]
+    assert res.doc["weights"]["gru/bias"] == {"from": ["arr_2", "arr_3"], "gates": "rzn"}
+    assert res.doc["model"]["layers"][0]["reset_after"] is True
+
+
+def test_gates_key_checked(tmp_path):
+    from wtransplant.spec import load_spec
+
+    text = yaml.safe_dump(_plain_gru_doc("unnamed_gru"))
+    spec = tmp_path / "g.yaml"
+    spec.write_text(text.replace("gates: zrh", "gates: zqh"))
+    with pytest.raises(Exception, match="gate order"):
+        load_spec(spec)
+
+
+def test_unnamed_gru_rebuilds_as_settled(tmp_path):
+    d = _draft("unnamed/unnamed_gru", tmp_path)
+    spec_path = tmp_path / "gru.yaml"
+    spec_path.write_text(d.text)
+    pytest.importorskip("keras")
+    from wtransplant.transplanting import rebuild
+
+    model, report = rebuild(spec_path, progress=False, checksums=False)
+    assert report.verified and report.parity.max_abs < 1e-5
+    io = np.load(fx("unnamed/unnamed_gru.io.npz"))
+    np.testing.assert_allclose(np.asarray(model(io["x"], training=False)), io["y"],
+                               atol=1e-5, rtol=1e-4)

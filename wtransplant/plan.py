@@ -31,7 +31,17 @@ from .formats import SourceTensor, keras3_group_names
 from .h5io import OpenedSource, read_dataset, read_dataset_as, resolve_dataset
 from .inspect import LoadedSource
 from .layouts import Proposal, TargetLayer, TargetVar, Unit, layout_for
-from .layouts.ops import Op, OpShapeError, Reshape, ReverseAxes, Sum, Transpose, apply, run_shapes
+from .layouts.ops import (
+    GateReorder,
+    Op,
+    OpShapeError,
+    Reshape,
+    ReverseAxes,
+    Sum,
+    Transpose,
+    apply,
+    run_shapes,
+)
 from .spec import Spec, WeightRef
 
 
@@ -461,6 +471,8 @@ def build_recipe(var: TargetVar, layer: TargetLayer, srcs: list[SourceTensor], c
                 src = " + ".join(s.name for s in srcs)
                 raise MappingError(f"{var.key} <- {src}: {why}") from None
         ops += more
+    if wref is not None and wref.gates:
+        ops = _with_gates(ops, wref.gates, var, layer, conv)
     try:
         out = run_shapes(ops, [tuple(s.stored_shape) for s in srcs])
     except OpShapeError as e:
@@ -469,6 +481,35 @@ def build_recipe(var: TargetVar, layer: TargetLayer, srcs: list[SourceTensor], c
         got = " + ".join(str(tuple(o)) for o in out)
         raise MappingError(_shape_msg(var, srcs, f"the conversion gives {got}"))
     return ops
+
+
+#: the gate order each convention's own conversion assumes the source stores
+_DEFAULT_GATES = {("torch", "GRU"): "rzh", ("torch", "LSTM"): "ifco",
+                  ("*", "GRU"): "zrh", ("*", "LSTM"): "ifco"}
+
+
+def _with_gates(ops: list[Op], gates: str, var: TargetVar, layer: TargetLayer,
+                conv: str) -> list[Op]:
+    """The recipe with a reorder of the RNN gate blocks from the spec's `gates` (the source's
+    order) to the order the convention's conversion expects. PyTorch stacks the gates on the
+    first axis of every tensor (reordered first); the other conventions hold Keras' layout
+    after their conversion, gates on the last axis (reordered last)."""
+    from .spec import gate_letters
+
+    cls = layer.inner_class if layer.class_name == "Bidirectional" else layer.class_name
+    given = gate_letters(gates)
+    want = _DEFAULT_GATES.get(("torch" if conv == "torch" else "*", cls))
+    if want is None or given is None or len(given) != len(want):
+        raise MappingError(f"{var.key}: gates {gates!r} do not apply to a {cls} layer "
+                           f"(GRU: z, r, h/n; LSTM: i, f, c/g, o)")
+    order = tuple(given.index(ch) for ch in want)
+    if order == tuple(range(len(want))):
+        return ops
+    if conv == "torch":
+        lead = 1 if ops and isinstance(ops[0], ReverseAxes) else 0
+        return ops[:lead] + [GateReorder(0, order, gates, want)] + ops[lead:]
+    n = len(var.shape) - 1
+    return ops + [GateReorder(n, order, gates, f"{want} (Keras)")]
 
 
 def _shape_msg(var, srcs, why) -> str:

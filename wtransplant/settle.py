@@ -148,6 +148,8 @@ def split_hint(kind: str, labels: list[str], stats: dict | None = None) -> str:
         return "inputs that vary across positions and channels (the orders agree on these)"
     if kind == "mapping":
         return "more varied samples (the tensors of equal shape act alike on these)"
+    if kind == "gates":
+        return ("longer sequences with varied inputs (the gate orders agree on these)")
     return "more varied samples"
 
 
@@ -157,7 +159,7 @@ def split_hint(kind: str, labels: list[str], stats: dict | None = None) -> str:
 
 @dataclass
 class Choice:
-    kind: str  # activation | orientation | flatten | epsilon | mapping | structure | other
+    kind: str  # activation | orientation | flatten | epsilon | mapping | structure | gates | other
     where: str  # model.layers[2].activation, weights.fc2/kernel, ...
     layer: str | None
     index: int  # first layer it affects
@@ -647,6 +649,7 @@ def collect_choices(doc: dict, conv: str) -> list[Choice]:
             out.append(ch)
     weights = doc.get("weights") or {}
     groups: dict[tuple, list[str]] = {}
+    gates: dict[str, list[str]] = {}
     for key, v in weights.items():
         lname = key.split("/", 1)[0]
         i = index.get(lname, 0)
@@ -654,6 +657,9 @@ def collect_choices(doc: dict, conv: str) -> list[Choice]:
             cands = list(v["undecided"])
             if all(isinstance(c, str) for c in cands):
                 groups.setdefault(tuple(sorted(cands)), []).append(key)
+                continue
+            if _gate_candidates(cands):
+                gates.setdefault(lname, []).append(key)
                 continue
             kind = "orientation" if all(isinstance(c, dict) and "transpose" in c
                                         for c in cands) else "other"
@@ -694,10 +700,47 @@ def collect_choices(doc: dict, conv: str) -> list[Choice]:
                                   for p in perms],
                           [("weights", k) for k in keys],
                           "tensors of equal shape whose names say nothing"))
+    for lname, keys in gates.items():
+        out.append(_gate_choice(weights, lname, keys, index.get(lname, 0)))
     if struct:
         out.insert(0, _joint(struct))
     out.sort(key=lambda c: (c.kind != "structure", c.index))
     return out
+
+
+def _gate_candidates(cands) -> bool:
+    """Candidates that are one weights entry with different `gates` (an RNN gate order)."""
+    if len(cands) < 2 or not all(isinstance(c, dict) and isinstance(c.get("gates"), str)
+                                 for c in cands):
+        return False
+    rest = [{k: v for k, v in c.items() if k != "gates"} for c in cands]
+    return all(not _ne(r, rest[0]) for r in rest)
+
+
+def _gate_choice(weights: dict, lname: str, keys: list[str], i: int) -> Choice:
+    """One choice per RNN layer: the gate order of all its weights entries together (a
+    kernel and a recurrent kernel in different orders is no model anyone wrote)."""
+    orders: list[str] = []
+    for k in keys:
+        for c in weights[k]["undecided"]:
+            if c["gates"] not in orders:
+                orders.append(c["gates"])
+    cands, labels = [], []
+    for g in orders:
+        combo = []
+        for k in keys:
+            base = {kk: vv for kk, vv in weights[k]["undecided"][0].items() if kk != "gates"}
+            combo.append({**base, "gates": g})
+        cands.append(tuple(combo))
+        labels.append(f"gates {g}")
+    why = next((weights[k].get("why") for k in keys if weights[k].get("why")), None)
+    return Choice("gates", "weights." + " + ".join(keys), lname, i, cands, labels,
+                  [("weights", k) for k in keys],
+                  why or "the file does not record the RNN's gate order")
+
+
+#: choices whose value is a tuple, one value per target
+MULTI = ("mapping", "structure", "gates")
 
 
 def _after_flatten(layers, i) -> bool:
@@ -721,7 +764,7 @@ def _joint(struct: list[Choice]) -> Choice:
 
 
 def set_value(doc: dict, ch: Choice, value) -> None:
-    vals = value if (ch.kind in ("mapping", "structure")) else (value,)
+    vals = value if (ch.kind in MULTI) else (value,)
     for t, v in zip(ch.targets, vals):
         node = doc
         for p in t[:-1]:
@@ -997,7 +1040,7 @@ def _get(doc, c: Choice):
         for p in t:
             node = node[p]
         vals.append(node)
-    return tuple(vals) if c.kind in ("mapping", "structure") else vals[0]
+    return tuple(vals) if c.kind in MULTI else vals[0]
 
 
 def _index(c: Choice, v) -> int:
@@ -1053,7 +1096,7 @@ def _finish(original, work, choices, warns, degenerate, ev, product, t0, final):
             order = list(c.tied) + [lab for lab in order if lab not in c.tied]  # noqa
         cands = [c.candidates[c.labels.index(lab)] for lab in order]
         why = c.evidence + (f"; to split them: {c.split}" if c.split else "")
-        if c.kind in ("mapping", "structure"):
+        if c.kind in MULTI:
             for j, t in enumerate(c.targets):
                 _set(out, t, {"undecided": _uniq([v[j] for v in cands]), "why": why})
         else:

@@ -31,7 +31,7 @@ TOP_KEYS = {"version", "source", "convention", "model", "weights", "rules", "ver
             "options", "name"}
 MODEL_KEYS = {"input_shape", "input_dtype", "layers", "keras_config", "application", "name",
               "inputs", "outputs"}
-WEIGHT_KEYS = {"from", "transpose", "reshape", "flatten", "convert"}
+WEIGHT_KEYS = {"from", "transpose", "reshape", "flatten", "convert", "gates"}
 RULE_KEYS = {"match", "to"}
 VERIFY_KEYS = {"inputs", "expected", "input_layout", "output_layout", "atol", "rtol",
                "samples", "reference"}
@@ -51,6 +51,8 @@ class WeightRef:
     flatten: str = "auto"  # Dense-after-Flatten row order: auto | chw | whc | fortran | none
     convert: bool = True  # False: take the array as is (after any transpose/reshape)
     line: int | None = None
+    #: the source's RNN gate order (GRU: letters z,r,h/n; LSTM: i,f,c/g,o), e.g. "rzn"
+    gates: str | None = None
 
     @property
     def explicit(self) -> bool:
@@ -66,6 +68,8 @@ class WeightRef:
             d["flatten"] = self.flatten
         if not self.convert:
             d["convert"] = False
+        if self.gates:
+            d["gates"] = self.gates
         return d
 
 
@@ -580,7 +584,22 @@ def _weight(v, path) -> WeightRef:
         w.flatten = v["flatten"]
     if v.get("convert") is not None:
         w.convert = bool(_type(v["convert"], bool, path + ("convert",), "true or false"))
+    if v.get("gates") is not None:
+        g = v["gates"]
+        if not isinstance(g, str) or gate_letters(g) is None:
+            raise _SpecErr(path + ("gates",), "expected a gate order: GRU letters z, r, h "
+                                              "(or n) as in 'rzn'; LSTM letters i, f, c (or "
+                                              "g), o as in 'ifgo'")
+        w.gates = g
     return w
+
+
+def gate_letters(g: str) -> str | None:
+    """A gate order in canonical letters (GRU z,r,h; LSTM i,f,c,o) or None if invalid."""
+    n = g.lower().replace("n", "h").replace("g", "c")
+    if sorted(n) in (sorted("zrh"), sorted("ifco")):
+        return n
+    return None
 
 
 def _verify(v) -> VerifySpec:

@@ -59,6 +59,16 @@ def draft_unnamed(tensors: list[SourceTensor], x_shape: tuple | None, *,
     left = list(weights)
     kind_prev = None
     while left:
+        rnn = _rnn_pick(left, cur, x_shape, chain)
+        if rnn is not None:
+            t, th, kind, h = rnn
+            left.remove(t)
+            left.remove(th)
+            chain.append((t, kind, cur, h, th))
+            conv = conv or "torch"
+            cur = h
+            kind_prev = kind
+            continue
         pick = None
         for t in left:
             fit = _fits(t, cur, conv, kind_prev)
@@ -88,7 +98,14 @@ def draft_unnamed(tensors: list[SourceTensor], x_shape: tuple | None, *,
     for v in vectors:
         by_size.setdefault(int(v.shape[0]), []).append(v)
     per_size_layers: dict[int, list[int]] = {}
-    for i, (_t, _kind, _i, n_out, _k) in enumerate(chain):
+    rnn_bias: dict[int, list[str]] = {}  # layer -> its two bias vectors (file order)
+    for i, (t, kind, _i, n_out, _k) in enumerate(chain):
+        if kind in RNN_GATES:
+            mine = by_size.get(int(t.shape[0]), [])
+            if len(mine) >= 2:
+                rnn_bias[i] = [v.name for v in mine[:2]]
+                by_size[int(t.shape[0])] = mine[2:]
+            continue
         per_size_layers.setdefault(n_out, []).append(i)
     extras: dict[int, int] = {}  # layer -> number of vectors it takes (1 bias, 4 bn, 5 both)
     for size, idx in per_size_layers.items():
@@ -102,7 +119,8 @@ def draft_unnamed(tensors: list[SourceTensor], x_shape: tuple | None, *,
                              f"(BatchNorm) or 5 (bias and BatchNorm)")
         for i in idx:
             extras[i] = each
-    used_vec = {t.name for s in per_size_layers for t in by_size.get(s, [])}
+    used_vec = {t.name for s in per_size_layers for t in by_size.get(s, [])} | {
+        n for b in rnn_bias.values() for n in b}
     unused = [v.name for v in vectors if v.name not in used_vec]
     layers: list[dict] = []
     weights_doc: dict = {}
@@ -113,6 +131,24 @@ def draft_unnamed(tensors: list[SourceTensor], x_shape: tuple | None, *,
         each = extras.get(i, 0)
         bn = each >= 4
         has_bias = each in (1, 5)
+        if kind in RNN_GATES:
+            name = kind
+            d = {"class": kind.upper(), "name": name, "units": n_out}
+            if i + 1 < len(chain) and chain[i + 1][1] in RNN_GATES:
+                d["return_sequences"] = True
+            if i not in rnn_bias:
+                d["use_bias"] = False
+            layers.append(d)
+            why = ("the file does not record the gate order (PyTorch " +
+                   ("r,z,n; Keras z,r,h)" if kind == "gru" else "i,f,g,o = Keras i,f,c,o; "
+                                                                "ONNX i,o,f,c)"))
+            srcs = {"kernel": t.name, "recurrent_kernel": k.name}
+            if i in rnn_bias:
+                srcs["bias"] = rnn_bias[i]
+            for var, src in srcs.items():
+                weights_doc[f"{name}/{var}"] = _und(
+                    [{"from": src, "gates": g} for g in RNN_GATES[kind]], why)
+            continue
         if kind == "conv":
             n_conv += 1
             name = f"conv{n_conv}"
@@ -179,7 +215,7 @@ def draft_unnamed(tensors: list[SourceTensor], x_shape: tuple | None, *,
                 rest = pool[j:] + pool[:j]
                 weights_doc[target] = _und(rest, "tensors of equal shape whose names say "
                                                  "nothing")
-    order = {"kernel": 0, "bias": 1, "gamma": 2, "beta": 3, "moving_mean": 4,
+    order = {"kernel": 0, "recurrent_kernel": 1, "bias": 1, "gamma": 2, "beta": 3, "moving_mean": 4,
              "moving_variance": 5}
     pos = {d["name"]: i for i, d in enumerate(layers)}
     weights_doc = dict(sorted(weights_doc.items(), key=lambda kv: (
@@ -191,6 +227,24 @@ def draft_unnamed(tensors: list[SourceTensor], x_shape: tuple | None, *,
     doc = {"version": 1, "source": "", "convention": conv,
            "model": {"input_shape": in_shape, "layers": layers}, "weights": weights_doc}
     return doc, conv, notes
+
+
+#: RNN gate orders tried for a PyTorch-layout (gates*H, in) stack, the source's own first
+RNN_GATES = {"gru": ["rzn", "zrh"], "lstm": ["ifgo", "iofc", "icfo"]}
+
+
+def _rnn_pick(left, cur, x_shape, chain):
+    """(W_ih, W_hh, kind, hidden) when the first layer of a sequence model reads as a
+    PyTorch GRU/LSTM: W_ih (g*H, in) then W_hh (g*H, H), g = 3 (GRU) or 4 (LSTM)."""
+    if chain or cur is None or not x_shape or len(x_shape) != 2 or len(left) < 2:
+        return None
+    t, th = left[0], left[1]
+    s, sh = tuple(int(d) for d in t.shape), tuple(int(d) for d in th.shape)
+    if len(s) != 2 or len(sh) != 2 or s[1] != cur or sh[0] != s[0]:
+        return None
+    h = sh[1]
+    kind = {3: "gru", 4: "lstm"}.get(s[0] // h if h and s[0] % h == 0 else 0)
+    return (t, th, kind, h) if kind else None
 
 
 def kind_of(chain, i):

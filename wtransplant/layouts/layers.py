@@ -534,6 +534,9 @@ class RecurrentLayout(LayerLayout):
         base = var.rsplit("/", 1)[-1]
         if convention != "torch":
             if len(shapes) == 2 and base == "bias":
+                if len(target.shape) == 2:  # GRU reset_after=True keeps both
+                    return _check([Stack(why="[input bias; recurrent bias] -> Keras bias "
+                                             "(2, 3H)")], shapes, target)
                 return _check([Sum(why="input bias + recurrent bias")], shapes, target)
             return _check([], shapes, target)
         gru = cls == "GRU"
