@@ -441,3 +441,54 @@ def test_unnamed_gru_rebuilds_as_settled(tmp_path):
     io = np.load(fx("unnamed/unnamed_gru.io.npz"))
     np.testing.assert_allclose(np.asarray(model(io["x"], training=False)), io["y"],
                                atol=1e-5, rtol=1e-4)
+
+
+# --------------------------------------------------------------------------------------
+# PyTorch padding vs Keras `same` (fixtures/make_settle.py stride2(): PyTorch Conv2d(3, 4, 3,
+# stride=2, padding=1): both give a 4x4 map from 8x8, only the data tell them apart)
+
+STRIDE2 = "unnamed/unnamed_stride2"
+
+
+def _draft_nchw(stem, tmp_path):
+    return _draft(stem, tmp_path, input_layout="nchw")
+
+
+def test_stride2_torch_padding_settled_by_data(tmp_path):
+    d = _draft_nchw(STRIDE2, tmp_path)
+    c = _by_where(d)["model.layers[0].padding, model.layers[0].strides"]
+    assert c["status"] == "settled", c
+    assert c["winner"] == "conv1 padding 1, conv1 strides 2", c
+    assert c["winner_error"] < 1e-5
+    # the shapes agree either way: Keras' same at stride 2 is the runner-up, on the data
+    assert c["runner_up"] == "conv1 padding same, conv1 strides 2"
+    assert c["runner_up_error"] > 1e-2
+    conv = yaml.safe_load(d.text)["model"]["layers"][0]
+    assert (conv["padding"], conv["strides"]) == (1, 2)
+    line = next(x for x in d.text.splitlines() if "name: conv1" in x)
+    assert "padding settled by data: conv1 padding 1, conv1 strides 2 error" in line
+    assert "runner-up conv1 padding same, conv1 strides 2" in line
+
+
+def test_stride1_torch_padding_is_not_a_choice(tmp_path):
+    """PyTorch Conv2d(3, 8, 3, padding=1) at stride 1 computes what Keras' same does: the
+    integer padding is not offered next to same (no tie between equal functions)."""
+    d = _draft_nchw("unnamed/unnamed_cnn", tmp_path)
+    c = next(c for c in d.choices if c["where"].startswith("model.layers[0].padding"))
+    assert c["status"] == "settled"
+    assert not any("conv1 padding 1, conv1 strides 1" in lab for lab in c["errors"]), c
+    assert yaml.safe_load(d.text)["model"]["layers"][0]["padding"] == "same"
+
+
+def test_stride2_settled_draft_rebuilds(tmp_path):
+    d = _draft_nchw(STRIDE2, tmp_path)
+    spec_path = tmp_path / "s2.yaml"
+    spec_path.write_text(d.text)
+    pytest.importorskip("keras")
+    from wtransplant.transplanting import rebuild
+
+    model, report = rebuild(spec_path, progress=False, checksums=False)
+    assert report.verified and report.parity.max_abs < 1e-5
+    io = np.load(fx(STRIDE2 + ".io.npz"))
+    out = np.asarray(model(np.transpose(io["x"], (0, 2, 3, 1)), training=False))
+    np.testing.assert_allclose(out, io["y"], atol=1e-5, rtol=1e-4)

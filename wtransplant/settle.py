@@ -234,6 +234,24 @@ class ShapeMismatch(Exception):
     pass
 
 
+def _int_pad(pad) -> bool:
+    return (isinstance(pad, int) and not isinstance(pad, bool) and pad >= 0) or (
+        isinstance(pad, list | tuple) and bool(pad) and all(
+            isinstance(p, int) and not isinstance(p, bool) and p >= 0 for p in pad))
+
+
+def _same_as_keras(d: dict) -> bool:
+    """A conv whose PyTorch integer padding computes exactly what Keras' ``same`` does
+    (stride 1, odd effective kernel, padding half of it on each side): not a choice."""
+    if d.get("class") not in ("Conv1D", "Conv2D", "Conv3D") or not _int_pad(d.get("padding")):
+        return False
+    nd = int(d["class"][4])
+    k, p = _tup(d["kernel_size"], nd), _tup(d["padding"], nd)
+    s, dil = _tup(d.get("strides", 1), nd), _tup(d.get("dilation_rate", 1), nd)
+    return all(s[i] == 1 and ((k[i] - 1) * dil[i]) % 2 == 0 and
+               p[i] == (k[i] - 1) * dil[i] // 2 for i in range(nd))
+
+
 def _tup(v, n):
     if isinstance(v, int):
         return (v,) * n
@@ -265,6 +283,8 @@ def layer_shapes(d: dict, shape: tuple) -> tuple[tuple, list[tuple[str, tuple]]]
                 out.append(-(-shape[i] // s[i]))
             elif pad == "valid":
                 out.append((shape[i] - eff) // s[i] + 1)
+            elif _int_pad(pad):  # PyTorch's zero padding on both sides
+                out.append((shape[i] + 2 * _tup(pad, nd)[i] - eff) // s[i] + 1)
             else:
                 raise NotCovered(f"padding {pad!r}")
             if out[-1] <= 0:
@@ -498,7 +518,7 @@ class Evaluator:
                                                      "Activation"):
             lin = RefLayer(lay.name, lay.class_name, {**lay.config, "activation": "linear"},
                            lay.explicit, lay.weights)
-            z = OPS[lay.class_name](ref, lin, act)
+            z = _pre(ref, lin, act)
             if record:
                 self._note_stats(i, z.a)
             return Act(_EXTRA[act_name](z.a), z.kind, z.map_shape, z.flat_order)
@@ -506,7 +526,7 @@ class Evaluator:
             lin = RefLayer(lay.name, lay.class_name, {**lay.config, "activation": "linear"},
                            lay.explicit, lay.weights)
             if lay.class_name in ("Dense", "Conv1D", "Conv2D"):
-                self._note_stats(i, OPS[lay.class_name](ref, lin, act).a)
+                self._note_stats(i, _pre(ref, lin, act).a)
             elif lay.class_name == "Activation":
                 self._note_stats(i, act.a)
         if lay.class_name in ("Conv1D", "Conv2D") and int(lay.config.get("groups", 1)) == 1:
@@ -523,12 +543,23 @@ class Evaluator:
         self.pre_stats[i] = {"min": float(np.min(z)), "max": float(np.max(z))}
 
 
+def _pre(ref, lin, act) -> Act:
+    """A layer without its activation (``lin``: activation linear)."""
+    if lin.class_name in ("Conv1D", "Conv2D") and int(lin.config.get("groups", 1)) == 1:
+        return _fast_conv(ref, lin, act)
+    return OPS[lin.class_name](ref, lin, act)
+
+
 def _fast_conv(ref, lay, act) -> Act:
     """The reference's convolution (same padding rule and equations) as one matrix product
     of the unfolded windows: the settler runs thousands of them."""
     from numpy.lib.stride_tricks import sliding_window_view
 
     from .reference import _act_fn, _conv_weight, _pads, _to_map
+
+    if _int_pad(lay.config.get("padding")):
+        def _pads(cfg, spatial, _k, _s, _d):  # noqa: F811 -- PyTorch's: both sides
+            return [(p, p) for p in _tup(cfg["padding"], len(spatial))]
 
     cfg = lay.config
     nd = int(lay.class_name[4])
@@ -849,9 +880,14 @@ def settle(doc: dict, loaded, src, x: np.ndarray, y: np.ndarray, *, convention: 
         if c.kind != "structure":
             continue
         fit = []
+        same_too = {t for p in getattr(c, "parts", []) if "same" in p.candidates
+                    for t in p.targets}
         for v, lab in zip(c.candidates, c.labels):
             probe = _deepcopy(work)
             set_value(probe, c, v)
+            if any(t in same_too and _same_as_keras(probe["model"]["layers"][t[2]])
+                   for t in c.targets):
+                continue  # the same numbers as `same`, which is a candidate too
             try:
                 ev.plan(probe)
                 fit.append((v, lab))

@@ -154,7 +154,10 @@ def draft_unnamed(tensors: list[SourceTensor], x_shape: tuple | None, *,
             name = f"conv{n_conv}"
             d = {"class": f"Conv{len(k)}D", "name": name, "filters": n_out,
                  "kernel_size": list(k) if len(set(k)) > 1 else k[0],
-                 "padding": _und(["same", "valid"], "the weights do not fix it"),
+                 "padding": _und(["same", "valid"] + (
+                     [k[0] // 2] if len(set(k)) == 1 and k[0] % 2 and k[0] > 1 else []),
+                     "the weights do not fix it (an integer: PyTorch's padding on both "
+                     "sides, not Keras' same at stride 2)"),
                  "strides": _und([1, 2], "the weights do not fix it")}
         else:
             if kind_of(chain, i - 1) == "conv":
