@@ -492,3 +492,15 @@ def test_stride2_settled_draft_rebuilds(tmp_path):
     io = np.load(fx(STRIDE2 + ".io.npz"))
     out = np.asarray(model(np.transpose(io["x"], (0, 2, 3, 1)), training=False))
     np.testing.assert_allclose(out, io["y"], atol=1e-5, rtol=1e-4)
+
+
+def test_unnamed_gru_without_data_gate_order_undecided_and_refused(tmp_path):
+    spec = tmp_path / "gru.yaml"
+    r = run_cli("spec", fx("unnamed/unnamed_gru.h5"), "-o", spec)
+    assert r.returncode == 0, r.stderr
+    doc = yaml.safe_load(spec.read_text())
+    assert doc["model"]["layers"][0]["class"] == "GRU"
+    assert [c["gates"] for c in doc["weights"]["gru/kernel"]["undecided"]] == ["rzn", "zrh"]
+    assert "&id" not in spec.read_text()  # no YAML anchors in a file users edit
+    r = run_cli("rebuild", "--spec", spec, "--no-save")
+    assert_one_line_error(r, 2, "weights.gru/kernel")

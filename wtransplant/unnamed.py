@@ -64,7 +64,7 @@ def draft_unnamed(tensors: list[SourceTensor], x_shape: tuple | None, *,
             t, th, kind, h = rnn
             left.remove(t)
             left.remove(th)
-            chain.append((t, kind, cur, h, th))
+            chain.append((t, kind, int(t.shape[1]), h, th))
             conv = conv or "torch"
             cur = h
             kind_prev = kind
@@ -147,7 +147,8 @@ def draft_unnamed(tensors: list[SourceTensor], x_shape: tuple | None, *,
                 srcs["bias"] = rnn_bias[i]
             for var, src in srcs.items():
                 weights_doc[f"{name}/{var}"] = _und(
-                    [{"from": src, "gates": g} for g in RNN_GATES[kind]], why)
+                    [{"from": list(src) if isinstance(src, list) else src, "gates": g}
+                     for g in RNN_GATES[kind]], why)  # a list each: no YAML anchors
             continue
         if kind == "conv":
             n_conv += 1
@@ -226,7 +227,9 @@ def draft_unnamed(tensors: list[SourceTensor], x_shape: tuple | None, *,
     if unused:
         notes.append(f"tensors no layer takes: {', '.join(unused[:8])}")
     in_shape = list(x_shape) if x_shape else (
-        [chain[0][2]] if chain[0][1] == "dense" else [32] * len(chain[0][4]) + [chain[0][2]])
+        [chain[0][2]] if chain[0][1] == "dense" else
+        [None, chain[0][2]] if chain[0][1] in RNN_GATES else  # any sequence length
+        [32] * len(chain[0][4]) + [chain[0][2]])
     doc = {"version": 1, "source": "", "convention": conv,
            "model": {"input_shape": in_shape, "layers": layers}, "weights": weights_doc}
     return doc, conv, notes
@@ -239,11 +242,12 @@ RNN_GATES = {"gru": ["rzn", "zrh"], "lstm": ["ifgo", "iofc", "icfo"]}
 def _rnn_pick(left, cur, x_shape, chain):
     """(W_ih, W_hh, kind, hidden) when the first layer of a sequence model reads as a
     PyTorch GRU/LSTM: W_ih (g*H, in) then W_hh (g*H, H), g = 3 (GRU) or 4 (LSTM)."""
-    if chain or cur is None or not x_shape or len(x_shape) != 2 or len(left) < 2:
-        return None
+    if chain or len(left) < 2 or (x_shape is not None and len(x_shape) != 2):
+        return None  # with data: sequences only; without: the pair's shapes alone
     t, th = left[0], left[1]
     s, sh = tuple(int(d) for d in t.shape), tuple(int(d) for d in th.shape)
-    if len(s) != 2 or len(sh) != 2 or s[1] != cur or sh[0] != s[0]:
+    if len(s) != 2 or len(sh) != 2 or s[1] != (cur if cur is not None else s[1]) or \
+            sh[0] != s[0]:
         return None
     h = sh[1]
     kind = {3: "gru", 4: "lstm"}.get(s[0] // h if h and s[0] % h == 0 else 0)
