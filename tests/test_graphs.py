@@ -465,8 +465,36 @@ def test_inspect_keras2_model_shows_model_config():
     assert rows["conv2d"]["class"] == "Conv2D" and rows["conv2d"]["parameters"] == 3 * 3 * 3 * 8 + 8
     assert rows["dense"]["inbound"] == ["dropout"] and arch["outputs"] == ["dense"]
     assert not d["hints"]["notes"]  # no guessing from shapes next to the stated graph
+    # output shapes worked out from the config (as Keras computes them), without Keras
+    import keras
+
+    model = keras.models.load_model(ROOT / "fixtures/keras2/k2_cnn_model.h5", compile=False,
+                                    safe_mode=True)
+    for layer in model.layers:
+        assert rows[layer.name]["output_shape"] == list(layer.output.shape[1:]), layer.name
     r = run_cli("inspect", ROOT / "fixtures/keras2/k2_cnn_model.h5")
     assert "Architecture from the file's model_config" in r.stdout
+    assert "(None, 6, 6, 8)" in r.stdout  # the pooled map, as model.summary() shows it
+
+
+def test_config_output_shapes_of_other_layer_kinds():
+    from wtransplant.shapes import output_shape as out
+
+    assert out("SeparableConv2D", {"filters": 16, "kernel_size": [3, 3], "padding": "same"},
+               [(48, 48, 8)]) == (48, 48, 16)
+    assert out("DepthwiseConv2D", {"kernel_size": 3, "depth_multiplier": 2},
+               [(10, 10, 4)]) == (8, 8, 8)
+    assert out("ZeroPadding2D", {"padding": [[1, 1], [2, 2]]}, [(10, 10, 4)]) == (12, 14, 4)
+    assert out("Concatenate", {"axis": -1}, [(6, 6, 7), (6, 6, 3)]) == (6, 6, 10)
+    assert out("Add", {}, [(6, 6, 7), (6, 6, 7)]) == (6, 6, 7)
+    assert out("Reshape", {"target_shape": [-1, 4]}, [(6, 6, 8)]) == (72, 4)
+    assert out("Permute", {"dims": [2, 1]}, [(3, 5)]) == (5, 3)
+    assert out("Bidirectional", {"layer": {"class_name": "GRU", "config": {"units": 5}}},
+               [(None, 3)]) == (10,)
+    # what cannot be told is None, never a guess
+    assert out("Conv2D", {"filters": 4, "kernel_size": 3, "data_format": "channels_first"},
+               [(3, 8, 8)]) is None
+    assert out("Lambda", {}, [(4,)]) is None and out("Dense", {"units": 3}, [None]) is None
 
 
 def test_kerasconfig_functional_graph_and_escaping():
