@@ -339,6 +339,31 @@ def test_verify_cli_named_inputs_and_several_expected(tmp_path):
     assert r.returncode == 2 and "shape" in r.stderr, r.stderr[-2000:]
 
 
+def test_rebuild_cli_named_inputs_and_several_expected(tmp_path):
+    # rebuild's --inputs/--expected override the spec's verify the same way verify takes them
+    z = np.load(TORCH / "g_two_io.io.npz")
+    np.save(tmp_path / "image.npy", z["image"])  # NCHW, as the spec's input_layout says
+    np.save(tmp_path / "extra.npy", z["extra"])
+    np.save(tmp_path / "y0.npy", z["y0"])
+    np.save(tmp_path / "y1.npy", z["y1"])
+    args = CLI + ["rebuild", "--spec", str(SPECS / "g_two_io.yaml"), "--no-save", "--json",
+                  "--inputs", "image=image.npy", "--inputs", "extra=extra.npy",
+                  "--expected", "y0.npy", "--expected", "y1.npy"]
+    r = subprocess.run(args, capture_output=True, text=True, timeout=600, cwd=tmp_path)
+    assert r.returncode == 0, r.stderr[-2000:]
+    d = json.loads(r.stdout)
+    assert d["parity"]["kind"] == "data" and len(d["parity"]["outputs"]) == 2
+    assert d["spec"]["verify"]["expected"] == [str(tmp_path / "y0.npy"),
+                                               str(tmp_path / "y1.npy")]
+    swapped = args[:-4] + ["--expected", "y1.npy", "--expected", "y0.npy"]
+    r = subprocess.run(swapped, capture_output=True, text=True, timeout=600, cwd=tmp_path)
+    assert r.returncode in (1, 2) and "Traceback" not in r.stderr, r.stderr[-2000:]
+    r = subprocess.run(args[:-8] + ["--inputs", "image.npy", "--inputs", "extra.npy",
+                                    "--expected", "y0.npy"],
+                       capture_output=True, text=True, timeout=600, cwd=tmp_path)
+    assert r.returncode == 2 and "NAME=FILE" in r.stderr, r.stderr[-2000:]
+
+
 # ------------------------------------------------------------------------------------
 # export: every output checked; ONNX output names are the Keras output names
 
