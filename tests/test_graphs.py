@@ -661,3 +661,37 @@ def test_huge_pool_geometry_refused_before_allocation(tmp_path, monkeypatch):
     monkeypatch.setenv("WTRANSPLANT_MEMORY_BUDGET", str(1 << 60))
     with pytest.raises(InputError, match=r"s\.yaml:7: model\.layers\[0\].*too large"):
         build_model(load_spec(p).model)
+
+
+JAX_RUN = """
+import sys
+import numpy as np
+import wtransplant  # registers TorchPooling
+import keras
+assert keras.backend.backend() == "jax"
+m = keras.models.load_model(sys.argv[1])
+z = np.load(sys.argv[2])
+ys = m(np.transpose(z["x"], (0, 2, 3, 1)))
+errs = [float(np.abs(keras.ops.convert_to_numpy(y) - z[k]).max() / np.abs(z[k]).max())
+        for y, k in zip(ys, ["y0", "y1"])]
+print(max(errs))
+"""
+
+
+@pytest.mark.slow
+def test_torchpooling_model_runs_under_jax(tmp_path):
+    # the saved .keras (ceil-mode pooling as wtransplant's own layer) is backend-independent:
+    # loaded under JAX it still gives PyTorch's numbers
+    pytest.importorskip("jax")
+    import os
+
+    from wtransplant import rebuild
+
+    out = tmp_path / "rnet.keras"
+    rebuild(SPECS / "mtcnn_rnet.yaml", output=out)
+    env = {**os.environ, "KERAS_BACKEND": "jax"}
+    r = subprocess.run([sys.executable, "-c", JAX_RUN, str(out),
+                        str(TORCH / "mtcnn_rnet.io.npz")], capture_output=True, text=True,
+                       timeout=600, env=env)
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert float(r.stdout.strip().splitlines()[-1]) < 1e-5
