@@ -23,6 +23,17 @@ def _err(msg: str) -> None:
     click.echo(f"wtransplant: error: {msg}", err=True)
 
 
+def _abs_ref(ref: str) -> str:
+    """A reference from the command line (``FILE`` or ``FILE:key``) made absolute, since a
+    spec resolves its own references against the spec's folder."""
+    from pathlib import Path
+
+    head, sep, key = ref.rpartition(":")
+    if sep and head and Path(head).exists():
+        return f"{Path(head).resolve()}:{key}"
+    return str(Path(ref).resolve())
+
+
 def handle_errors(fn):
     """Every user-caused problem becomes one line on stderr and its exit code; anything else
     is an internal error (exit 3), with a traceback only under WTRANSPLANT_DEBUG=1."""
@@ -289,9 +300,11 @@ def spec(file, output, inputs, expected, input_layout, report_path, as_json, qui
                    "<source name>.keras in the current folder.")
 @click.option("--report", "report_path", type=click.Path(dir_okay=False),
               help="Write the JSON report (plan, checksums, parity, versions) here.")
-@click.option("--inputs", help="Reference inputs (.npy, data.npz:key, data.h5:dataset); "
-                               "overrides the spec's verify.inputs.")
-@click.option("--expected", help="Reference outputs for --inputs.")
+@click.option("--inputs", multiple=True,
+              help="Reference inputs (.npy, data.npz:key, data.h5:dataset); NAME=FILE once "
+                   "per input of a model with several; overrides the spec's verify.inputs.")
+@click.option("--expected", multiple=True,
+              help="Reference outputs for --inputs, once per model output in outputs order.")
 @click.option("--input-layout", type=click.Choice(["nchw", "ncl", "ncdhw", "none"]),
               help="Layout of the reference inputs if not channels-last.")
 @click.option("--atol", type=TOL, help="Absolute tolerance: pass if |a - b| <= atol + rtol x "
@@ -330,9 +343,19 @@ def rebuild(file, spec_path, output, report_path, inputs, expected, input_layout
     if inputs or expected:
         if not (inputs and expected):
             raise InputError("give both --inputs and --expected")
+        from wtransplant.verification import named_refs
+
         v = s.verify or VerifySpec()
-        v.inputs, v.expected = str(Path(inputs).resolve()) if ":" not in inputs else inputs, \
-            str(Path(expected).resolve()) if ":" not in expected else expected
+        named = named_refs(list(inputs))
+        if named is not None:
+            v.inputs = {k: _abs_ref(r) for k, r in named.items()}
+        elif len(inputs) > 1:
+            raise InputError("several --inputs: name each as NAME=FILE (the model's input "
+                             "names)")
+        else:
+            v.inputs = _abs_ref(inputs[0])
+        v.expected = _abs_ref(expected[0]) if len(expected) == 1 else \
+            [_abs_ref(r) for r in expected]
         s.verify = v
     if s.verify is not None:
         if input_layout:

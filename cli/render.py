@@ -229,8 +229,9 @@ def _print_architecture(con, arch: dict) -> None:
     table = Table(title=f"Architecture from the file's model_config ({arch['class']}, "
                         f"{arch['parameters']:,} parameters in the file)",
                   title_justify="left", expand=False)
-    for col in ("layer", "class", "settings", "params", "inbound"):
-        table.add_column(col, justify="right" if col == "params" else "left")
+    for col in ("layer", "class", "settings", "output", "params", "inbound"):
+        table.add_column(col, justify="right" if col == "params" else "left",
+                         no_wrap=col in ("output", "params"))
     def fmt(v):
         if isinstance(v, list) and v and all(isinstance(x, int) for x in v):
             return "x".join(map(str, v))
@@ -239,8 +240,11 @@ def _print_architecture(con, arch: dict) -> None:
     for r in arch["layers"][:MAX_HINT_ROWS * 4]:
         args = " ".join(f"{k}={fmt(v)}" for k, v in r["args"].items()
                         if not (k == "strides" and fmt(v) in (1, "1x1", "1", "1x1x1")))
+        shape = r.get("output_shape")
+        shape = "?" if shape is None else \
+            "(" + ", ".join("None" if d is None else str(d) for d in [None, *shape]) + ")"
         table.add_row(escape_text(r["name"]), escape_text(r["class"]), escape_text(args),
-                      f"{r['parameters']:,}", escape_text(", ".join(r["inbound"])))
+                      shape, f"{r['parameters']:,}", escape_text(", ".join(r["inbound"])))
     con.print(table)
     if len(arch["layers"]) > MAX_HINT_ROWS * 4:
         con.print(f"  … {len(arch['layers']) - MAX_HINT_ROWS * 4} more layers (--json lists all)")

@@ -339,6 +339,31 @@ def test_verify_cli_named_inputs_and_several_expected(tmp_path):
     assert r.returncode == 2 and "shape" in r.stderr, r.stderr[-2000:]
 
 
+def test_rebuild_cli_named_inputs_and_several_expected(tmp_path):
+    # rebuild's --inputs/--expected override the spec's verify the same way verify takes them
+    z = np.load(TORCH / "g_two_io.io.npz")
+    np.save(tmp_path / "image.npy", z["image"])  # NCHW, as the spec's input_layout says
+    np.save(tmp_path / "extra.npy", z["extra"])
+    np.save(tmp_path / "y0.npy", z["y0"])
+    np.save(tmp_path / "y1.npy", z["y1"])
+    args = CLI + ["rebuild", "--spec", str(SPECS / "g_two_io.yaml"), "--no-save", "--json",
+                  "--inputs", "image=image.npy", "--inputs", "extra=extra.npy",
+                  "--expected", "y0.npy", "--expected", "y1.npy"]
+    r = subprocess.run(args, capture_output=True, text=True, timeout=600, cwd=tmp_path)
+    assert r.returncode == 0, r.stderr[-2000:]
+    d = json.loads(r.stdout)
+    assert d["parity"]["kind"] == "data" and len(d["parity"]["outputs"]) == 2
+    assert d["spec"]["verify"]["expected"] == [str(tmp_path / "y0.npy"),
+                                               str(tmp_path / "y1.npy")]
+    swapped = args[:-4] + ["--expected", "y1.npy", "--expected", "y0.npy"]
+    r = subprocess.run(swapped, capture_output=True, text=True, timeout=600, cwd=tmp_path)
+    assert r.returncode in (1, 2) and "Traceback" not in r.stderr, r.stderr[-2000:]
+    r = subprocess.run(args[:-8] + ["--inputs", "image.npy", "--inputs", "extra.npy",
+                                    "--expected", "y0.npy"],
+                       capture_output=True, text=True, timeout=600, cwd=tmp_path)
+    assert r.returncode == 2 and "NAME=FILE" in r.stderr, r.stderr[-2000:]
+
+
 # ------------------------------------------------------------------------------------
 # export: every output checked; ONNX output names are the Keras output names
 
@@ -465,8 +490,36 @@ def test_inspect_keras2_model_shows_model_config():
     assert rows["conv2d"]["class"] == "Conv2D" and rows["conv2d"]["parameters"] == 3 * 3 * 3 * 8 + 8
     assert rows["dense"]["inbound"] == ["dropout"] and arch["outputs"] == ["dense"]
     assert not d["hints"]["notes"]  # no guessing from shapes next to the stated graph
+    # output shapes worked out from the config (as Keras computes them), without Keras
+    import keras
+
+    model = keras.models.load_model(ROOT / "fixtures/keras2/k2_cnn_model.h5", compile=False,
+                                    safe_mode=True)
+    for layer in model.layers:
+        assert rows[layer.name]["output_shape"] == list(layer.output.shape[1:]), layer.name
     r = run_cli("inspect", ROOT / "fixtures/keras2/k2_cnn_model.h5")
     assert "Architecture from the file's model_config" in r.stdout
+    assert "(None, 6, 6, 8)" in r.stdout  # the pooled map, as model.summary() shows it
+
+
+def test_config_output_shapes_of_other_layer_kinds():
+    from wtransplant.shapes import output_shape as out
+
+    assert out("SeparableConv2D", {"filters": 16, "kernel_size": [3, 3], "padding": "same"},
+               [(48, 48, 8)]) == (48, 48, 16)
+    assert out("DepthwiseConv2D", {"kernel_size": 3, "depth_multiplier": 2},
+               [(10, 10, 4)]) == (8, 8, 8)
+    assert out("ZeroPadding2D", {"padding": [[1, 1], [2, 2]]}, [(10, 10, 4)]) == (12, 14, 4)
+    assert out("Concatenate", {"axis": -1}, [(6, 6, 7), (6, 6, 3)]) == (6, 6, 10)
+    assert out("Add", {}, [(6, 6, 7), (6, 6, 7)]) == (6, 6, 7)
+    assert out("Reshape", {"target_shape": [-1, 4]}, [(6, 6, 8)]) == (72, 4)
+    assert out("Permute", {"dims": [2, 1]}, [(3, 5)]) == (5, 3)
+    assert out("Bidirectional", {"layer": {"class_name": "GRU", "config": {"units": 5}}},
+               [(None, 3)]) == (10,)
+    # what cannot be told is None, never a guess
+    assert out("Conv2D", {"filters": 4, "kernel_size": 3, "data_format": "channels_first"},
+               [(3, 8, 8)]) is None
+    assert out("Lambda", {}, [(4,)]) is None and out("Dense", {"units": 3}, [None]) is None
 
 
 def test_kerasconfig_functional_graph_and_escaping():
@@ -608,3 +661,37 @@ def test_huge_pool_geometry_refused_before_allocation(tmp_path, monkeypatch):
     monkeypatch.setenv("WTRANSPLANT_MEMORY_BUDGET", str(1 << 60))
     with pytest.raises(InputError, match=r"s\.yaml:7: model\.layers\[0\].*too large"):
         build_model(load_spec(p).model)
+
+
+JAX_RUN = """
+import sys
+import numpy as np
+import wtransplant  # registers TorchPooling
+import keras
+assert keras.backend.backend() == "jax"
+m = keras.models.load_model(sys.argv[1])
+z = np.load(sys.argv[2])
+ys = m(np.transpose(z["x"], (0, 2, 3, 1)))
+errs = [float(np.abs(keras.ops.convert_to_numpy(y) - z[k]).max() / np.abs(z[k]).max())
+        for y, k in zip(ys, ["y0", "y1"])]
+print(max(errs))
+"""
+
+
+@pytest.mark.slow
+def test_torchpooling_model_runs_under_jax(tmp_path):
+    # the saved .keras (ceil-mode pooling as wtransplant's own layer) is backend-independent:
+    # loaded under JAX it still gives PyTorch's numbers
+    pytest.importorskip("jax")
+    import os
+
+    from wtransplant import rebuild
+
+    out = tmp_path / "rnet.keras"
+    rebuild(SPECS / "mtcnn_rnet.yaml", output=out)
+    env = {**os.environ, "KERAS_BACKEND": "jax"}
+    r = subprocess.run([sys.executable, "-c", JAX_RUN, str(out),
+                        str(TORCH / "mtcnn_rnet.io.npz")], capture_output=True, text=True,
+                       timeout=600, env=env)
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert float(r.stdout.strip().splitlines()[-1]) < 1e-5

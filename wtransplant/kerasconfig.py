@@ -2,8 +2,9 @@
 and the file's own tensors only; never Keras).
 
 ``inspect`` and the draft show this instead of guessing from shapes: one row per layer,
-like ``model.summary()``: name, class, the settings that define it, parameters (counted
-from the file's tensors) and inbound layers (from the config's ``inbound_nodes``; a
+like ``model.summary()``: name, class, the settings that define it, one sample's output
+shape (worked out from the config, ``None`` where it cannot be), parameters (counted from the
+file's tensors) and inbound layers (from the config's ``inbound_nodes``; a
 Sequential's layers read the one before). The config is data: it is parsed, never run.
 """
 
@@ -61,9 +62,12 @@ def summarize(config_text, tensors=()) -> dict | None:
     for t in tensors:
         head = str(t.name).split("/", 1)[0]
         params[head] = params.get(head, 0) + int(math.prod(t.shape))
+    from .shapes import output_shape
+
     rows = []
     prev = None
     sequential = cfg.get("class_name") == "Sequential"
+    shapes: dict[str, tuple | None] = {}
     for entry in layers[:MAX_LAYERS]:
         if not isinstance(entry, dict):
             continue
@@ -81,7 +85,14 @@ def summarize(config_text, tensors=()) -> dict | None:
         ins = _inbound(entry)
         if not ins and sequential and prev is not None:
             ins = [prev]
+        in_shapes = [shapes.get(n) for n in ins]
+        first = c.get("batch_input_shape") or c.get("batch_shape")
+        if not ins and cls != "InputLayer" and isinstance(first, list | tuple) and first:
+            in_shapes = [tuple(first[1:])]  # a Sequential's first layer states the input
+        out = output_shape(cls, c, in_shapes)
+        shapes[name] = out
         rows.append({"name": name, "class": cls, "args": args,
+                     "output_shape": None if out is None else list(out),
                      "parameters": params.get(name, 0), "inbound": ins})
         prev = name
     outs = cfg["config"].get("output_layers")

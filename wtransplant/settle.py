@@ -47,6 +47,7 @@ from .layouts import TargetLayer, TargetVar
 from .layouts.ops import apply as apply_ops
 from .plan import build_recipe
 from .reference import OPS, Act, NotCovered, Reference, RefLayer, input_kind_for, to_keras
+from .shapes import PASS_THROUGH, ShapeMismatch, _int_pad, _tup, layer_shapes
 
 #: a candidate "fits" the data when its relative max error is under this
 FIT_TOL = 1e-4
@@ -222,22 +223,7 @@ def _label(v) -> str:
 
 
 # --------------------------------------------------------------------------------------
-# shapes (one sample, channels last) and Keras variables, without Keras
-
-
-PASS_THROUGH = {"Dropout", "AlphaDropout", "GaussianDropout", "GaussianNoise", "Activation",
-                "ReLU", "ELU", "LeakyReLU", "Softmax", "Identity", "ActivityRegularization",
-                "SpatialDropout1D", "SpatialDropout2D"}
-
-
-class ShapeMismatch(Exception):
-    pass
-
-
-def _int_pad(pad) -> bool:
-    return (isinstance(pad, int) and not isinstance(pad, bool) and pad >= 0) or (
-        isinstance(pad, list | tuple) and bool(pad) and all(
-            isinstance(p, int) and not isinstance(p, bool) and p >= 0 for p in pad))
+# shapes (one sample, channels last) and Keras variables, without Keras: wtransplant/shapes.py
 
 
 def _same_as_keras(d: dict) -> bool:
@@ -250,88 +236,6 @@ def _same_as_keras(d: dict) -> bool:
     s, dil = _tup(d.get("strides", 1), nd), _tup(d.get("dilation_rate", 1), nd)
     return all(s[i] == 1 and ((k[i] - 1) * dil[i]) % 2 == 0 and
                p[i] == (k[i] - 1) * dil[i] // 2 for i in range(nd))
-
-
-def _tup(v, n):
-    if isinstance(v, int):
-        return (v,) * n
-    v = tuple(v)
-    return v * n if len(v) == 1 else v
-
-
-def layer_shapes(d: dict, shape: tuple) -> tuple[tuple, list[tuple[str, tuple]]]:
-    """(output shape, [(variable, shape)...]) of a spec layer on one sample of ``shape``."""
-    cls = d["class"]
-    if cls == "Dense":
-        n = int(d["units"])
-        vs = [("kernel", (shape[-1], n))]
-        if d.get("use_bias", True):
-            vs.append(("bias", (n,)))
-        return (*shape[:-1], n), vs
-    if cls in ("Conv1D", "Conv2D", "Conv3D"):
-        nd = int(cls[4])
-        if len(shape) != nd + 1:
-            raise ShapeMismatch(f"{cls} on a {len(shape)}-D sample")
-        k = _tup(d["kernel_size"], nd)
-        s = _tup(d.get("strides", 1), nd)
-        dil = _tup(d.get("dilation_rate", 1), nd)
-        pad = d.get("padding", "valid")
-        out = []
-        for i in range(nd):
-            eff = (k[i] - 1) * dil[i] + 1
-            if pad == "same":
-                out.append(-(-shape[i] // s[i]))
-            elif pad == "valid":
-                out.append((shape[i] - eff) // s[i] + 1)
-            elif _int_pad(pad):  # PyTorch's zero padding on both sides
-                out.append((shape[i] + 2 * _tup(pad, nd)[i] - eff) // s[i] + 1)
-            else:
-                raise NotCovered(f"padding {pad!r}")
-            if out[-1] <= 0:
-                raise ShapeMismatch("map too small")
-        f = int(d["filters"])
-        g = int(d.get("groups", 1))
-        vs = [("kernel", (*k, shape[-1] // g, f))]
-        if d.get("use_bias", True):
-            vs.append(("bias", (f,)))
-        return (*out, f), vs
-    if cls == "BatchNormalization":
-        c = (shape[-1],)
-        vs = ([("gamma", c)] if d.get("scale", True) else []) + \
-             ([("beta", c)] if d.get("center", True) else []) + \
-             [("moving_mean", c), ("moving_variance", c)]
-        return shape, vs
-    if cls == "LayerNormalization":
-        c = (shape[-1],)
-        vs = ([("gamma", c)] if d.get("scale", True) else []) + \
-             ([("beta", c)] if d.get("center", True) else [])
-        return shape, vs
-    if cls == "Flatten":
-        return (math.prod(shape),), []
-    if cls in ("MaxPooling1D", "MaxPooling2D", "AveragePooling1D", "AveragePooling2D"):
-        nd = int(cls[-2])
-        p = _tup(d.get("pool_size", 2), nd)
-        s = _tup(d.get("strides") or p, nd)
-        pad = d.get("padding", "valid")
-        out = [(-(-shape[i] // s[i])) if pad == "same" else (shape[i] - p[i]) // s[i] + 1
-               for i in range(nd)]
-        if any(o <= 0 for o in out):
-            raise ShapeMismatch("map too small")
-        return (*out, shape[-1]), []
-    if cls.startswith("Global") and cls[-2:] in ("1D", "2D"):
-        return (shape[-1],), []
-    if cls in PASS_THROUGH:
-        return shape, []
-    if cls in ("SimpleRNN", "GRU", "LSTM"):
-        u = int(d["units"])
-        g = {"SimpleRNN": 1, "GRU": 3, "LSTM": 4}[cls]
-        vs = [("kernel", (shape[-1], g * u)), ("recurrent_kernel", (u, g * u))]
-        if d.get("use_bias", True):
-            two = cls == "GRU" and d.get("reset_after", True)
-            vs.append(("bias", (2, g * u) if two else (g * u,)))
-        out = (shape[0], u) if d.get("return_sequences") else (u,)
-        return out, vs
-    raise NotCovered(f"{cls} layers are not covered by the settler")
 
 
 # --------------------------------------------------------------------------------------
