@@ -504,3 +504,28 @@ def test_unnamed_gru_without_data_gate_order_undecided_and_refused(tmp_path):
     assert "&id" not in spec.read_text()  # no YAML anchors in a file users edit
     r = run_cli("rebuild", "--spec", spec, "--no-save")
     assert_one_line_error(r, 2, "weights.gru/kernel")
+
+
+def test_plain_gru_settled_doc_rebuilds(tmp_path):
+    """The plain path through Keras: arrays transposed as the spec says, the two biases
+    stacked for reset_after=True, the gate blocks reordered last (r,z,n -> z,r,h)."""
+    from wtransplant.h5io import open_source
+    from wtransplant.inspect import load_source
+    from wtransplant.settle import settle
+
+    io_path = fx("unnamed/unnamed_gru.io.npz")
+    io = np.load(io_path)
+    with open_source(fx("unnamed/unnamed_gru.h5")) as src:
+        res = settle(_plain_gru_doc("unnamed_gru"), load_source(src), src, io["x"], io["y"],
+                     convention="plain")
+    doc = res.doc
+    doc["verify"] = {"inputs": f"{io_path}:x", "expected": f"{io_path}:y"}
+    spec_path = tmp_path / "plain_gru.yaml"
+    spec_path.write_text(yaml.safe_dump(doc))
+    pytest.importorskip("keras")
+    from wtransplant.transplanting import rebuild
+
+    model, report = rebuild(spec_path, progress=False, checksums=False)
+    assert report.verified and report.parity.max_abs < 1e-5
+    np.testing.assert_allclose(np.asarray(model(io["x"], training=False)), io["y"],
+                               atol=1e-5, rtol=1e-4)
