@@ -529,3 +529,14 @@ def test_plain_gru_settled_doc_rebuilds(tmp_path):
     assert report.verified and report.parity.max_abs < 1e-5
     np.testing.assert_allclose(np.asarray(model(io["x"], training=False)), io["y"],
                                atol=1e-5, rtol=1e-4)
+
+
+def test_named_torch_draft_offers_torch_padding():
+    """A PyTorch state_dict's conv: the draft offers PyTorch's integer padding (k // 2)
+    next to same/valid, so the data can tell them apart at stride 2; same stays first."""
+    from wtransplant.spec import load_spec
+
+    d = draft_spec(fx("torch/torch_cnn.h5"))
+    und = {(u["layer"], u["key"]): u["candidates"]
+           for u in load_spec(text=d.text, base_dir=fx("torch")).undecided}
+    assert und[("features_0", "padding")] == ["same", "valid", 1]

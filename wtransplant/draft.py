@@ -237,7 +237,13 @@ def _draft_layers(w, loaded: LoadedSource, hints: Hints, src) -> Draft:
         if p.keras_class.startswith("Conv"):
             guessed = []
             if "padding" not in args:
-                args["padding"] = undecided(["same", "valid"], "the weights do not fix it")
+                ks = args.get("kernel_size")
+                kk = ks if isinstance(ks, int) else (
+                    ks[0] if isinstance(ks, list | tuple) and len(set(ks)) == 1 else None)
+                odd = conv == "torch" and isinstance(kk, int) and kk > 1 and kk % 2
+                # PyTorch's integer padding (both sides) is not Keras' same at stride 2
+                args["padding"] = undecided(["same", "valid"] + ([kk // 2] if odd else []),
+                                            "the weights do not fix it")
                 guessed.append("padding")
             if "strides" not in args:
                 args["strides"] = undecided([1, 2], "the weights do not fix it; a pooling "
