@@ -19,6 +19,17 @@ from wtransplant.quiet_tf import install as _install_quiet_tf  # noqa: E402
 _install_quiet_tf()
 
 
+def choose_backend(command: str, layer_classes=None, *, needs_tensorflow=None):
+    """Pick the Keras backend of this command before Keras is imported (an explicit
+    KERAS_BACKEND always wins; see wtransplant.runtime) and record why for the report."""
+    from wtransplant.runtime import apply_backend
+    from wtransplant.runtime import choose_backend as choose
+
+    name, why = choose(command, layer_classes, needs_tensorflow=needs_tensorflow)
+    apply_backend(name, why)
+    return name, why
+
+
 def import_keras():
     if "keras" in sys.modules and getattr(import_keras, "_done", False):
         return sys.modules["keras"]
@@ -28,5 +39,8 @@ def import_keras():
         import keras
 
         keras.ops.convert_to_numpy(keras.ops.zeros((1,)))  # device start-up logs too
+    from wtransplant.runtime import keep_tensorflow_unloaded
+
+    keep_tensorflow_unloaded()  # saving under numpy/jax need not start TensorFlow
     import_keras._done = True
     return keras
