@@ -32,16 +32,11 @@ import sys
 #: every fixture spec using them rebuilds to parity on it (tests/test_startup.py); any other
 #: class runs under jax (or TensorFlow when jax is not installed)
 NUMPY_LAYERS = frozenset({
-    "InputLayer", "Dense", "Activation", "ReLU", "LeakyReLU", "ELU", "PReLU", "Softmax",
-    "Dropout", "Flatten", "Reshape", "Permute", "Identity",
+    "InputLayer", "Dense", "Dropout", "Flatten", "Permute", "ReLU", "PReLU", "Softmax",
     "Conv1D", "Conv2D", "Conv3D", "DepthwiseConv2D", "SeparableConv2D", "Conv2DTranspose",
-    "MaxPooling1D", "MaxPooling2D", "AveragePooling1D", "AveragePooling2D",
-    "GlobalAveragePooling1D", "GlobalAveragePooling2D", "GlobalMaxPooling1D",
-    "GlobalMaxPooling2D", "ZeroPadding1D", "ZeroPadding2D", "Cropping1D", "Cropping2D",
+    "MaxPooling2D", "GlobalAveragePooling2D", "ZeroPadding2D", "Cropping2D", "TorchPooling",
     "BatchNormalization", "LayerNormalization", "Embedding",
-    "SimpleRNN", "LSTM", "GRU", "Bidirectional",
-    "Add", "Subtract", "Multiply", "Average", "Maximum", "Minimum", "Concatenate",
-    "TorchPooling",
+    "SimpleRNN", "LSTM", "GRU", "Bidirectional", "Add", "Concatenate",
 })
 
 #: commands that need TensorFlow's own runtime, whatever the model
