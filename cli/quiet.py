@@ -35,10 +35,21 @@ def import_keras():
         return sys.modules["keras"]
     from wtransplant.artifacts import quiet_stderr
 
-    with quiet_stderr(replay=True):  # what TF said is shown only if the import fails
-        import keras
+    # Keras imports matplotlib.pyplot at start-up only for keras.visualization, which the
+    # CLI never calls: under the light backends, skip it (our own plots import pyplot when
+    # asked, as usual)
+    block_pyplot = "matplotlib.pyplot" not in sys.modules and \
+        os.environ.get("KERAS_BACKEND") in ("numpy", "jax")
+    if block_pyplot:
+        sys.modules["matplotlib.pyplot"] = None  # `import` raises ImportError: Keras skips it
+    try:
+        with quiet_stderr(replay=True):  # what TF said is shown only if the import fails
+            import keras
 
-        keras.ops.convert_to_numpy(keras.ops.zeros((1,)))  # device start-up logs too
+            keras.ops.convert_to_numpy(keras.ops.zeros((1,)))  # device start-up logs too
+    finally:
+        if block_pyplot and sys.modules.get("matplotlib.pyplot", 0) is None:
+            del sys.modules["matplotlib.pyplot"]
     from wtransplant.runtime import keep_tensorflow_unloaded
 
     keep_tensorflow_unloaded()  # saving under numpy/jax need not start TensorFlow
