@@ -230,6 +230,12 @@ def main(argv=None) -> int:
         row(r["task"], r["baseline"], fmt_s(r["baseline_s"]), fmt_s(r["ours_s"]), r["ratio"],
             "faster than Keras (< 1x)", r["ratio"] < 1)
 
+    r = run("bench_settle.py")
+    row(f"{r['task']}: {r['forward_evaluations']} forward passes vs "
+        f"{r['exhaustive_evaluations']:.3g} for every combination; {r['correct']}/"
+        f"{r['choices']} right", r["baseline"], fmt_s(r["baseline_s"]), fmt_s(r["ours_s"]),
+        r["ratio"], "< 10x one rebuild", r["ratio"] < 10)
+
     fa = ["--base", "4000", "--rounds", "2", "--epochs", "2", "--batch-sizes", "64,256"] if q \
         else ["--rounds", "5", "--batch-sizes", "32,128,512"]
     r = run("bench_finetune.py", *fa)
@@ -278,7 +284,8 @@ def main(argv=None) -> int:
         lines += [f"![{t}]({f})" for t, f in figures]
         lines += curve_tables(curves)
     lines += ["", "Scripts: `bench/bench_inspect.py`, `bench/bench_rebuild.py`, "
-              "`bench/bench_verify.py`, `bench/bench_onnx.py`, `bench/bench_finetune.py`; "
+              "`bench/bench_verify.py`, `bench/bench_onnx.py`, `bench/bench_settle.py`, "
+              "`bench/bench_finetune.py`; "
               "each prints its own details without `--json`.", ""]
     from wtransplant.atomic import atomic_path
 

@@ -593,12 +593,18 @@ verify: {{reference: numpy}}
     assert f"ZeroPadding{nd}D" in classes and "TorchPooling" in classes
 
 
-def test_huge_pool_geometry_refused_before_allocation(tmp_path):
+def test_huge_pool_geometry_refused_before_allocation(tmp_path, monkeypatch):
     from wtransplant.keras_model import build_model
     from wtransplant.spec import load_spec
 
     p = _spec(tmp_path, "    - {class: AveragePooling2D, name: ap, pool_size: 3, strides: 1, "
                         "padding: 1, count_include_pad: false}\n",
               inputs="input_shape: [100000, 100000, 1]")
+    # the memory budget refuses such an input first, before any layer is built
+    with pytest.raises(InputError, match=r"input 'input' of shape \(100000, 100000, 1\).*"
+                                         r"refused before building"):
+        build_model(load_spec(p).model)
+    # with the budget lifted, the item's own geometry bound still holds
+    monkeypatch.setenv("WTRANSPLANT_MEMORY_BUDGET", str(1 << 60))
     with pytest.raises(InputError, match=r"s\.yaml:7: model\.layers\[0\].*too large"):
         build_model(load_spec(p).model)

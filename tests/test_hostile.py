@@ -518,12 +518,20 @@ def test_fuzz_finding_archive_config_that_is_not_an_object():
         assert_one_line_error(run_cli(*args), 2, "not an object")
 
 
-def test_layer_stack_with_huge_input_refused_before_running(tmp_path):
+@pytest.mark.parametrize("layer", ["{class: Conv2D, name: c, filters: 1, kernel_size: 3}",
+                                   "{class: Flatten}, {class: Dense, name: fc, units: 10}"])
+def test_layer_stack_with_huge_input_refused_before_building(tmp_path, layer):
+    # a Dense after the Flatten of a huge input is a huge kernel: building it would allocate
+    # it, so the budget is checked before any layer is built
+    import resource
+
     from wtransplant.keras_model import build_model
     from wtransplant.spec import load_spec
 
     p = tmp_path / "s.yaml"
     p.write_text("version: 1\nsource: w.h5\nmodel:\n  input_shape: [100000, 100000, 3]\n"
-                 "  layers: [{class: Conv2D, name: c, filters: 1, kernel_size: 3}]\n")
-    with pytest.raises(InputError, match="memory budget"):
+                 f"  layers: [{layer}]\n")
+    before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    with pytest.raises(InputError, match="memory budget.*refused before building"):
         build_model(load_spec(p).model)
+    assert resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before < 256 << 10  # KiB

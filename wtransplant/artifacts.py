@@ -196,12 +196,17 @@ class KerasArtifact(Artifact):
         ins, outs = keras_signature(model)
         super().__init__(path, ins, outs)
         self._dict_in = _input_structure(model)
+        try:  # a functional model built with inputs=[x] expects a list even of one
+            self._list_in = isinstance(model.input, (list, tuple))
+        except (AttributeError, ValueError):
+            self._list_in = False
 
     def call_arg(self, xs: list):
-        """What the Keras model takes: a dict, a list, or one tensor."""
+        """What the Keras model takes: a dict, a list, or one tensor (the structure it was
+        built with, so that Keras does not warn about a mismatch)."""
         if self._dict_in:
             return dict(zip(self._dict_in, xs))
-        return xs if len(xs) > 1 else xs[0]
+        return list(xs) if len(xs) > 1 or self._list_in else xs[0]
 
     def runner(self, xs):
         arg = self.call_arg(xs)  # a compiled predict step, not an eager call

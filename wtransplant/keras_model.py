@@ -89,15 +89,13 @@ def build_model_notes(ms: ModelSpec, *, name: str | None = None
     """The model and notes on how spec items were built (PyTorch padding, ceil mode...)."""
     from .safety.bounds import check_input_budget, spec_input_shapes
 
+    # before Keras allocates anything: building a layer creates its weights (a Dense after
+    # the Flatten of a huge input is a huge kernel)
+    check_input_budget(spec_input_shapes(ms), "model")
     if ms.layers is not None:
         from .graph import build_graph
 
-        # the items' own geometry checks (file:line) come first; Keras builds a stack
-        # symbolically, and the budget is checked before anything runs on it
-        model, notes = build_graph(ms, name)
-        check_input_budget(spec_input_shapes(ms), "model")
-        return model, notes
-    check_input_budget(spec_input_shapes(ms), "model")  # before Keras allocates anything
+        return build_graph(ms, name)
     if ms.keras_config is not None:
         return model_from_json_file(ms.keras_config), []
     return _application(ms), []

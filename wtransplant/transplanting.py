@@ -628,6 +628,19 @@ def output_names(model) -> list[str]:
     return [f"output_{i}" for i in range(len(model.outputs))]
 
 
+
+def _named_keys(mapping: dict, names: list[str] | None, what: str) -> list[str]:
+    """The order of a ``verify.inputs``/``verify.expected`` mapping: the model's own input
+    or output names, which the mapping must name exactly (any order when no model)."""
+    if names is None:
+        return list(mapping)
+    if sorted(mapping) != sorted(names):
+        kind = "inputs" if what == "inputs" else "outputs"
+        raise InputError(f"verify.{what} names {sorted(mapping)}, the model's {kind} are "
+                         f"{names}")
+    return names
+
+
 def load_reference(spec: Spec, src: OpenedSource, loaded: LoadedSource, model=None):
     """The spec's reference data: x (one array, or a list in the model's input order) and
     y (one array, or a list in the model's output order)."""
@@ -639,15 +652,7 @@ def load_reference(spec: Spec, src: OpenedSource, loaded: LoadedSource, model=No
     in_names = input_names(model) if model is not None else None
     out_names = output_names(model) if model is not None else None
     if isinstance(v.inputs, dict):
-        if in_names is not None:
-            unknown = [k for k in v.inputs if k not in in_names]
-            missing = [k for k in in_names if k not in v.inputs]
-            if unknown or missing:
-                raise InputError(f"verify.inputs names {sorted(v.inputs)}, the model's inputs "
-                                 f"are {in_names}")
-            keys = in_names
-        else:
-            keys = list(v.inputs)
+        keys = _named_keys(v.inputs, in_names, "inputs")
         x = []
         for k in keys:
             a = one(v.inputs[k], "inputs")
@@ -658,15 +663,7 @@ def load_reference(spec: Spec, src: OpenedSource, loaded: LoadedSource, model=No
         x = to_channels_last(one(v.inputs, "inputs"), v.input_layout,
                              f"verify.inputs {v.inputs}")
     if isinstance(v.expected, dict):
-        if out_names is not None:
-            unknown = [k for k in v.expected if k not in out_names]
-            missing = [k for k in out_names if k not in v.expected]
-            if unknown or missing:
-                raise InputError(f"verify.expected names {sorted(v.expected)}, the model's "
-                                 f"outputs are {out_names}")
-            keys = out_names
-        else:
-            keys = list(v.expected)
+        keys = _named_keys(v.expected, out_names, "expected")
         y = [_layout(one(v.expected[k], "expected"), v.output_layout,
                      f"verify.expected {k}") for k in keys]
     elif isinstance(v.expected, list):
