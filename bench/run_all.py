@@ -216,6 +216,12 @@ def main(argv=None) -> int:
             f"{g['keras_peak_over_baseline_mib']:.0f})", g["memory_ratio_to_model"],
             "<= 1.2x model bytes", g["memory_ok"])
 
+    r = run("bench_startup.py", "--repeat", "2" if q else "3")
+    row(f"{r['task']}, backend {r['backend']['backend']} (chosen: {r['backend']['why']}; "
+        f"on TensorFlow {fmt_s(r['rebuild_tf_s'])}, `import keras` on numpy "
+        f"{fmt_s(r['import_keras_numpy_s'])})", r["baseline"], fmt_s(r["baseline_s"]),
+        fmt_s(r["ours_s"]), r["ratio"], f"<= {r['goal_s']:.0f} s wall", r["goal_ok"])
+
     r = run("bench_verify.py", *(["--repeat", "5"] if q else []))
     row(r["task"], r["baseline"], fmt_s(r["baseline_s"]), fmt_s(r["ours_s"]), r["ratio"],
         "small overhead (<= 1.5x)", r["ratio"] <= 1.5)

@@ -13,7 +13,7 @@ import click
 
 from wtransplant.errors import EXIT_INTERNAL, UnsafeInputError, WTError
 
-from .quiet import import_keras
+from .quiet import choose_backend, import_keras
 from .watchdog import DEFAULT_TIMEOUT, guarded
 
 DEBUG = bool(os.environ.get("WTRANSPLANT_DEBUG"))
@@ -376,6 +376,7 @@ def rebuild(file, spec_path, output, report_path, inputs, expected, input_layout
 
     # a damaged file that makes the HDF5 library loop or crash is refused before TF starts
     preflight(s.source, DEFAULT_TIMEOUT if timeout is None else timeout)
+    choose_backend("rebuild", _rebuild_layer_classes(s, file))
     import_keras()
     from wtransplant.transplanting import rebuild as do_rebuild
 
@@ -387,6 +388,51 @@ def rebuild(file, spec_path, output, report_path, inputs, expected, input_layout
             _print_rebuild(e.report, as_json, show_plan, quiet)
         raise
     _print_rebuild(report, as_json, show_plan, quiet)
+
+
+def _rebuild_layer_classes(s, file):
+    """The layer classes rebuild will build, read before Keras starts (the spec's layer
+    list, or the stored config of a FILE that carries its architecture); None if unknown."""
+    from wtransplant.runtime import config_layer_classes, spec_layer_classes
+
+    if not file:
+        return spec_layer_classes(s)
+    from pathlib import Path
+
+    from wtransplant.artifacts import artifact_kind, keras_archive_config, legacy_h5_config
+
+    try:
+        kind = artifact_kind(Path(file))
+        if kind == "keras":
+            return config_layer_classes(keras_archive_config(Path(file)))
+        if kind == "h5":
+            return config_layer_classes(legacy_h5_config(Path(file)))
+    except WTError:  # rebuild itself says what is wrong with FILE
+        return None
+    return None
+
+
+def _verify_backend_hints(model, other, kinds):
+    """(layer classes, needs_tensorflow) for choosing verify's backend before Keras
+    starts: the stored configs of .keras/.h5 models; TensorFlow for SavedModel/LiteRT."""
+    from pathlib import Path
+
+    from wtransplant.artifacts import keras_archive_config, legacy_h5_config
+    from wtransplant.runtime import config_layer_classes
+
+    tf_kinds = sorted({k for k in kinds if k in ("savedmodel", "tflite")})
+    if tf_kinds:
+        return None, f"a {' and a '.join(tf_kinds)} artifact is loaded with TensorFlow"
+    classes: list | None = []
+    for p, kind in zip([p for p in (model, other) if p], kinds):
+        if kind not in ("keras", "h5"):
+            continue
+        cfg = keras_archive_config(Path(p)) if kind == "keras" else legacy_h5_config(Path(p))
+        got = config_layer_classes(cfg)
+        if got is None:
+            return None, None
+        classes.extend(got)
+    return classes, None
 
 
 def _is_hdf5(path: str, signature: bytes) -> bool:
@@ -540,9 +586,10 @@ def verify(model, other, inputs, expected, spec_path, activations, input_layout,
         raise InputError("--expected needs --inputs (the inputs that produced it)")
     if other and expected:
         raise InputError("give either OTHER or --expected, not both")
-    for p in (model, other):
-        if p:
-            precheck(p, trust_graph=trust_graph)  # cheap checks before TensorFlow starts
+    kinds = [precheck(p, trust_graph=trust_graph)  # cheap checks before TensorFlow starts
+             for p in (model, other) if p]
+    classes, needs_tf = _verify_backend_hints(model, other, kinds)
+    choose_backend("verify", classes, needs_tensorflow=needs_tf)
     import_keras()
     from wtransplant.verification import verify as do_verify
 

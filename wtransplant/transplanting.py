@@ -102,6 +102,8 @@ class RebuildReport:
     timings: dict = field(default_factory=dict)
     #: undecided choices of the spec that were built at their first candidate (force)
     undecided: list[dict] = field(default_factory=list)
+    #: the Keras backend that built and checked the model, and why it was chosen
+    backend: dict = field(default_factory=dict)
 
     @property
     def ok(self) -> bool:
@@ -153,6 +155,7 @@ class RebuildReport:
             "diagnosis": self.diagnosis,
             "output": self.output,
             "notes": self.notes,
+            "backend": self.backend,
             "versions": self.versions,
             "timings": self.timings,
         }
@@ -179,6 +182,12 @@ def versions() -> dict:
         except Exception:
             out["tensorflow"] = None
     return out
+
+
+def _backend() -> dict:
+    from .runtime import chosen
+
+    return chosen()
 
 
 def file_sha256(path: Path) -> str:
@@ -413,7 +422,7 @@ def _transplant(spec: Spec, src: OpenedSource, loaded: LoadedSource, model, note
                "inputs": [list(x.shape) for x in model.inputs],
                "outputs": [list(x.shape) for x in model.outputs],
                "input_names": input_names(model), "output_names": output_names(model)},
-        plan=plan, checksums=sums, notes=notes, versions=versions(),
+        plan=plan, checksums=sums, notes=notes, versions=versions(), backend=_backend(),
         undecided=list(undecided))
 
     t = time.perf_counter()

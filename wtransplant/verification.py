@@ -42,6 +42,8 @@ class VerifyReport:
     diagnosis: dict | None = None
     plot: str | None = None
     notes: list = field(default_factory=list)
+    #: the Keras backend that ran the model, and why it was chosen
+    backend: dict = field(default_factory=dict)
 
     @property
     def ok(self) -> bool:
@@ -51,7 +53,7 @@ class VerifyReport:
         return {"wtransplant_report": "verify", "model": self.model, "other": self.other,
                 "against": self.against, "inputs": self.inputs,
                 "parity": self.parity.to_dict(), "diagnosis": self.diagnosis,
-                "plot": self.plot, "notes": self.notes}
+                "plot": self.plot, "notes": self.notes, "backend": self.backend}
 
 
 def _load(obj, trust_graph: bool = False):
@@ -180,7 +182,10 @@ def verify(model, *, other=None, inputs=None, expected=None, spec=None, activati
                          "or the rebuild spec (spec=) to verify against")
     res = compare(got if len(got) > 1 else got[0], want if len(want) > 1 else want[0],
                   atol=atol, rtol=rtol, method=method, what="outputs")
-    report = VerifyReport(art.describe(), against, in_desc, res, other=other_desc, notes=notes)
+    from .runtime import chosen
+
+    report = VerifyReport(art.describe(), against, in_desc, res, other=other_desc, notes=notes,
+                          backend=chosen())
     if not res.passed:
         report.diagnosis = _diagnose(art, xs, spec, activations, ref_acts)
     if plot is not None:
