@@ -242,15 +242,39 @@ def materialize(model, policy: str, strategy, sync_bn: bool, keep_float32: str):
 
 
 def resolve_precision(precision: str) -> tuple[str, str]:
-    """(dtype policy, why)."""
-    if precision == "mixed":
-        return "mixed_float16", "--precision mixed"
-    if precision in ("float32", "mixed_bfloat16"):
+    """(dtype policy, why). Mixed precision asked for on a machine without a capable GPU is
+    first tried on a small convolution: oneDNN builds float16/bfloat16 convolutions only for
+    some instruction sets (none on an AVX2-only CPU), and then the run is float32 and says
+    so instead of failing at its first batch."""
+    if precision in ("mixed", "mixed_bfloat16"):
+        policy = "mixed_float16" if precision == "mixed" else precision
+        if not capable_gpu():
+            dtype = policy.split("_", 1)[1]
+            bad = low_precision_fails(dtype)
+            if bad:
+                return "float32", (f"precision {precision} asked for, but this machine's "
+                                   f"kernels cannot run {dtype} convolutions ({bad}): "
+                                   f"trained in float32")
+        return policy, f"--precision {precision}"
+    if precision == "float32":
         return precision, f"--precision {precision}"
     gpu = capable_gpu()
     if gpu:
         return "mixed_float16", f"automatic: {gpu}"
     return "float32", "automatic: no GPU with compute capability >= 7.0"
+
+
+def low_precision_fails(dtype: str) -> str | None:
+    """None when this backend runs a small ``dtype`` convolution and dense layer, else the
+    reason it does not (in a few words)."""
+    try:
+        y = keras.layers.Conv2D(2, 3, dtype=dtype)(np.ones((1, 8, 8, 2), "float32"))
+        keras.ops.convert_to_numpy(keras.layers.Dense(2, dtype=dtype)(y))
+        return None
+    except Exception as e:  # the kernels' own words: one line, short
+        text = " ".join(str(e).split())
+        m = re.search(r"could not create a primitive[^.,]*", text)
+        return m.group(0) if m else f"{type(e).__name__}: {text[:120]}"
 
 
 def capable_gpu() -> str | None:
@@ -381,7 +405,9 @@ class _Run:
         self.labels = label_info(self.bundle.train.y, skip_nonfinite=o.skip_nonfinite)
         model = self._shape_model(original)
         self.policy, self.policy_why = resolve_precision(o.precision)
-        if self.policy == "mixed_float16" and not capable_gpu():
+        if self.policy == "float32" and o.precision.startswith("mixed"):
+            self.notes.append(self.policy_why)
+        elif self.policy == "mixed_float16" and not capable_gpu():
             self.notes.append("mixed_float16 on a CPU is slow: it is meant for GPUs")
         head_name = model.layers[-1].name
         self.model = materialize(model, self.policy, self.strategy,
