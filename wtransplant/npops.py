@@ -93,6 +93,17 @@ def pad_spatial(x, pads, value=0.0):
 # convolution (cross-correlation, as every DL framework computes it)
 
 
+def conv_windows(x, k, stride, dilation):
+    """The views of x (N, C, *S) that a kernel of spatial size k meets: (N, C, *S', *K),
+    stride over positions and dilation within windows (no copy)."""
+    nd = x.ndim - 2
+    eff = [(k[i] - 1) * dilation[i] + 1 for i in range(nd)]
+    win = sliding_window_view(x, eff, axis=tuple(range(2, 2 + nd)))
+    sl = (slice(None), slice(None)) + tuple(slice(None, None, s) for s in stride) + \
+        tuple(slice(None, None, d) for d in dilation)
+    return win[sl]
+
+
 def conv(x, w, b=None, stride=(1,), dilation=(1,), groups: int = 1):
     """x (N, C, *S), w (O, C/groups, *K) -> (N, O, *S'). Padding is applied by the caller."""
     nd = x.ndim - 2
@@ -101,13 +112,7 @@ def conv(x, w, b=None, stride=(1,), dilation=(1,), groups: int = 1):
     n, c = x.shape[:2]
     o = w.shape[0]
     cg, og = c // groups, o // groups
-    k = w.shape[2:]
-    eff = [(k[i] - 1) * dilation[i] + 1 for i in range(nd)]
-    win = sliding_window_view(x, eff, axis=tuple(range(2, 2 + nd)))
-    # subsample: stride over positions, dilation within windows
-    sl = (slice(None), slice(None)) + tuple(slice(None, None, s) for s in stride) + \
-        tuple(slice(None, None, d) for d in dilation)
-    win = win[sl]  # (N, C, *S', *K)
+    win = conv_windows(x, w.shape[2:], stride, dilation)
     outs = []
     sp, kk = "xyz"[:nd], "ijk"[:nd]  # spatial and kernel axes (channels: q, out: o)
     for g in range(groups):

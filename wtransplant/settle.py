@@ -457,7 +457,6 @@ def _pre(ref, lin, act) -> Act:
 def _fast_conv(ref, lay, act) -> Act:
     """The reference's convolution (same padding rule and equations) as one matrix product
     of the unfolded windows: the settler runs thousands of them."""
-    from numpy.lib.stride_tricks import sliding_window_view
 
     from .reference import _act_fn, _conv_weight, _pads, _to_map
 
@@ -472,12 +471,7 @@ def _fast_conv(ref, lay, act) -> Act:
     s = F._tup(cfg.get("strides", 1), nd)
     d = F._tup(cfg.get("dilation_rate", 1), nd)
     x = F.pad_spatial(act.a, _pads(cfg, act.a.shape[2:], w.shape[2:], s, d))
-    k = w.shape[2:]
-    eff = [(k[i] - 1) * d[i] + 1 for i in range(nd)]
-    win = sliding_window_view(x, eff, axis=tuple(range(2, 2 + nd)))
-    sl = (slice(None), slice(None)) + tuple(slice(None, None, v) for v in s) + \
-        tuple(slice(None, None, v) for v in d)
-    win = win[sl]  # (N, C, *S', *K)
+    win = F.conv_windows(x, w.shape[2:], s, d)  # (N, C, *S', *K)
     y = np.tensordot(win, w, axes=([1, *range(2 + nd, 2 + 2 * nd)],
                                    [1, *range(2, 2 + nd)]))  # (N, *S', O)
     y = np.moveaxis(y, -1, 1)
