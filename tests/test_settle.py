@@ -289,19 +289,25 @@ def test_cli_spec_output_never_an_input(tmp_path):
     assert io.read_bytes() == before
 
 
-def test_permuted_unnamed_list_rebuilds_as_settled(tmp_path):
-    d = _draft("unnamed/unnamed_mlp_permuted", tmp_path)
-    spec_path = tmp_path / "mlp.yaml"
-    spec_path.write_text(d.text)
+def _rebuilds_to_its_outputs(text: str, fixture: str, tmp_path, nchw: bool = False):
+    """Rebuild a settled draft as written: verified against its data, and the model matches
+    the fixture's own outputs read independently of wtransplant."""
+    spec_path = tmp_path / "settled.yaml"
+    spec_path.write_text(text)
     pytest.importorskip("keras")
     from wtransplant.transplanting import rebuild
 
     model, report = rebuild(spec_path, progress=False, checksums=False)
     assert report.verified and report.parity.max_abs < 1e-5
-    # and against PyTorch's outputs read independently of wtransplant
-    io = np.load(fx("unnamed/unnamed_mlp_permuted.io.npz"))
-    out = np.asarray(model(io["x"], training=False))
-    np.testing.assert_allclose(out, io["y"], atol=1e-5, rtol=1e-4)
+    io = np.load(fx(fixture + ".io.npz"))
+    x = np.transpose(io["x"], (0, 2, 3, 1)) if nchw else io["x"]
+    np.testing.assert_allclose(np.asarray(model(x, training=False)), io["y"],
+                               atol=1e-5, rtol=1e-4)
+
+
+def test_permuted_unnamed_list_rebuilds_as_settled(tmp_path):
+    d = _draft("unnamed/unnamed_mlp_permuted", tmp_path)
+    _rebuilds_to_its_outputs(d.text, "unnamed/unnamed_mlp_permuted", tmp_path)
 
 
 def test_all_square_numbered_file_orientation_settled(tmp_path):
@@ -431,16 +437,7 @@ def test_gates_key_checked(tmp_path):
 
 def test_unnamed_gru_rebuilds_as_settled(tmp_path):
     d = _draft("unnamed/unnamed_gru", tmp_path)
-    spec_path = tmp_path / "gru.yaml"
-    spec_path.write_text(d.text)
-    pytest.importorskip("keras")
-    from wtransplant.transplanting import rebuild
-
-    model, report = rebuild(spec_path, progress=False, checksums=False)
-    assert report.verified and report.parity.max_abs < 1e-5
-    io = np.load(fx("unnamed/unnamed_gru.io.npz"))
-    np.testing.assert_allclose(np.asarray(model(io["x"], training=False)), io["y"],
-                               atol=1e-5, rtol=1e-4)
+    _rebuilds_to_its_outputs(d.text, "unnamed/unnamed_gru", tmp_path)
 
 
 # --------------------------------------------------------------------------------------
@@ -482,16 +479,7 @@ def test_stride1_torch_padding_is_not_a_choice(tmp_path):
 
 def test_stride2_settled_draft_rebuilds(tmp_path):
     d = _draft_nchw(STRIDE2, tmp_path)
-    spec_path = tmp_path / "s2.yaml"
-    spec_path.write_text(d.text)
-    pytest.importorskip("keras")
-    from wtransplant.transplanting import rebuild
-
-    model, report = rebuild(spec_path, progress=False, checksums=False)
-    assert report.verified and report.parity.max_abs < 1e-5
-    io = np.load(fx(STRIDE2 + ".io.npz"))
-    out = np.asarray(model(np.transpose(io["x"], (0, 2, 3, 1)), training=False))
-    np.testing.assert_allclose(out, io["y"], atol=1e-5, rtol=1e-4)
+    _rebuilds_to_its_outputs(d.text, STRIDE2, tmp_path, nchw=True)
 
 
 def test_unnamed_gru_without_data_gate_order_undecided_and_refused(tmp_path):
@@ -520,15 +508,7 @@ def test_plain_gru_settled_doc_rebuilds(tmp_path):
                      convention="plain")
     doc = res.doc
     doc["verify"] = {"inputs": f"{io_path}:x", "expected": f"{io_path}:y"}
-    spec_path = tmp_path / "plain_gru.yaml"
-    spec_path.write_text(yaml.safe_dump(doc))
-    pytest.importorskip("keras")
-    from wtransplant.transplanting import rebuild
-
-    model, report = rebuild(spec_path, progress=False, checksums=False)
-    assert report.verified and report.parity.max_abs < 1e-5
-    np.testing.assert_allclose(np.asarray(model(io["x"], training=False)), io["y"],
-                               atol=1e-5, rtol=1e-4)
+    _rebuilds_to_its_outputs(yaml.safe_dump(doc), "unnamed/unnamed_gru", tmp_path)
 
 
 def test_named_torch_draft_offers_torch_padding():
