@@ -105,8 +105,8 @@ def child_stream(data: str, epochs: int, batch_size: int) -> dict:
 def child_memory(data: str, epochs: int, batch_size: int) -> dict:
     import keras
 
+    from wtransplant.building.transplanting import rebuild_file
     from wtransplant.finetuning.train import compute_layers, replace_head
-    from wtransplant.transplanting import rebuild_file
 
     with h5py.File(data, "r") as f:
         x, y = f["train_set_x"][()], f["train_set_y"][()].astype(np.int32)

@@ -42,7 +42,7 @@ def make_file(path: Path, n: int) -> None:
 def hdf5_open_close_floor(path: Path) -> float | None:
     """Seconds h5py's own HDF5 library needs just to open and close every object of the
     file (no Python objects, no output): the floor for any tool built on that library."""
-    from wtransplant._fasth5 import _load
+    from wtransplant.reading._fasth5 import _load
 
     lib = _load()
     if lib is None:

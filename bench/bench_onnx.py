@@ -38,9 +38,9 @@ def main(argv=None) -> dict:
     args = ap.parse_args(argv)
     import numpy as np
 
-    from wtransplant.artifacts import load_artifact
-    from wtransplant.export import export_model
-    from wtransplant.transplanting import rebuild
+    from wtransplant.building.transplanting import rebuild
+    from wtransplant.checking.artifacts import load_artifact
+    from wtransplant.exporting.export import export_model
 
     results = []
     with tempfile.TemporaryDirectory() as d:

@@ -110,8 +110,8 @@ def child(mode: str, path: str, arch: str = "vgg16") -> dict:
     if mode == "keras":
         model.load_weights(path)
     elif mode in ("wtransplant", "wtransplant-nochecksums"):
-        from wtransplant.spec import load_spec
-        from wtransplant.transplanting import transplant
+        from wtransplant.building.transplanting import transplant
+        from wtransplant.planning.spec import load_spec
 
         spec = load_spec(text=f"version: 1\nsource: {path}\nconvention: keras\n")
         transplant(model, spec, progress=False, checksums=mode == "wtransplant")

@@ -78,7 +78,7 @@ def main(argv=None) -> dict:
     ap.add_argument("--json", action="store_true")
     args = ap.parse_args(argv)
 
-    from wtransplant.draft import draft_spec
+    from wtransplant.planning.draft import draft_spec
 
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
@@ -95,8 +95,8 @@ def main(argv=None) -> dict:
         statuses = [by_layer[i]["status"] for i in range(args.layers)]
         import keras  # noqa: F401  (imported before timing: the rebuild's own cost)
 
+        from wtransplant.building.transplanting import rebuild
         from wtransplant.errors import ParityError
-        from wtransplant.transplanting import rebuild
 
         force = bool(d.spec.undecided)  # unsettled choices: rebuild them unverified
 

@@ -30,8 +30,8 @@ def main(argv=None) -> dict:
     args = ap.parse_args(argv)
     import numpy as np
 
-    from wtransplant.transplanting import predict, rebuild
-    from wtransplant.verification import verify
+    from wtransplant.building.transplanting import predict, rebuild
+    from wtransplant.checking.verification import verify
 
     model, _ = rebuild(ROOT / "fixtures/specs/torch_cnn.yaml", progress=False)
     x = np.random.default_rng(0).standard_normal((args.batch, 16, 16, 3)).astype("float32")

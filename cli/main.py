@@ -168,8 +168,8 @@ def main():
 def inspect(file, as_json, report_path, quiet, stats, pattern, depth, follow_links, timeout):
     """Show FILE's tree, shapes, dtypes, attributes, the program that wrote it and the
     architecture its tensors imply. Never imports TensorFlow or Keras."""
-    from wtransplant.inspect import inspect_file
-    from wtransplant.tree import gc_paused
+    from wtransplant.reading.inspecting import inspect_file
+    from wtransplant.reading.tree import gc_paused
 
     _report_not_an_input(report_path, file)
     report = inspect_file(file, stats=stats, follow_links=follow_links, stats_filter=pattern)
@@ -216,12 +216,12 @@ def spec(file, output, inputs, expected, input_layout, report_path, as_json, qui
     with its evidence; a tie stays undecided and says which data would split it."""
     from pathlib import Path
 
-    from wtransplant.draft import draft_spec
     from wtransplant.errors import InputError
+    from wtransplant.planning.draft import draft_spec
 
     if bool(inputs) != bool(expected):
         raise InputError("give both --inputs and --expected")
-    from wtransplant.data import split_ref
+    from wtransplant.checking.data import split_ref
 
     data_files = [split_ref(r.partition("=")[2] if "=" in r and not Path(r).exists() else r)[0]
                   for r in ([inputs] if inputs else []) + list(expected)]
@@ -330,20 +330,20 @@ def rebuild(file, spec_path, output, report_path, inputs, expected, input_layout
     from pathlib import Path
 
     from wtransplant.errors import InputError, ParityError
-    from wtransplant.spec import VerifySpec, load_spec
+    from wtransplant.planning.spec import VerifySpec, load_spec
 
     if bool(file) == bool(spec_path):
         raise InputError("give either --spec SPEC or a FILE with its own architecture")
     if spec_path:
         s = load_spec(spec_path)
     else:
-        from wtransplant.spec import Spec
+        from wtransplant.planning.spec import Spec
 
         s = Spec(source=Path(file).resolve(), convention="keras")
     if inputs or expected:
         if not (inputs and expected):
             raise InputError("give both --inputs and --expected")
-        from wtransplant.verification import named_refs
+        from wtransplant.checking.verification import named_refs
 
         v = s.verify or VerifySpec()
         named = named_refs(list(inputs))
@@ -368,7 +368,7 @@ def rebuild(file, spec_path, output, report_path, inputs, expected, input_layout
 
     out = None if no_save else (output or free_default(Path(f"{s.source.stem}.keras"),
                                                        spec_inputs(s)))
-    from wtransplant.transplanting import check_decided
+    from wtransplant.building.transplanting import check_decided
 
     # a spec with undecided choices is refused before TensorFlow starts
     check_decided(s, force=force, model_used=s.model is not None)
@@ -378,7 +378,7 @@ def rebuild(file, spec_path, output, report_path, inputs, expected, input_layout
     preflight(s.source, DEFAULT_TIMEOUT if timeout is None else timeout)
     choose_backend("rebuild", _rebuild_layer_classes(s, file))
     import_keras()
-    from wtransplant.transplanting import rebuild as do_rebuild
+    from wtransplant.building.transplanting import rebuild as do_rebuild
 
     try:
         _model, report = do_rebuild(s, output=out, report_path=report_path, force=force,
@@ -393,13 +393,13 @@ def rebuild(file, spec_path, output, report_path, inputs, expected, input_layout
 def _rebuild_layer_classes(s, file):
     """The layer classes rebuild will build, read before Keras starts (the spec's layer
     list, or the stored config of a FILE that carries its architecture); None if unknown."""
-    from wtransplant.runtime import config_layer_classes, spec_layer_classes
+    from wtransplant.backend import config_layer_classes, spec_layer_classes
 
     if not file:
         return spec_layer_classes(s)
     from pathlib import Path
 
-    from wtransplant.artifacts import artifact_kind, keras_archive_config, legacy_h5_config
+    from wtransplant.checking.artifacts import artifact_kind, keras_archive_config, legacy_h5_config
 
     try:
         kind = artifact_kind(Path(file))
@@ -417,8 +417,8 @@ def _verify_backend_hints(model, other, kinds):
     starts: the stored configs of .keras/.h5 models; TensorFlow for SavedModel/LiteRT."""
     from pathlib import Path
 
-    from wtransplant.artifacts import keras_archive_config, legacy_h5_config
-    from wtransplant.runtime import config_layer_classes
+    from wtransplant.backend import config_layer_classes
+    from wtransplant.checking.artifacts import keras_archive_config, legacy_h5_config
 
     tf_kinds = sorted({k for k in kinds if k in ("savedmodel", "tflite")})
     if tf_kinds:
@@ -504,7 +504,7 @@ def export(model, fmt, output, verify, opset, provenance, report_path, save_repo
     MODEL computes on seeded random inputs at two batch sizes, and report size and latency.
     A file that fails the check is not kept (exit 1)."""
     from wtransplant.errors import InputError, ParityError
-    from wtransplant.export import export_model, plan_outputs
+    from wtransplant.exporting.export import export_model, plan_outputs
 
     if save_report:
         _deprecated("--save-report", "--report")
@@ -579,7 +579,7 @@ def verify(model, other, inputs, expected, spec_path, activations, input_layout,
     --expected, or against OTHER (another artifact of the same model: .keras, .h5,
     SavedModel folder, .onnx, .tflite) on the same inputs, or against the NumPy reference of
     the source in --spec. Exit 0 within tolerance, 1 outside it, 2 on bad input."""
-    from wtransplant.artifacts import precheck
+    from wtransplant.checking.artifacts import precheck
     from wtransplant.errors import InputError, ParityError
 
     if expected and not inputs:
@@ -591,7 +591,7 @@ def verify(model, other, inputs, expected, spec_path, activations, input_layout,
     classes, needs_tf = _verify_backend_hints(model, other, kinds)
     choose_backend("verify", classes, needs_tensorflow=needs_tf)
     import_keras()
-    from wtransplant.verification import verify as do_verify
+    from wtransplant.checking.verification import verify as do_verify
 
     try:
         report = do_verify(model, other=other, inputs=list(inputs) or None,
@@ -715,7 +715,7 @@ def finetune(model, data, output, cpu_devices, metrics, no_plot, provenance, rep
     checkpoints every epoch, a final evaluation; writes OUT, history.csv/json and a PNG of
     the learning curves. Exit 0; 1 if training diverged (NaN loss; OUT not written); 2 on
     bad input."""
-    from wtransplant.h5io import HDF5_SIGNATURE
+    from wtransplant.reading.h5io import HDF5_SIGNATURE
 
     from .watchdog import preflight
 
@@ -727,7 +727,7 @@ def finetune(model, data, output, cpu_devices, metrics, no_plot, provenance, rep
         if p and os.path.isfile(p) and _is_hdf5(p, HDF5_SIGNATURE):
             preflight(p)
     if cpu_devices or kw.get("strategy") == "multiworker":
-        from wtransplant.artifacts import quiet_stderr
+        from wtransplant.checking.artifacts import quiet_stderr
         from wtransplant.finetuning.tfextras import get_strategy, split_cpu
 
         with quiet_stderr(replay=True):  # TensorFlow's start-up chatter

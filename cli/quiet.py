@@ -21,9 +21,9 @@ _install_quiet_tf()
 
 def choose_backend(command: str, layer_classes=None, *, needs_tensorflow=None):
     """Pick the Keras backend of this command before Keras is imported (an explicit
-    KERAS_BACKEND always wins; see wtransplant.runtime) and record why for the report."""
-    from wtransplant.runtime import apply_backend
-    from wtransplant.runtime import choose_backend as choose
+    KERAS_BACKEND always wins; see wtransplant.backend) and record why for the report."""
+    from wtransplant.backend import apply_backend
+    from wtransplant.backend import choose_backend as choose
 
     name, why = choose(command, layer_classes, needs_tensorflow=needs_tensorflow)
     apply_backend(name, why)
@@ -33,7 +33,7 @@ def choose_backend(command: str, layer_classes=None, *, needs_tensorflow=None):
 def import_keras():
     if "keras" in sys.modules and getattr(import_keras, "_done", False):
         return sys.modules["keras"]
-    from wtransplant.artifacts import quiet_stderr
+    from wtransplant.checking.artifacts import quiet_stderr
 
     # Keras imports matplotlib.pyplot at start-up only for keras.visualization, which the
     # CLI never calls: under the light backends, skip it (our own plots import pyplot when
@@ -50,7 +50,7 @@ def import_keras():
     finally:
         if block_pyplot and sys.modules.get("matplotlib.pyplot", 0) is None:
             del sys.modules["matplotlib.pyplot"]
-    from wtransplant.runtime import keep_tensorflow_unloaded
+    from wtransplant.backend import keep_tensorflow_unloaded
 
     keep_tensorflow_unloaded()  # saving under numpy/jax need not start TensorFlow
     import_keras._done = True

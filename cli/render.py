@@ -6,8 +6,8 @@ from __future__ import annotations
 import re
 import sys
 
-from wtransplant.h5io import fmt_bytes
-from wtransplant.inspect import InspectReport, match_filter
+from wtransplant.reading.h5io import fmt_bytes
+from wtransplant.reading.inspecting import InspectReport, match_filter
 from wtransplant.safety.text import markup, neutral
 
 MAX_ATTR_CHARS = 100

@@ -1,4 +1,4 @@
-"""The command line's use of :mod:`wtransplant.isolation`: commands that parse a source
+"""The command line's use of :mod:`wtransplant.safety.isolation`: commands that parse a source
 file's metadata run it in a forked child under ``--timeout`` (default 600 s), so a damaged
 file that makes the HDF5 library loop or crash is one line on stderr and exit code 2."""
 
@@ -7,7 +7,7 @@ from __future__ import annotations
 import functools
 import sys
 
-from wtransplant.isolation import DEFAULT_TIMEOUT, preflight, run_isolated
+from wtransplant.safety.isolation import DEFAULT_TIMEOUT, preflight, run_isolated
 
 __all__ = ["DEFAULT_TIMEOUT", "guarded", "preflight"]
 

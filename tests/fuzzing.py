@@ -132,20 +132,20 @@ def _run_targets(path: Path, seed_file: str, targets: list[str]) -> dict:
     for t in targets:
         try:
             if t == "inspect":
-                from wtransplant.inspect import inspect_file
+                from wtransplant.reading.inspecting import inspect_file
 
                 rep = inspect_file(path, stats=True)
                 json.dumps(rep.to_dict(), default=str)
             elif t == "spec":
-                from wtransplant.draft import draft_spec
-                from wtransplant.spec import load_spec
+                from wtransplant.planning.draft import draft_spec
+                from wtransplant.planning.spec import load_spec
 
                 d = draft_spec(path, spec_dir=path.parent)
                 load_spec(text=d.text, base_dir=path.parent)
             elif t == "rebuild":
                 spec_rel = SEEDS.get(seed_file)
-                from wtransplant.spec import load_spec
-                from wtransplant.transplanting import rebuild, rebuild_file
+                from wtransplant.building.transplanting import rebuild, rebuild_file
+                from wtransplant.planning.spec import load_spec
 
                 if spec_rel is None:
                     if seed_file.startswith(("keras2/k2_rnn", "keras3/")) and \

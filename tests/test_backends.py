@@ -192,7 +192,7 @@ def test_export_writer_per_backend():
     """TensorFlow writes SavedModel/ONNX/LiteRT in process under TensorFlow, Keras'
     jax2tf export writes SavedModel/LiteRT under JAX, and everything else TensorFlow
     can only write from a .keras in a child process."""
-    from wtransplant.export import FORMATS, WRITERS, writer_for
+    from wtransplant.exporting.export import FORMATS, WRITERS, writer_for
 
     for fmt in FORMATS:
         assert writer_for(fmt, "tensorflow") is WRITERS[fmt]
@@ -228,8 +228,8 @@ def test_jax_native_export_falls_back_to_the_tensorflow_child(tmp_path, monkeypa
     """Under JAX, SavedModel/LiteRT go through Keras' own (jax2tf) export first; when that
     cannot express the model the TensorFlow child writes the file, and a note says so. A
     LiteRT refusal is final (the child's converter would say the same)."""
-    from wtransplant import export
     from wtransplant.errors import InputError
+    from wtransplant.exporting import export
 
     calls = []
 

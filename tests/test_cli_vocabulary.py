@@ -71,7 +71,7 @@ def test_atol_minus_one_is_refused_by_the_installed_command():
 
 
 def _export_report(passed_last: bool):
-    from wtransplant.export import BatchParity, ExportReport, FormatResult
+    from wtransplant.exporting.export import BatchParity, ExportReport, FormatResult
 
     results = []
     runtimes = {"keras": "keras", "h5": "keras", "savedmodel": "tf.saved_model",
@@ -125,7 +125,7 @@ def test_export_table_fits_80_columns_and_keeps_every_verdict(how, monkeypatch, 
 
 @pytest.fixture(scope="module")
 def octave_pair(tmp_path_factory):
-    from wtransplant.transplanting import rebuild, save_model
+    from wtransplant.building.transplanting import rebuild, save_model
 
     d = tmp_path_factory.mktemp("pair")
     model, _ = rebuild(fx("specs/octave_mlp.yaml"), output=d / "a.keras", progress=False)
@@ -136,7 +136,7 @@ def octave_pair(tmp_path_factory):
 def test_verify_against_line_names_the_other_artifact(octave_pair, monkeypatch, capsys):
     from wtransplant_cli import render
 
-    from wtransplant.verification import verify
+    from wtransplant.checking.verification import verify
 
     a, b = octave_pair
     rep = verify(a, other=b)
@@ -149,8 +149,8 @@ def test_verify_against_line_names_the_other_artifact(octave_pair, monkeypatch, 
 
 
 def test_layer_argument_typo_names_spec_file_line_and_layer(tmp_path):
+    from wtransplant.building.transplanting import rebuild
     from wtransplant.errors import InputError
-    from wtransplant.transplanting import rebuild
 
     text = fx("specs/octave_mlp.yaml").read_text()
     text = text.replace("source: ../octave/octave_mlp.h5",
@@ -175,7 +175,7 @@ def test_layer_argument_typo_names_spec_file_line_and_layer(tmp_path):
 def test_onnx_of_a_finetuned_transplant_names_the_original_weights(tmp_path):
     import onnx
 
-    from wtransplant.transplanting import rebuild_file
+    from wtransplant.building.transplanting import rebuild_file
 
     src = fx("keras2/k2_digits_model.h5")
     want = sha256(src)
@@ -222,7 +222,7 @@ def test_onnx_of_a_finetuned_transplant_names_the_original_weights(tmp_path):
     assert e1["settings"]["rtol"] == 1e-5 and e1["results"][0]["passed"]
 
     # with the finetune report named explicitly (library: same keyword names)
-    from wtransplant.export import export_model
+    from wtransplant.exporting.export import export_model
 
     (tmp_path / "tuned.keras.wtransplant.json").unlink()  # only the report tells now
     rep = export_model(tuned, "onnx", tmp_path / "tuned2.onnx", provenance=ft_report,

@@ -38,7 +38,7 @@ def max_rel(a, e) -> float:
 
 
 def keras_outputs(model, xs):
-    from wtransplant.artifacts import from_model
+    from wtransplant.checking.artifacts import from_model
 
     return from_model(model).predict(xs)
 
@@ -87,7 +87,7 @@ def exported(tmp_path_factory):
 
 
 def _build(name: str, d: Path, keras_file: Path, done: Path) -> None:
-    from wtransplant.transplanting import rebuild
+    from wtransplant.building.transplanting import rebuild
 
     d.mkdir(exist_ok=True)
     rep = d / f"{name}.report.json"
@@ -99,7 +99,7 @@ def _build(name: str, d: Path, keras_file: Path, done: Path) -> None:
         assert r.returncode == 0, r.stderr
         report = json.loads(r.stdout)
     else:
-        from wtransplant.export import export_model
+        from wtransplant.exporting.export import export_model
 
         report = export_model(keras_file, "all", out, provenance=rep,
                               progress=False).to_dict()
@@ -110,7 +110,7 @@ def _build(name: str, d: Path, keras_file: Path, done: Path) -> None:
 @pytest.mark.parametrize("fmt", FORMATS)
 @pytest.mark.parametrize("name", list(MODELS))
 def test_every_format_matches_in_its_own_runtime(exported, name, fmt):
-    from wtransplant.artifacts import load_artifact, random_inputs
+    from wtransplant.checking.artifacts import load_artifact, random_inputs
 
     model, _, out, report = exported(name)
     res = {r["format"]: r for r in report["results"]}[fmt]
@@ -160,7 +160,7 @@ def test_provenance_in_onnx_metadata_and_sidecars(exported):
     versions = json.loads(props["wtransplant.versions"])
     for k in ("wtransplant", "keras", "tensorflow", "tf2onnx", "onnxruntime"):
         assert versions[k], k
-    spec = json.loads(props["wtransplant.spec"])
+    spec = json.loads(props["wtransplant.planning.spec"])
     assert [x["name"] for x in spec["model"]["layers"]][:2] == ["conv1", "bn1"]
     for side in ("model.keras.wtransplant.json", "model.h5.wtransplant.json",
                  "model.tflite.wtransplant.json", "saved_model/wtransplant.json"):
@@ -221,8 +221,8 @@ def _gelu_norm_model():
 def test_exact_gelu_and_normalization_to_onnx(tmp_path):
     import onnx
 
-    from wtransplant.artifacts import load_artifact, random_inputs
-    from wtransplant.export import export_model
+    from wtransplant.checking.artifacts import load_artifact, random_inputs
+    from wtransplant.exporting.export import export_model
 
     model = _gelu_norm_model()
     norm = model.get_layer("norm")
@@ -256,8 +256,8 @@ def _multi_io_model():
 @pytest.mark.slow
 @pytest.mark.parametrize("fmt", ["onnx", "savedmodel", "tflite"])
 def test_multi_input_multi_output(tmp_path, fmt):
-    from wtransplant.artifacts import load_artifact, random_inputs
-    from wtransplant.export import export_model
+    from wtransplant.checking.artifacts import load_artifact, random_inputs
+    from wtransplant.exporting.export import export_model
 
     model = _multi_io_model()
     out = tmp_path / ("m" if fmt == "savedmodel" else f"m.{fmt}")
@@ -302,9 +302,9 @@ def test_parity_failure_exits_1_and_writes_nothing(tmp_path, monkeypatch):
     from conftest import fx
     from wtransplant_cli.main import main
 
-    from wtransplant.artifacts import OnnxArtifact
+    from wtransplant.checking.artifacts import OnnxArtifact
     from wtransplant.errors import ParityError
-    from wtransplant.export import export_model
+    from wtransplant.exporting.export import export_model
 
     real = OnnxArtifact._run
 
@@ -354,7 +354,7 @@ def test_silently_wrong_conversion_is_caught_exit_1(tmp_path):
 
 @pytest.mark.slow
 def test_litert_without_builtin_op_is_refused_or_skipped(tmp_path, monkeypatch):
-    import wtransplant.export as ex
+    import wtransplant.exporting.export as ex
     from wtransplant.errors import InputError
 
     model = _area_resize_model()  # ResizeArea has no LiteRT built-in
@@ -384,7 +384,7 @@ def test_litert_without_builtin_op_is_refused_or_skipped(tmp_path, monkeypatch):
 def test_keras2_h5_that_keras3_refuses_is_exported(tmp_path):
     from conftest import fx
 
-    from wtransplant.export import export_model
+    from wtransplant.exporting.export import export_model
 
     rep = export_model(fx("keras2/k2_rnn_model.h5"), "onnx", tmp_path / "k2.onnx",
                        progress=False)
@@ -399,7 +399,7 @@ def test_opset_is_selectable(tmp_path):
     from conftest import fx
 
     from wtransplant.errors import InputError
-    from wtransplant.export import export_model
+    from wtransplant.exporting.export import export_model
 
     rep = export_model(fx("specs/octave_mlp.yaml"), "onnx", tmp_path / "o13.onnx", opset=13,
                        progress=False)
@@ -439,7 +439,7 @@ def test_lambda_model_is_refused(tmp_path):
 
 
 def test_random_inputs_are_seeded_and_realistic():
-    from wtransplant.artifacts import Artifact, TensorInfo, random_inputs
+    from wtransplant.checking.artifacts import Artifact, TensorInfo, random_inputs
 
     art = Artifact(None, [TensorInfo("x", (None, 50, 4), "float32"),
                           TensorInfo("ids", (None, None), "int64", high=7),
@@ -458,7 +458,7 @@ def test_random_inputs_are_seeded_and_realistic():
 
 
 def test_artifact_errors_name_the_file(tmp_path):
-    from wtransplant.artifacts import Artifact, TensorInfo, artifact_kind
+    from wtransplant.checking.artifacts import Artifact, TensorInfo, artifact_kind
     from wtransplant.errors import InputError
 
     (tmp_path / "d").mkdir()
@@ -475,7 +475,7 @@ def test_artifact_errors_name_the_file(tmp_path):
 
 
 def test_export_modules_do_not_import_tensorflow():
-    code = ("import sys, wtransplant.export, wtransplant.artifacts; "
+    code = ("import sys, wtransplant.exporting.export, wtransplant.checking.artifacts; "
             "bad = [m for m in ('tensorflow', 'keras', 'tf2onnx', 'onnxruntime') "
             "if m in sys.modules]; print(bad); sys.exit(1 if bad else 0)")
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)

@@ -494,7 +494,7 @@ def test_multiworker_with_two_local_workers_computes_what_one_device_computes(
 
 @pytest.fixture(scope="module")
 def k2_model():
-    from wtransplant.transplanting import rebuild_file
+    from wtransplant.building.transplanting import rebuild_file
 
     def make():
         return rebuild_file(fx(K2), progress=False)[0]
@@ -551,7 +551,7 @@ def test_library_csv_image_folder_and_keras_archive_inputs(tmp_path, k2_model):
     from PIL import Image
 
     import wtransplant
-    from wtransplant.transplanting import rebuild_file
+    from wtransplant.building.transplanting import rebuild_file
 
     # CSV: 64 feature columns reshaped to the model's (8, 8, 1); the tail for validation
     _m, hist = wtransplant.finetune(k2_model(), str(fx("data/digits_train.csv")), new_head=10,

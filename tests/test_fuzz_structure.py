@@ -135,8 +135,8 @@ def _control_free(text: str) -> bool:
 @given(tree=h5_trees())
 def test_fuzz_hdf5_trees(tree, tmp_path_factory):
     from cli.render import tree_lines
-    from wtransplant.draft import draft_spec
-    from wtransplant.inspect import inspect_file
+    from wtransplant.planning.draft import draft_spec
+    from wtransplant.reading.inspecting import inspect_file
 
     path = tmp_path_factory.mktemp("h5") / "t.h5"
     _write_tree(path, *tree)
@@ -270,7 +270,7 @@ def spec_texts(draw):
 @SETTINGS
 @given(text=spec_texts())
 def test_fuzz_specs(text, tmp_path_factory):
-    from wtransplant.spec import load_spec
+    from wtransplant.planning.spec import load_spec
 
     p = tmp_path_factory.mktemp("spec") / "s.yaml"
     p.write_text(text, encoding="utf-8")
@@ -320,8 +320,8 @@ def zip_layouts(draw):
 @SETTINGS
 @given(data=zip_layouts())
 def test_fuzz_zip_layouts(data, tmp_path_factory):
-    from wtransplant.artifacts import keras_archive_config
-    from wtransplant.inspect import inspect_file
+    from wtransplant.checking.artifacts import keras_archive_config
+    from wtransplant.reading.inspecting import inspect_file
     from wtransplant.safety.configs import check_config
 
     d = tmp_path_factory.mktemp("zip")

@@ -131,7 +131,7 @@ def _spec(tmp_path, layers: str, extra: str = "", inputs="input_shape: [8, 8, 3]
 
 
 def test_unknown_name_names_file_line_item(tmp_path):
-    from wtransplant.spec import load_spec
+    from wtransplant.planning.spec import load_spec
 
     p = _spec(tmp_path, "    - {class: Conv2D, name: c1, filters: 2, kernel_size: 3}\n"
                         "    - {class: Conv2D, name: c2, filters: 2, kernel_size: 3, "
@@ -143,7 +143,7 @@ def test_unknown_name_names_file_line_item(tmp_path):
 
 
 def test_cycle_is_an_error(tmp_path):
-    from wtransplant.spec import load_spec
+    from wtransplant.planning.spec import load_spec
 
     p = _spec(tmp_path, "    - {class: ReLU, name: a, inputs: b}\n"
                         "    - {class: ReLU, name: b, inputs: a}\n", "  outputs: [b]\n")
@@ -152,7 +152,7 @@ def test_cycle_is_an_error(tmp_path):
 
 
 def test_merge_needs_a_list_and_outputs_must_exist(tmp_path):
-    from wtransplant.spec import load_spec
+    from wtransplant.planning.spec import load_spec
 
     p = _spec(tmp_path, "    - {class: ReLU, name: a}\n    - {class: Add, name: s}\n")
     with pytest.raises(InputError, match=r"s\.yaml:8: model\.layers\[1\].*Add 's' merges"):
@@ -163,8 +163,8 @@ def test_merge_needs_a_list_and_outputs_must_exist(tmp_path):
 
 
 def test_shape_mismatch_names_file_line_item(tmp_path):
-    from wtransplant.keras_model import build_model
-    from wtransplant.spec import load_spec
+    from wtransplant.building.keras_model import build_model
+    from wtransplant.planning.spec import load_spec
 
     p = _spec(tmp_path, "    - {class: Conv2D, name: c1, filters: 2, kernel_size: 3}\n"
                         "    - {class: Conv2D, name: c2, filters: 4, kernel_size: 1, "
@@ -233,9 +233,9 @@ def test_flatten_undecidable_asks_for_flatten(tmp_path):
     ("keras", (1, 1, 6), (1, 1, 6), lambda a: a),
 ])
 def test_prelu_layout(conv, src_shape, target, expect):
-    from wtransplant.layouts import TargetLayer, TargetVar
-    from wtransplant.layouts.layers import layout_for
-    from wtransplant.layouts.ops import apply
+    from wtransplant.planning.layouts import TargetLayer, TargetVar
+    from wtransplant.planning.layouts.layers import layout_for
+    from wtransplant.planning.layouts.ops import apply
 
     tv = TargetVar("p/alpha", "p", "alpha", target)
     layer = TargetLayer("p", "PReLU", {"shared_axes": [1, 2]}, [tv])
@@ -246,8 +246,8 @@ def test_prelu_layout(conv, src_shape, target, expect):
 
 
 def test_prelu_wrong_size_is_an_error():
-    from wtransplant.layouts import TargetLayer, TargetVar
-    from wtransplant.layouts.layers import layout_for
+    from wtransplant.planning.layouts import TargetLayer, TargetVar
+    from wtransplant.planning.layouts.layers import layout_for
 
     tv = TargetVar("p/alpha", "p", "alpha", (1, 1, 6))
     layer = TargetLayer("p", "PReLU", {}, [tv])
@@ -260,7 +260,7 @@ def test_prelu_wrong_size_is_an_error():
 
 
 def test_pool_out_rule():
-    from wtransplant.torchgeom import pool_out
+    from wtransplant.planning.torchgeom import pool_out
 
     assert pool_out(10, 3, 3, 0, False) == 3 and pool_out(10, 3, 3, 0, True) == 4
     assert pool_out(23, 2, 2, 0, True) == 12 and pool_out(23, 2, 2, 0, False) == 11
@@ -276,7 +276,7 @@ def test_torchpooling_1d_3d_against_numpy(nd):
     import keras
 
     from wtransplant.layers_custom import TorchPooling
-    from wtransplant.torchgeom import pool_out
+    from wtransplant.planning.torchgeom import pool_out
 
     rng = np.random.default_rng(nd)
     spatial = (9,) * nd
@@ -371,8 +371,8 @@ def test_rebuild_cli_named_inputs_and_several_expected(tmp_path):
 @pytest.mark.parametrize("fmt", ["onnx", "savedmodel"])
 def test_export_two_io_checks_every_output(fmt, tmp_path):
     from wtransplant import rebuild
-    from wtransplant.artifacts import load_artifact
-    from wtransplant.export import export_model
+    from wtransplant.checking.artifacts import load_artifact
+    from wtransplant.exporting.export import export_model
 
     model, _ = rebuild(SPECS / "g_two_io.yaml")
     out = tmp_path / ("m.onnx" if fmt == "onnx" else "m_sm")
@@ -401,11 +401,11 @@ def test_numpy_reference_matches_pytorch(name):
     fixture -- merges, PReLU, Permute, torch padding, ceil mode, several inputs/outputs --
     and agrees with PyTorch's outputs."""
     from wtransplant import rebuild
-    from wtransplant.h5io import open_source
-    from wtransplant.inspect import load_source
-    from wtransplant.reference import build_reference
-    from wtransplant.spec import load_spec
-    from wtransplant.transplanting import load_reference
+    from wtransplant.building.transplanting import load_reference
+    from wtransplant.checking.reference import build_reference
+    from wtransplant.planning.spec import load_spec
+    from wtransplant.reading.h5io import open_source
+    from wtransplant.reading.inspecting import load_source
 
     spec = load_spec(SPECS / f"{name}.yaml")
     model, rep = rebuild(spec)
@@ -503,7 +503,7 @@ def test_inspect_keras2_model_shows_model_config():
 
 
 def test_config_output_shapes_of_other_layer_kinds():
-    from wtransplant.shapes import output_shape as out
+    from wtransplant.planning.shapes import output_shape as out
 
     assert out("SeparableConv2D", {"filters": 16, "kernel_size": [3, 3], "padding": "same"},
                [(48, 48, 8)]) == (48, 48, 16)
@@ -525,7 +525,7 @@ def test_config_output_shapes_of_other_layer_kinds():
 def test_kerasconfig_functional_graph_and_escaping():
     """A Keras 2 functional config (inbound_nodes as nested lists): branches and merges are
     read from the config; names are data."""
-    from wtransplant.kerasconfig import summarize
+    from wtransplant.reading.kerasconfig import summarize
 
     cfg = {"class_name": "Functional", "config": {
         "layers": [
@@ -562,7 +562,7 @@ def test_draft_mtcnn_prelu_and_parallel_heads(tmp_path):
     import yaml
 
     from wtransplant import draft_spec
-    from wtransplant.spec import load_spec
+    from wtransplant.planning.spec import load_spec
 
     d = draft_spec(TORCH / "mtcnn_rnet.h5", spec_dir=tmp_path)
     data = yaml.safe_load(d.text)
@@ -595,7 +595,7 @@ def test_draft_pnet_rebuilds_and_reference_agrees(tmp_path):
 def test_parity_plot_one_panel_per_output(tmp_path):
     import struct
 
-    from wtransplant.plots import parity_plot
+    from wtransplant.checking.plots import parity_plot
 
     rng = np.random.default_rng(0)
     ys = [rng.standard_normal((4, 3)), rng.standard_normal((4, 2))]
@@ -647,8 +647,8 @@ verify: {{reference: numpy}}
 
 
 def test_huge_pool_geometry_refused_before_allocation(tmp_path, monkeypatch):
-    from wtransplant.keras_model import build_model
-    from wtransplant.spec import load_spec
+    from wtransplant.building.keras_model import build_model
+    from wtransplant.planning.spec import load_spec
 
     p = _spec(tmp_path, "    - {class: AveragePooling2D, name: ap, pool_size: 3, strides: 1, "
                         "padding: 1, count_include_pad: false}\n",

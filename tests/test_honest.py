@@ -28,7 +28,7 @@ from conftest import FIX, ROOT, assert_one_line_error, fx, run_cli
 
 import wtransplant
 from wtransplant.errors import InputError
-from wtransplant.spec import load_spec
+from wtransplant.planning.spec import load_spec
 
 UNDECIDED_SPEC = """\
 version: 1
@@ -92,7 +92,7 @@ def test_a_malformed_undecided_choice_is_a_spec_error_with_its_line(value, needl
 
 
 def test_draft_writes_every_guess_as_undecided():
-    from wtransplant.draft import draft_spec
+    from wtransplant.planning.draft import draft_spec
 
     d = draft_spec(fx("keras2/k2_mlp_weights.h5"), spec_dir=FIX / "keras2")
     assert "TODO" not in d.text and not d.rebuildable
@@ -150,7 +150,7 @@ def test_rebuild_of_a_draft_with_undecided_activations_exits_2_then_force(tmp_pa
 
 def test_library_rebuild_refuses_undecided_and_names_each():
     pytest.importorskip("keras")
-    from wtransplant.transplanting import UndecidedError, rebuild
+    from wtransplant.building.transplanting import UndecidedError, rebuild
 
     spec = load_spec(text=UNDECIDED_SPEC, base_dir=FIX / "specs")
     with pytest.raises(UndecidedError) as e:
@@ -182,7 +182,7 @@ def _without_verify(tmp_path, name="torch_cnn") -> Path:
 
 def test_self_reference_parity_says_what_it_proves_never_ok(tmp_path):
     pytest.importorskip("keras")
-    from wtransplant.transplanting import rebuild
+    from wtransplant.building.transplanting import rebuild
 
     model, report = rebuild(_without_verify(tmp_path))
     p = report.parity
@@ -218,8 +218,8 @@ def test_self_reference_wording_on_the_command_line(tmp_path):
 
 def test_verify_against_the_spec_reference_is_labelled_self_reference():
     pytest.importorskip("keras")
-    from wtransplant.transplanting import rebuild
-    from wtransplant.verification import verify
+    from wtransplant.building.transplanting import rebuild
+    from wtransplant.checking.verification import verify
 
     model, _ = rebuild(fx("specs/torch_cnn.yaml"))
     rep = verify(model, spec=fx("specs/torch_cnn.yaml"))
@@ -250,7 +250,7 @@ def test_transplant_is_callable_after_rebuild_in_a_fresh_process(tmp_path):
     code = textwrap.dedent(f"""
         import json, keras, numpy as np
         import wtransplant
-        import wtransplant.transplanting, wtransplant.verification, wtransplant.export
+        import wtransplant.building.transplanting, wtransplant.checking.verification, wtransplant.exporting.export
         spec = wtransplant.load_spec({str(fx('specs/layered_mlp.yaml'))!r})
         model, report = wtransplant.rebuild(spec, output="a.keras")
         fresh = keras.Sequential([keras.Input((6,)),

@@ -26,7 +26,7 @@ CONFIG_FILES = {
 def test_config_naming_files_or_code_refused_by_every_loader(rel):
     """In-process, fast: the artifact loader (verify/export) and rebuild_file (rebuild,
     finetune's .h5 path) both refuse before Keras sees the config."""
-    from wtransplant.artifacts import load_artifact
+    from wtransplant.checking.artifacts import load_artifact
     from wtransplant.finetuning.train import load_model
 
     path = fx(rel)
@@ -37,7 +37,7 @@ def test_config_naming_files_or_code_refused_by_every_loader(rel):
         assert CONFIG_FILES[rel] in str(ei.value), str(ei.value)
         assert "root:" not in str(ei.value)  # no line of the named file is ever quoted
     if rel.endswith(".h5"):
-        from wtransplant.transplanting import rebuild_file
+        from wtransplant.building.transplanting import rebuild_file
 
         with pytest.raises(InputError, match=CONFIG_FILES[rel].replace("(", r"\(")):
             rebuild_file(path, output=None)
@@ -58,7 +58,7 @@ def test_config_refusals_on_the_command_line(tmp_path):
 @pytest.mark.parametrize("rel,needle", [("hostile/spec_vocab_path.yaml", "/etc/shadow"),
                                         ("hostile/spec_nested_module.yaml", "subprocess")])
 def test_spec_layer_arguments_naming_files_or_modules_refused(rel, needle):
-    from wtransplant.transplanting import rebuild
+    from wtransplant.building.transplanting import rebuild
 
     with pytest.raises(UnsafeInputError, match=needle):
         rebuild(fx(rel), output=None)
@@ -105,7 +105,7 @@ def test_deserialisation_runs_in_keras_safe_mode(monkeypatch):
     import keras
     from keras.src.saving import serialization_lib
 
-    from wtransplant.transplanting import rebuild_file
+    from wtransplant.building.transplanting import rebuild_file
 
     seen = []
     real = keras.legacy.saving.deserialize_keras_object
@@ -155,9 +155,9 @@ def test_library_refuses_output_that_is_an_input(tmp_path):
     work; a SavedModel folder holding the input counts as the input."""
     import shutil
 
-    from wtransplant.export import plan_outputs
+    from wtransplant.building.transplanting import rebuild
+    from wtransplant.exporting.export import plan_outputs
     from wtransplant.finetuning.train import finetune
-    from wtransplant.transplanting import rebuild
 
     spec = tmp_path / "s.yaml"
     spec.write_text("version: 1\nsource: w.h5\nconvention: keras\nmodel:\n  input_shape: [4]\n"
@@ -223,7 +223,7 @@ def test_graph_check_reads_ops_as_data(tmp_path):
 
     import keras
 
-    from wtransplant.artifacts import load_artifact
+    from wtransplant.checking.artifacts import load_artifact
     from wtransplant.safety.graphs import check_savedmodel, graph_ops
 
     with pytest.raises(UnsafeInputError, match="WriteFile"):
@@ -247,7 +247,7 @@ def test_graph_check_reads_ops_as_data(tmp_path):
 def test_tflite_with_file_writing_flex_op_refused(tmp_path):
     """LiteRT: the Flex (TensorFlow) ops a .tflite asks for are listed from its bytes;
     FlexWriteFile is refused before an interpreter is created."""
-    from wtransplant.artifacts import load_artifact, precheck
+    from wtransplant.checking.artifacts import load_artifact, precheck
     from wtransplant.safety.graphs import tflite_flex_ops
 
     f = fx("hostile/flex_write_file.tflite")
@@ -274,9 +274,9 @@ def test_zip_and_hdf5_polyglot_refused_everywhere(rel, where, tmp_path):
     assert "config.json" in zipfile.ZipFile(path).namelist()
     before = sha256(path)
     assert_one_line_error(run_cli("inspect", path), 2, "polyglot", where)
-    from wtransplant.artifacts import load_artifact
+    from wtransplant.checking.artifacts import load_artifact
     from wtransplant.finetuning.train import load_model
-    from wtransplant.h5io import open_source
+    from wtransplant.reading.h5io import open_source
 
     for call in (lambda: open_source(path), lambda: load_artifact(path),
                  lambda: load_model(path)):
@@ -290,7 +290,7 @@ def test_format_and_suffix_must_agree(tmp_path):
     would be checked as one format and loaded as another; refused."""
     import shutil
 
-    from wtransplant.artifacts import artifact_kind
+    from wtransplant.checking.artifacts import artifact_kind
 
     z = tmp_path / "m.h5"
     shutil.copy(fx("keras3/k3_mlp.keras"), z)
@@ -363,7 +363,7 @@ def test_mat_userblock_newline_never_becomes_yaml():
 def test_draft_writer_neutralises_every_line():
     import yaml
 
-    from wtransplant.draft import _Writer
+    from wtransplant.planning.draft import _Writer
 
     w = _Writer()
     w.comment("writer: 2.15.0\noptions: {follow_links: true}")
@@ -409,7 +409,7 @@ def _run_limited(*args, mem=2 << 30, timeout=120):
 def test_yaml_bombs_and_depth_refused_quickly(rel, needle):
     import time
 
-    from wtransplant.spec import load_spec
+    from wtransplant.planning.spec import load_spec
 
     t = time.monotonic()
     with pytest.raises(InputError, match=needle):
@@ -438,7 +438,7 @@ def test_stats_of_a_4gib_single_chunk_stay_bounded():
     more than one block even when a chunk is larger."""
     import h5py
 
-    from wtransplant.stats import BLOCK_BYTES, _blocks
+    from wtransplant.reading.stats import BLOCK_BYTES, _blocks
 
     path = fx("hostile/big_chunk.h5")
     assert path.stat().st_size < 4096
@@ -466,7 +466,7 @@ def test_exotic_types_in_stats_are_skipped_not_crashes():
 
 @pytest.mark.parametrize("ref", ["hostile/huge_rows.npy", "hostile/huge_rows.npz:x"])
 def test_npy_headers_checked_against_file_size(ref):
-    from wtransplant.data import load_array
+    from wtransplant.checking.data import load_array
 
     path, _, key = ref.partition(":")
     with pytest.raises(InputError, match="refused before allocating"):
@@ -480,7 +480,7 @@ def test_npy_header_on_the_command_line():
 
 
 def test_model_input_over_the_memory_budget_refused_before_building():
-    from wtransplant.transplanting import rebuild
+    from wtransplant.building.transplanting import rebuild
 
     with pytest.raises(InputError, match="memory budget"):
         rebuild(fx("hostile/big_input.yaml"), output=None)
@@ -493,8 +493,8 @@ def test_model_input_over_the_memory_budget_refused_before_building():
 def test_verify_refuses_zero_samples():
     import numpy as np
 
-    from wtransplant.parity import compare
-    from wtransplant.verification import verify
+    from wtransplant.checking.parity import compare
+    from wtransplant.checking.verification import verify
 
     model = fx("keras3/k3_mlp.keras")
     x, y = fx("hostile/empty_x.npy"), fx("hostile/empty_y.npy")
@@ -525,8 +525,8 @@ def test_layer_stack_with_huge_input_refused_before_building(tmp_path, layer):
     # it, so the budget is checked before any layer is built
     import resource
 
-    from wtransplant.keras_model import build_model
-    from wtransplant.spec import load_spec
+    from wtransplant.building.keras_model import build_model
+    from wtransplant.planning.spec import load_spec
 
     p = tmp_path / "s.yaml"
     p.write_text("version: 1\nsource: w.h5\nmodel:\n  input_shape: [100000, 100000, 3]\n"

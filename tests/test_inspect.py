@@ -13,8 +13,8 @@ import pytest
 from conftest import assert_one_line_error, cli_json, fx, run_cli, sha256
 
 from wtransplant.errors import InputError, UnsafeInputError
-from wtransplant.h5io import open_source, read_dataset
-from wtransplant.inspect import inspect_file
+from wtransplant.reading.h5io import open_source, read_dataset
+from wtransplant.reading.inspecting import inspect_file
 
 # (fixture, format, writer substring): each file was written by the program named in
 # fixtures/README.md
@@ -153,7 +153,7 @@ def test_stats_match_numpy_and_are_blockwise(tmp_path):
     a[7, 1] = np.inf
     with h5py.File(path, "w") as f:
         f.create_dataset("w", data=a, chunks=(64, 37), compression="gzip")
-    from wtransplant.stats import _blocks, tensor_stats
+    from wtransplant.reading.stats import _blocks, tensor_stats
 
     with open_source(path) as src:
         blocks = list(_blocks(src.h5["w"], block_bytes=64 * 37 * 4 * 2))
@@ -280,7 +280,7 @@ def test_input_never_modified(tmp_copy):
 
 def test_no_tensorflow_or_keras_on_import_or_inspect():
     code = (
-        "import sys, wtransplant, wtransplant.inspect\n"
+        "import sys, wtransplant, wtransplant.reading.inspecting\n"
         "from click.testing import CliRunner\n"
         "from wtransplant_cli.main import main\n"
         f"r = CliRunner().invoke(main, ['inspect', {str(fx('torch/torch_cnn.h5'))!r}, '--json'])\n"
@@ -307,8 +307,8 @@ ALL_H5 = sorted(str(p.relative_to(fx("."))) for p in fx(".").rglob("*")
 @pytest.mark.parametrize("rel", ALL_H5)
 def test_fast_probe_and_h5py_walk_agree(rel, monkeypatch):
     """The ctypes fast path of the walk is an optimisation: it must give the same tree."""
-    from wtransplant import _fasth5
-    from wtransplant.tree import walk
+    from wtransplant.reading import _fasth5
+    from wtransplant.reading.tree import walk
 
     assert _fasth5._load() is not None, "fast path unavailable on this platform"
     monkeypatch.setattr(_fasth5, "FAST_MIN", 0)
@@ -326,8 +326,8 @@ def test_fast_probe_and_h5py_walk_agree(rel, monkeypatch):
 def test_two_process_probe_gives_the_same_tree(rel, monkeypatch):
     """Large files are probed by a forked helper and the walk together; the tree must be
     the one a single process finds, also when the helper fails."""
-    from wtransplant import _fasth5
-    from wtransplant.tree import walk
+    from wtransplant.reading import _fasth5
+    from wtransplant.reading.tree import walk
 
     if not hasattr(os, "fork") or not sys.platform.startswith("linux"):
         pytest.skip("the two-process probe is Linux-only")
@@ -354,8 +354,8 @@ def test_two_process_probe_gives_the_same_tree(rel, monkeypatch):
 
 def test_interrupted_walk_leaves_no_helper(monkeypatch):
     """An interrupt while the parent probes its half kills and reaps the helper."""
-    from wtransplant import _fasth5
-    from wtransplant.tree import walk
+    from wtransplant.reading import _fasth5
+    from wtransplant.reading.tree import walk
 
     if not hasattr(os, "fork") or not sys.platform.startswith("linux"):
         pytest.skip("the two-process probe is Linux-only")

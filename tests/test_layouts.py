@@ -8,10 +8,17 @@ import numpy as np
 import pytest
 
 from wtransplant.errors import MappingError
-from wtransplant.formats import SourceTensor
-from wtransplant.layouts import TargetLayer, TargetVar
-from wtransplant.layouts.ops import Reshape, ReverseAxes, Transpose, apply, fuse, run_shapes
-from wtransplant.plan import build_recipe
+from wtransplant.planning.layouts import TargetLayer, TargetVar
+from wtransplant.planning.layouts.ops import (
+    Reshape,
+    ReverseAxes,
+    Transpose,
+    apply,
+    fuse,
+    run_shapes,
+)
+from wtransplant.planning.plan import build_recipe
+from wtransplant.reading.formats import SourceTensor
 
 rng = np.random.default_rng(0)
 

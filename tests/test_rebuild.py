@@ -16,10 +16,10 @@ from conftest import FIX, assert_one_line_error, fx, run_cli, sha256
 
 import wtransplant
 from wtransplant.errors import InputError, MappingError, ParityError, UnsafeInputError
-from wtransplant.spec import load_spec
+from wtransplant.planning.spec import load_spec
 
 keras = pytest.importorskip("keras")
-from wtransplant.transplanting import rebuild, rebuild_file  # noqa: E402
+from wtransplant.building.transplanting import rebuild, rebuild_file  # noqa: E402
 
 LAYOUT_AXES = {"nchw": (0, 2, 3, 1), "ncl": (0, 2, 1), "ncdhw": (0, 2, 3, 4, 1)}
 
@@ -166,7 +166,7 @@ def test_draft_for_keras2_files_rebuilds(rel, tmp_path):
     assert run_cli("spec", fx(rel), "-o", out).returncode == 0
     spec = load_spec(out)
     if spec.undecided:  # guesses (activations, input size): refused unless forced
-        from wtransplant.transplanting import UndecidedError
+        from wtransplant.building.transplanting import UndecidedError
 
         with pytest.raises(UndecidedError):
             rebuild(spec)
@@ -209,7 +209,7 @@ def _spec_with(name: str, **changes):
 
 
 def test_swapped_mapping_with_other_shapes_is_a_mapping_error():
-    from wtransplant.spec import WeightRef
+    from wtransplant.planning.spec import WeightRef
 
     s = _spec_with("layered_mlp")
     s.weights["fc1/kernel"] = WeightRef(["Weights/Layer3"])
@@ -221,7 +221,7 @@ def test_swapped_mapping_with_other_shapes_is_a_mapping_error():
 
 
 def test_swapped_mapping_with_same_shapes_fails_parity(tmp_path):
-    from wtransplant.spec import WeightRef
+    from wtransplant.planning.spec import WeightRef
 
     s = _spec_with("torch_cnn")
     s.weights["bn1/moving_mean"] = WeightRef(["features.1.running_var"])
@@ -233,7 +233,7 @@ def test_swapped_mapping_with_same_shapes_fails_parity(tmp_path):
 
 
 def test_square_kernel_transposed_the_wrong_way_fails_parity():
-    from wtransplant.spec import WeightRef
+    from wtransplant.planning.spec import WeightRef
 
     s = _spec_with("layered_mlp")
     s.weights["fc2/kernel"] = WeightRef(["Weights/Layer2"], transpose=(0, 1))
@@ -277,7 +277,7 @@ def test_square_matrix_under_plain_is_an_error():
 
 
 def test_source_used_twice_is_an_error_unless_allowed():
-    from wtransplant.spec import WeightRef
+    from wtransplant.planning.spec import WeightRef
 
     s = _spec_with("octave_mlp")
     s.weights = {"fc1/bias": WeightRef(["b2"]), "fc2/bias": WeightRef(["b2"])}
@@ -306,7 +306,7 @@ def test_gru_reset_after_false_from_torch_is_refused():
 
 
 def test_rules_with_back_references():
-    from wtransplant.spec import Rule
+    from wtransplant.planning.spec import Rule
 
     s = _spec_with("layered_mlp")
     s.options.match_by_order = False
@@ -381,7 +381,7 @@ def test_report_has_plan_checksums_parity_versions(tmp_path):
     ops = {a["target"]: a["ops"] for a in d["plan"]["assignments"]}
     assert any("gate reorder" in o for o in ops["rnn/kernel"])
     with h5py.File(fx("torch/torch_gru.h5"), "r") as f:
-        from wtransplant.plan import sha256_array
+        from wtransplant.planning.plan import sha256_array
 
         raw = sha256_array(f["rnn.weight_ih_l0"][()])
     row = next(c for c in d["checksums"] if c["target"] == "rnn/kernel")
@@ -403,7 +403,7 @@ def test_inputs_never_modified(tmp_path):
 def test_library_api_is_importable_lazily():
     code = ("import sys, wtransplant\n"
             "assert 'keras' not in sys.modules and 'tensorflow' not in sys.modules\n"
-            "import wtransplant.plan, wtransplant.spec, wtransplant.draft, wtransplant.layouts\n"
+            "import wtransplant.planning.plan, wtransplant.planning.spec, wtransplant.planning.draft, wtransplant.planning.layouts\n"
             "assert 'keras' not in sys.modules and 'tensorflow' not in sys.modules, 'layer 1'\n"
             "s = wtransplant.load_spec(sys.argv[1])\n"
             "m, r = wtransplant.rebuild(s)\n"

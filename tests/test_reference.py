@@ -7,14 +7,14 @@ import pytest
 from conftest import FIX, fx
 from test_rebuild import reference_io
 
+from wtransplant.checking.reference import NotCovered, build_reference
 from wtransplant.errors import ParityError
-from wtransplant.h5io import open_source
-from wtransplant.reference import NotCovered, build_reference
-from wtransplant.spec import WeightRef, load_spec
+from wtransplant.planning.spec import WeightRef, load_spec
+from wtransplant.reading.h5io import open_source
 
 keras = pytest.importorskip("keras")
-from wtransplant.diagnose import diagnose  # noqa: E402
-from wtransplant.transplanting import rebuild, rebuild_file  # noqa: E402
+from wtransplant.building.transplanting import rebuild, rebuild_file  # noqa: E402
+from wtransplant.checking.diagnose import diagnose  # noqa: E402
 
 COVERED = ["torch_cnn", "torch_gru", "torch_lstm", "octave_mlp", "matlab73_mlp", "k3_mlp"] + \
     [f"torch_layers/{p.stem}" for p in sorted((FIX / "specs/torch_layers").glob("*.yaml"))]

@@ -135,7 +135,7 @@ def test_huge_declared_shape_refused_before_allocation(tmp_path):
     never grows (checked through its peak RSS)."""
     code = (
         "import resource, sys\n"
-        "from wtransplant.h5io import open_source, read_dataset\n"
+        "from wtransplant.reading.h5io import open_source, read_dataset\n"
         "from wtransplant.errors import UnsafeInputError\n"
         "before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss\n"
         f"src = open_source({str(fx('broken/huge_shape.h5'))!r})\n"

@@ -15,7 +15,7 @@ import pytest
 import yaml
 from conftest import assert_one_line_error, fx, run_cli
 
-from wtransplant.draft import draft_spec
+from wtransplant.planning.draft import draft_spec
 
 SEEDS = "layered/seeds_mlp"
 
@@ -63,7 +63,7 @@ def test_settling_does_not_import_keras(tmp_path):
     import subprocess
     import sys
 
-    code = ("import sys; from wtransplant.draft import draft_spec; "
+    code = ("import sys; from wtransplant.planning.draft import draft_spec; "
             f"draft_spec({str(fx(SEEDS + '.h5'))!r}, inputs={str(fx(SEEDS + '.io.npz'))!r}"
             f"+':x', expected={str(fx(SEEDS + '.io.npz'))!r}+':y'); "
             "bad=[m for m in ('keras','tensorflow') if m in sys.modules]; "
@@ -165,11 +165,11 @@ def test_unnamed_list_without_data_drafts_undecided(tmp_path):
 
 def test_flatten_whc_rows():
     """`flatten: whc`: a dense kernel whose rows follow a W,H,C flatten of the map."""
-    from wtransplant.formats import SourceTensor
-    from wtransplant.layouts import TargetLayer, TargetVar
-    from wtransplant.layouts.ops import apply
-    from wtransplant.plan import build_recipe
-    from wtransplant.spec import WeightRef
+    from wtransplant.planning.layouts import TargetLayer, TargetVar
+    from wtransplant.planning.layouts.ops import apply
+    from wtransplant.planning.plan import build_recipe
+    from wtransplant.planning.spec import WeightRef
+    from wtransplant.reading.formats import SourceTensor
 
     rng = np.random.default_rng(0)
     h, w, c, n = 3, 4, 2, 5
@@ -202,7 +202,7 @@ def test_unnamed_cnn_with_batchnorm_settled(tmp_path):
     assert doc["verify"]["input_layout"] == "nchw"
     assert d.spec.undecided == []
     keras = pytest.importorskip("keras")  # noqa: F841
-    from wtransplant.transplanting import rebuild
+    from wtransplant.building.transplanting import rebuild
 
     spec_path = tmp_path / "cnn.yaml"
     spec_path.write_text(d.text)
@@ -260,7 +260,7 @@ def test_names_with_control_characters_stay_in_their_yaml_values(tmp_path):
     and the draft still loads (the source and the data refer to the same files)."""
     import shutil
 
-    from wtransplant.spec import load_spec
+    from wtransplant.planning.spec import load_spec
 
     weird = tmp_path / "we\nird\x1b.h5"
     shutil.copy(fx(SEEDS + ".h5"), weird)
@@ -295,7 +295,7 @@ def _rebuilds_to_its_outputs(text: str, fixture: str, tmp_path, nchw: bool = Fal
     spec_path = tmp_path / "settled.yaml"
     spec_path.write_text(text)
     pytest.importorskip("keras")
-    from wtransplant.transplanting import rebuild
+    from wtransplant.building.transplanting import rebuild
 
     model, report = rebuild(spec_path, progress=False, checksums=False)
     assert report.verified and report.parity.max_abs < 1e-5
@@ -342,7 +342,7 @@ def test_all_square_numbered_file_orientation_settled(tmp_path):
 
 
 def test_search_budget_spent_leaves_choices_undecided(tmp_path, monkeypatch):
-    import wtransplant.settle as st
+    import wtransplant.planning.settle as st
 
     monkeypatch.setattr(st, "MAX_EVALUATIONS", 5)
     d = _draft("unnamed/unnamed_mlp", tmp_path)
@@ -406,9 +406,9 @@ def _plain_gru_doc(stem):
 
 
 def test_plain_gru_reset_after_and_gates_settled():
-    from wtransplant.h5io import open_source
-    from wtransplant.inspect import load_source
-    from wtransplant.settle import settle
+    from wtransplant.planning.settle import settle
+    from wtransplant.reading.h5io import open_source
+    from wtransplant.reading.inspecting import load_source
 
     io = np.load(fx("unnamed/unnamed_gru.io.npz"))
     with open_source(fx("unnamed/unnamed_gru.h5")) as src:
@@ -426,7 +426,7 @@ def test_plain_gru_reset_after_and_gates_settled():
 
 
 def test_gates_key_checked(tmp_path):
-    from wtransplant.spec import load_spec
+    from wtransplant.planning.spec import load_spec
 
     text = yaml.safe_dump(_plain_gru_doc("unnamed_gru"))
     spec = tmp_path / "g.yaml"
@@ -497,9 +497,9 @@ def test_unnamed_gru_without_data_gate_order_undecided_and_refused(tmp_path):
 def test_plain_gru_settled_doc_rebuilds(tmp_path):
     """The plain path through Keras: arrays transposed as the spec says, the two biases
     stacked for reset_after=True, the gate blocks reordered last (r,z,n -> z,r,h)."""
-    from wtransplant.h5io import open_source
-    from wtransplant.inspect import load_source
-    from wtransplant.settle import settle
+    from wtransplant.planning.settle import settle
+    from wtransplant.reading.h5io import open_source
+    from wtransplant.reading.inspecting import load_source
 
     io_path = fx("unnamed/unnamed_gru.io.npz")
     io = np.load(io_path)
@@ -514,7 +514,7 @@ def test_plain_gru_settled_doc_rebuilds(tmp_path):
 def test_named_torch_draft_offers_torch_padding():
     """A PyTorch state_dict's conv: the draft offers PyTorch's integer padding (k // 2)
     next to same/valid, so the data can tell them apart at stride 2; same stays first."""
-    from wtransplant.spec import load_spec
+    from wtransplant.planning.spec import load_spec
 
     d = draft_spec(fx("torch/torch_cnn.h5"))
     und = {(u["layer"], u["key"]): u["candidates"]

@@ -15,8 +15,8 @@ import numpy as np
 import pytest
 from conftest import ROOT, fx, run_cli
 
-from wtransplant import runtime
-from wtransplant.runtime import NUMPY_LAYERS, choose_backend
+from wtransplant import backend as runtime
+from wtransplant.backend import NUMPY_LAYERS, choose_backend
 
 SEEDS = "layered/seeds_mlp"
 
@@ -84,7 +84,7 @@ def test_library_keeps_the_callers_backend(monkeypatch):
 
 
 def test_config_layer_classes_of_a_stored_model():
-    from wtransplant.artifacts import keras_archive_config, legacy_h5_config
+    from wtransplant.checking.artifacts import keras_archive_config, legacy_h5_config
 
     assert runtime.config_layer_classes(keras_archive_config(fx("keras3/k3_mlp.keras"))) \
         and set(runtime.config_layer_classes(
@@ -106,7 +106,7 @@ def test_numpy_list_is_checked_on_fixtures():
 import glob, json, os, sys
 from pathlib import Path
 import keras
-from wtransplant.transplanting import rebuild, rebuild_file
+from wtransplant.building.transplanting import rebuild, rebuild_file
 assert keras.backend.backend() == "numpy"
 def walk(m):
     for l in m.layers:

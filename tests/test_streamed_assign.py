@@ -10,9 +10,11 @@ import pytest
 
 keras = pytest.importorskip("keras")
 
-from wtransplant import h5io, keras_model, plan  # noqa: E402
-from wtransplant.spec import load_spec  # noqa: E402
-from wtransplant.transplanting import transplant  # noqa: E402
+from wtransplant.building import keras_model  # noqa: E402
+from wtransplant.building.transplanting import transplant  # noqa: E402
+from wtransplant.planning import plan  # noqa: E402
+from wtransplant.planning.spec import load_spec  # noqa: E402
+from wtransplant.reading import h5io  # noqa: E402
 
 LAYERS = [("dense_0", (37, 23)), ("dense_1", (23, 11))]
 
@@ -93,8 +95,8 @@ def test_count_nonfinite_blocks():
 def test_lazy_reference_holds_no_weights_and_matches_eager(tmp_path):
     """The parity check's NumPy reference reads each layer's float64 weights only while the
     layer runs (a float64 copy of a whole model is twice its bytes)."""
-    from wtransplant.h5io import open_source
-    from wtransplant.reference import build_reference
+    from wtransplant.checking.reference import build_reference
+    from wtransplant.reading.h5io import open_source
 
     path = tmp_path / "w.h5"
     _keras2_file(path, "float32")

@@ -10,8 +10,8 @@ from conftest import FIX, assert_one_line_error, fx, run_cli
 from test_export import exported  # noqa: F401  (the shared module-scoped fixture)
 
 keras = pytest.importorskip("keras")
+from wtransplant.checking.verification import verify  # noqa: E402
 from wtransplant.errors import InputError, ParityError  # noqa: E402
-from wtransplant.verification import verify  # noqa: E402
 
 IO = fx("torch/torch_cnn.io.npz")
 FILES = {"keras": "model.keras", "h5": "model.h5", "savedmodel": "saved_model",
@@ -45,7 +45,7 @@ def test_verify_cli_keras_against_onnx_and_reference_data(exported, tmp_path):  
 
 
 def _model(name="torch_cnn"):
-    from wtransplant.transplanting import rebuild
+    from wtransplant.building.transplanting import rebuild
 
     model, _ = rebuild(fx(f"specs/{name}.yaml"))
     return model
@@ -69,8 +69,8 @@ def test_reference_data_pass_and_fail(tmp_path):
 def test_verify_against_spec_diagnoses_the_first_bad_layer(tmp_path):
     """A model saved despite a BatchNorm epsilon left at Keras' default: verify --spec
     finds it through the NumPy reference of the PyTorch source."""
-    from wtransplant.spec import load_spec
-    from wtransplant.transplanting import rebuild
+    from wtransplant.building.transplanting import rebuild
+    from wtransplant.planning.spec import load_spec
 
     s = load_spec(fx("specs/torch_cnn.yaml"))
     for lay in s.model.layers:
@@ -91,10 +91,10 @@ def test_verify_against_spec_diagnoses_the_first_bad_layer(tmp_path):
 
 
 def test_verify_with_stored_activations(tmp_path):
-    from wtransplant.h5io import open_source
-    from wtransplant.reference import build_reference
-    from wtransplant.spec import load_spec
-    from wtransplant.transplanting import rebuild
+    from wtransplant.building.transplanting import rebuild
+    from wtransplant.checking.reference import build_reference
+    from wtransplant.planning.spec import load_spec
+    from wtransplant.reading.h5io import open_source
 
     spec = load_spec(fx("specs/torch_cnn.yaml"))
     model, report = rebuild(spec)
@@ -151,7 +151,7 @@ def test_verify_needs_something_to_compare_with():
 
 def test_every_fixture_io_through_verify():
     """verify agrees with rebuild on the writers' own data (NCHW handled by the layout)."""
-    from wtransplant.spec import load_spec
+    from wtransplant.planning.spec import load_spec
 
     for name in ("torch_gru", "octave_mlp"):
         spec = load_spec(fx(f"specs/{name}.yaml"))

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import importlib
 
-from .quiet_tf import install as _install_quiet_tf
+from wtransplant.quiet_tf import install as _install_quiet_tf
 
 __version__ = "0.1.0"
 
@@ -23,26 +23,26 @@ _install_quiet_tf()
 
 # name -> module that defines it; loaded lazily so that `import wtransplant` stays light
 _LAZY = {
-    "inspect_file": "wtransplant.inspect",
-    "InspectReport": "wtransplant.inspect",
-    "open_source": "wtransplant.h5io",
-    "load_spec": "wtransplant.spec",
-    "Spec": "wtransplant.spec",
-    "draft_spec": "wtransplant.draft",
-    "rebuild": "wtransplant.transplanting",
-    "rebuild_file": "wtransplant.transplanting",
-    "transplant": "wtransplant.transplanting",
-    "RebuildReport": "wtransplant.transplanting",
-    "UndecidedError": "wtransplant.transplanting",
+    "inspect_file": "wtransplant.reading.inspecting",
+    "InspectReport": "wtransplant.reading.inspecting",
+    "open_source": "wtransplant.reading.h5io",
+    "load_spec": "wtransplant.planning.spec",
+    "Spec": "wtransplant.planning.spec",
+    "draft_spec": "wtransplant.planning.draft",
+    "rebuild": "wtransplant.building.transplanting",
+    "rebuild_file": "wtransplant.building.transplanting",
+    "transplant": "wtransplant.building.transplanting",
+    "RebuildReport": "wtransplant.building.transplanting",
+    "UndecidedError": "wtransplant.building.transplanting",
     "WTError": "wtransplant.errors",
     "InputError": "wtransplant.errors",
     "ParityError": "wtransplant.errors",
     "MappingError": "wtransplant.errors",
-    "export_model": "wtransplant.export",
-    "verify": "wtransplant.verification",
-    "VerifyReport": "wtransplant.verification",
-    "load_artifact": "wtransplant.artifacts",
-    "random_inputs": "wtransplant.artifacts",
+    "export_model": "wtransplant.exporting.export",
+    "verify": "wtransplant.checking.verification",
+    "VerifyReport": "wtransplant.checking.verification",
+    "load_artifact": "wtransplant.checking.artifacts",
+    "random_inputs": "wtransplant.checking.artifacts",
     "TrainingError": "wtransplant.errors",
     "finetune": "wtransplant.finetuning.train",
     "FinetuneHistory": "wtransplant.finetuning.train",

@@ -17,7 +17,7 @@ def atomic_path(final: str | os.PathLike, *, directory: bool = False) -> Iterato
     """Yield a temporary path next to ``final`` with the same suffix (Keras insists on
     '.keras'/'.h5'); rename it to ``final`` when the block ends without an exception."""
     final = Path(final)
-    from .safety.paths import check_registered
+    from wtransplant.safety.paths import check_registered
 
     check_registered(final, directory)
     final.parent.mkdir(parents=True, exist_ok=True)

@@ -20,7 +20,7 @@ class WTError(Exception):
     exit_code = EXIT_INPUT
 
     def __init__(self, message: str, *, path: str | None = None, detail: dict | None = None):
-        from .safety.text import neutral
+        from wtransplant.safety.text import neutral
 
         message = neutral(" ".join(str(message).split()))  # one line, no control chars
         if path and not message.startswith(str(path)):

@@ -16,7 +16,7 @@ from __future__ import annotations
 import keras
 import numpy as np
 
-from .torchgeom import avg_correction, extra_right, pool_out
+from wtransplant.planning.torchgeom import avg_correction, extra_right, pool_out
 
 
 @keras.saving.register_keras_serializable(package="wtransplant")

@@ -28,7 +28,7 @@ import os
 import re
 from pathlib import Path
 
-from .errors import InputError
+from wtransplant.errors import InputError
 
 SIDECAR_SUFFIX = ".wtransplant.json"
 MAX_REPORT_BYTES = 64 << 20
@@ -127,7 +127,7 @@ def read_sidecar(model_path: str | os.PathLike) -> dict | None:
 def write_sidecar(model_path: str | os.PathLike, *, source: dict, spec=None,
                   rebuild_report: dict | None = None, finetune: list | None = None) -> Path:
     """Write ``MODEL.wtransplant.json`` describing ``model_path`` (already written)."""
-    from .atomic import write_json
+    from wtransplant.atomic import write_json
 
     p = Path(model_path)
     side = sidecar_of(p)

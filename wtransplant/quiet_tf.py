@@ -43,7 +43,7 @@ class _QuietLoader(importlib.abc.Loader):
         return self._loader.create_module(spec)
 
     def exec_module(self, module):
-        from .artifacts import quiet_stderr
+        from wtransplant.checking.artifacts import quiet_stderr
 
         _remove_finder()  # once: its submodules load inside this import
         with quiet_stderr():  # replayed if the import fails (or under WTRANSPLANT_DEBUG)

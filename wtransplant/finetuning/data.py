@@ -3,7 +3,7 @@
 Sources
     * HDF5: two datasets with the same first dimension (``train_set_x``/``train_set_y``);
       streamed, whole contiguous batches at a time, never loaded whole. The file is opened
-      read-only through :func:`wtransplant.h5io.open_source` (no external links, virtual
+      read-only through :func:`wtransplant.reading.h5io.open_source` (no external links, virtual
       datasets or shape bombs), lazily and once per process: a handle never crosses a fork.
     * ``.npz`` (``allow_pickle=False``) and CSV (feature columns + a target column): read
       into memory.
@@ -33,8 +33,8 @@ from pathlib import Path
 
 import numpy as np
 
-from ..errors import InputError
-from ..h5io import open_source, resolve_dataset
+from wtransplant.errors import InputError
+from wtransplant.reading.h5io import open_source, resolve_dataset
 
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff"}
 #: seed of the fixed shuffle of an image folder's file list (so that --val-split takes a
@@ -392,7 +392,7 @@ class _Container:
             self._open_h5()
 
     def _open_npz(self):
-        from ..safety.bounds import check_npz
+        from wtransplant.safety.bounds import check_npz
 
         check_npz(self.path)  # declared sizes against the bytes there, before allocating
         try:
@@ -408,7 +408,7 @@ class _Container:
             raise InputError(f"{self.path}: not a readable .npz file: {e}") from None
 
     def _open_h5(self):
-        from ..tree import walk
+        from wtransplant.reading.tree import walk
 
         with open_source(self.path) as src:
             if src.archive is not None:

@@ -7,7 +7,7 @@ import dataclasses
 import re
 from dataclasses import dataclass, field
 
-from ..errors import InputError
+from wtransplant.errors import InputError
 
 TASKS = ("auto", "classification", "binary", "regression")
 OPTIMIZERS = ("adam", "adamw", "sgd", "rmsprop")

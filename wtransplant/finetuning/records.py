@@ -13,8 +13,8 @@ from pathlib import Path
 
 import numpy as np
 
-from ..atomic import atomic_path, write_json
-from ..errors import InputError
+from wtransplant.atomic import atomic_path, write_json
+from wtransplant.errors import InputError
 
 CHECKPOINT_VERSION = 1
 STATE = "state.json"
@@ -115,7 +115,7 @@ def plot_curves(path: Path, rows: list[dict], title: str) -> str | None:
         return None
     from matplotlib.ticker import MaxNLocator
 
-    from ..plots import pyplot, save_figure
+    from wtransplant.checking.plots import pyplot, save_figure
 
     plt = pyplot()
 

@@ -26,8 +26,8 @@ import contextlib
 import json
 import os
 
-from ..errors import InputError
-from ..quiet_tf import install as _quiet_tf
+from wtransplant.errors import InputError
+from wtransplant.quiet_tf import install as _quiet_tf
 
 _quiet_tf()  # before TensorFlow is imported: no TensorFlow log lines on stderr
 

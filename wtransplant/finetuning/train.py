@@ -38,11 +38,10 @@ from pathlib import Path
 import keras
 import numpy as np
 
-from ..errors import InputError, TrainingError
-from ..h5io import check_readable_file, open_source
-from ..keras_model import _walk_layers, check_config_safe
-from . import records
-from .data import (
+from wtransplant.building.keras_model import _walk_layers, check_config_safe
+from wtransplant.errors import InputError, TrainingError
+from wtransplant.finetuning import records
+from wtransplant.finetuning.data import (
     BatchReader,
     DataBundle,
     LabelInfo,
@@ -52,7 +51,8 @@ from .data import (
     label_info,
     load_data,
 )
-from .options import FinetuneOptions, make_options
+from wtransplant.finetuning.options import FinetuneOptions, make_options
+from wtransplant.reading.h5io import check_readable_file, open_source
 
 #: test hook: exit abruptly (as a killed process would) after this many epochs are
 #: checkpointed
@@ -108,7 +108,7 @@ def finetune(model, data, *, output: str | os.PathLike | None = None,
         TrainingError: the loss became NaN/Inf; nothing is saved (exit 1).
     """
     opts = make_options(**options)
-    from ..safety.paths import check_output
+    from wtransplant.safety.paths import check_output
 
     check_output(output, [x for x in (model, data, opts.val_data)
                           if isinstance(x, str | os.PathLike)])
@@ -144,7 +144,7 @@ def load_model(model) -> tuple[keras.Model, dict]:
         return m, {"source": str(p), "format": "keras3-archive", "name": m.name,
                    **_carried(p)}
     if p.suffix.lower() in (".h5", ".hdf5"):
-        from ..transplanting import rebuild_file
+        from wtransplant.building.transplanting import rebuild_file
 
         m, rep = rebuild_file(p, progress=False)
         info = {"source": str(p), "format": rep.source.get("format"), "name": m.name,
@@ -159,7 +159,7 @@ def load_model(model) -> tuple[keras.Model, dict]:
 
 def _carried(p: Path) -> dict:
     """The model file's sha256 and the provenance it carries (its sidecar), if any."""
-    from ..provenance import file_sha256, read_sidecar
+    from wtransplant.provenance import file_sha256, read_sidecar
 
     side = read_sidecar(p)
     prov = None
@@ -396,7 +396,7 @@ class _Run:
         self.deterministic = (state or {}).get("deterministic", o.seed is not None)
         self._seed_everything()
 
-        from .tfextras import get_strategy  # imports TensorFlow only for a strategy
+        from wtransplant.finetuning.tfextras import get_strategy
 
         self.strategy = get_strategy(o.strategy) if o.strategy not in (None, "none") else None
         original, self.model_info = load_model(self.model_arg)
@@ -736,12 +736,12 @@ class _Run:
         else:
             kind = "processes" if self.use_processes else "threads"
             self.loader = f"PyDataset, {workers} loader {kind}"
-        from .tfextras import is_multiworker
+        from wtransplant.finetuning.tfextras import is_multiworker
 
         self.multiworker = is_multiworker(self.strategy)
         b = self.bundle
         if self.multiworker:
-            from .tfextras import multiworker_dataset
+            from wtransplant.finetuning.tfextras import multiworker_dataset
 
             def reader_for(ds, shuffle):
                 return lambda shard: BatchReader(ds, o.batch_size, shuffle=shuffle,
@@ -768,7 +768,7 @@ class _Run:
             # TensorFlow: the same batches through a tf.data pipeline that takes them from
             # Python a chunk at a time (PyDataset's per-batch hand-over costs about as much
             # CPU as a training step of a small model)
-            from .tfextras import stream_dataset
+            from wtransplant.finetuning.tfextras import stream_dataset
 
             self.train_input = stream_dataset([tr], lambda: self.epoch)
             self.val_input = None if vr is None else stream_dataset([vr], lambda: 0)
@@ -808,7 +808,7 @@ class _Run:
             raise
 
     def _patches(self):
-        from .tfextras import multiworker_patches
+        from wtransplant.finetuning.tfextras import multiworker_patches
 
         return multiworker_patches(self.strategy) if self.strategy is not None else \
             contextlib.nullcontext()
@@ -851,7 +851,7 @@ class _Run:
     def _chief(self) -> bool:
         if self.strategy is None:
             return True
-        from .tfextras import is_chief
+        from wtransplant.finetuning.tfextras import is_chief
 
         return is_chief(self.strategy)
 
@@ -939,7 +939,7 @@ class _Run:
         info = self.model_info
         prov = info.pop("provenance", None)
         if self.provenance_arg is not None:
-            from ..provenance import read_report
+            from wtransplant.provenance import read_report
 
             rr = read_report(self.provenance_arg)
             out = rr["report"].get("output") or {}
@@ -960,11 +960,11 @@ class _Run:
     def _save(self) -> dict | None:
         if self.output is None or not self._chief():
             return None
-        from ..transplanting import save_model
+        from wtransplant.building.transplanting import save_model
 
         out = save_model(self.model, self.output)
         if self.provenance is not None:
-            from ..provenance import file_sha256, write_sidecar
+            from wtransplant.provenance import file_sha256, write_sidecar
 
             out["sha256"] = file_sha256(out["path"])
             steps = list(self.provenance.get("finetune") or [])
@@ -992,13 +992,13 @@ class _Run:
                 files["curves_png"] = png
         files["report"] = str(self.run_dir / "report.json")
         self.report["files"] = files
-        from ..atomic import write_json
+        from wtransplant.atomic import write_json
 
         write_json(self.run_dir / "report.json", self.report)
 
     def _report(self, output) -> dict:
-        from ..transplanting import versions
-        from .tfextras import describe
+        from wtransplant.building.transplanting import versions
+        from wtransplant.finetuning.tfextras import describe
 
         # steady state: leave out each phase's first epoch (it traces and compiles)
         speeds = [r["samples_per_s"] for i, r in enumerate(self.rows) if r.get("samples_per_s")

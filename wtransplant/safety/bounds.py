@@ -15,7 +15,7 @@ import math
 import os
 import zipfile
 
-from ..errors import InputError
+from wtransplant.errors import InputError
 
 MAX_YAML_DEPTH = 100
 MAX_YAML_ALIASES = 1000

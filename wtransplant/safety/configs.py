@@ -26,7 +26,7 @@ import functools
 import json
 import re
 
-from ..errors import InputError, UnsafeInputError
+from wtransplant.errors import InputError, UnsafeInputError
 
 #: classes whose config is code, or that load code, programs or files
 FORBIDDEN_CLASSES = frozenset({

@@ -20,7 +20,7 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
-from ..errors import InputError, UnsafeInputError
+from wtransplant.errors import InputError, UnsafeInputError
 
 #: ops that touch files, the network, other processes or Python
 DANGEROUS_OPS = re.compile(

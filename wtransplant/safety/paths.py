@@ -18,7 +18,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from ..errors import InputError
+from wtransplant.errors import InputError
 
 _inputs: dict[str, tuple[int, int] | None] = {}
 _guard = False
@@ -128,7 +128,7 @@ def check_targets(targets, model) -> None:
     inputs = [model]
     if Path(model).suffix.lower() in (".yaml", ".yml", ".json"):
         try:
-            from ..spec import load_spec
+            from wtransplant.planning.spec import load_spec
 
             inputs += spec_inputs(load_spec(model))
         except Exception:  # noqa: BLE001 - a bad spec is reported by the loader later

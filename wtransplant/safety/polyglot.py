@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import os
 
-from ..errors import UnsafeInputError
+from wtransplant.errors import UnsafeInputError
 
 HDF5_SIGNATURE = b"\x89HDF\r\n\x1a\n"
 _EOCD = b"PK\x05\x06"

@@ -1,0 +1,14 @@
+"""Layout knowledge: one registered entry per Keras layer type (see ``layers.py``)."""
+
+from wtransplant.planning.layouts.base import (
+           CONVENTIONS,
+           LayerLayout,
+           Proposal,
+           TargetLayer,
+           TargetVar,
+           Unit,
+)
+from wtransplant.planning.layouts.layers import REGISTRY, layout_for, recognize, register
+
+__all__ = ["CONVENTIONS", "LayerLayout", "Proposal", "REGISTRY", "TargetLayer", "TargetVar",
+           "Unit", "layout_for", "recognize", "register"]
