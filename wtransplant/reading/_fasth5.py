@@ -10,9 +10,10 @@ It is an optimisation only: :func:`probe` returns None for anything unusual and 
 then uses h5py. ``WTRANSPLANT_NO_FASTH5=1`` turns it off; tests check both paths give
 identical trees on every fixture.
 
-Decided by measurement (issue 15, round two; in-process walks of bench/bench_inspect.py's
-files, h5py's public low-level API path of tree.py vs this probe, interleaved, medians,
-2-core machine shared with other work):
+Decided by measurement (issue 15, round two; ``bench/bench_inspect.py --decide`` repeats
+it: in-process walks of that benchmark's files, h5py's public low-level API path of
+tree.py vs this probe, interleaved, the same tree asserted, medians, on a 2-core machine
+shared with other work):
 
 =========  ===========  ===========  =====  ===========================
 datasets   h5py API     this probe   ratio  HDF5 open/close of each one
