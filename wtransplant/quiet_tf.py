@@ -17,6 +17,8 @@ see TensorFlow's own lines.
 
 from __future__ import annotations
 
+import importlib.machinery
+import logging
 import os
 import sys
 
@@ -24,17 +26,13 @@ import sys
 TF_ENV = {"TF_CPP_MIN_LOG_LEVEL": "3", "TF_CPP_MIN_VLOG_LEVEL": "0"}
 #: Python loggers TensorFlow, tf2onnx and absl log through
 QUIET_LOGGERS = ("tensorflow", "absl", "tf2onnx", "jax._src.xla_bridge")
-#: the packages that log through those loggers: their levels are set when the first of
-#: them is imported (``logging`` itself is not imported by a command that needs none of
-#: them, such as ``inspect``)
-_LOGGING_PACKAGES = frozenset({"tensorflow", "absl", "tf2onnx", "jax", "keras"})
 
 
 def _quiet_wanted() -> bool:
     return not os.environ.get("WTRANSPLANT_TF_LOGS")
 
 
-class _QuietLoader:  # an importlib Loader (no importlib.abc: its import costs start-up)
+class _QuietLoader:  # an importlib Loader (importlib.abc's import costs start-up)
     """Delegates to TensorFlow's own loader, with fd 2 captured while its module runs."""
 
     def __init__(self, loader):
@@ -56,19 +54,12 @@ class _QuietLoader:  # an importlib Loader (no importlib.abc: its import costs s
 
 
 class _QuietTensorFlowFinder:  # an importlib MetaPathFinder
-    loggers_set = False
-
     def find_spec(self, name, path=None, target=None):
-        if name in _LOGGING_PACKAGES and not _QuietTensorFlowFinder.loggers_set:
-            _QuietTensorFlowFinder.loggers_set = True
-            _quiet_python_loggers()
         if name != "tensorflow" or name in sys.modules:
             return None
         # stays on sys.meta_path until TensorFlow is imported: importlib.util.find_spec
         # (Keras checks whether TensorFlow is available) asks without importing
-        from importlib.machinery import PathFinder
-
-        spec = PathFinder.find_spec(name, path)
+        spec = importlib.machinery.PathFinder.find_spec(name, path)
         if spec is None or spec.loader is None:
             return spec
         spec.loader = _QuietLoader(spec.loader)
@@ -80,8 +71,6 @@ def _remove_finder() -> None:
 
 
 def _quiet_python_loggers() -> None:
-    import logging
-
     for name in QUIET_LOGGERS:
         lg = logging.getLogger(name)
         if lg.level < logging.ERROR:
@@ -96,9 +85,7 @@ def install() -> None:
         return
     for k, v in TF_ENV.items():
         os.environ.setdefault(k, v)
-    if "logging" in sys.modules or any(p in sys.modules for p in _LOGGING_PACKAGES):
-        _quiet_python_loggers()
-        _QuietTensorFlowFinder.loggers_set = True
+    _quiet_python_loggers()
     if "tensorflow" in sys.modules:
         return
     if not any(isinstance(f, _QuietTensorFlowFinder) for f in sys.meta_path):

@@ -391,7 +391,7 @@ def _transplant(spec: Spec, src: OpenedSource, loaded: LoadedSource, model, note
     timings["plan_s"] = time.perf_counter() - t
 
     t = time.perf_counter()
-    sums = _assign_all(model, plan, src, checksums, progress)
+    sums = _assign(model, plan, src, targets, progress=progress, checksums=checksums)
     timings["assign_s"] = time.perf_counter() - t
 
     n_params = int(sum(int(np.prod(v.shape)) for v in model.weights))
@@ -572,8 +572,10 @@ def _progress(n: int, what: str, progress: bool | None):
                 file=sys.stderr, leave=False)
 
 
-def _assign_all(model, plan, src, checksums: bool, progress) -> list[dict]:
-    """Read, convert, assign and drop each tensor in turn; with ``checksums``, the sha256 of
+def _assign(model, plan: Plan, src: OpenedSource, targets, *, progress,
+            checksums: bool) -> list[dict]:
+    """Read, convert, assign and drop each tensor in turn (``targets``: the model's, as
+    described for the plan); with ``checksums``, the sha256 of
     each source, of each converted value and of each variable read back after assignment.
 
     The checksums run on one worker thread (hashlib and the backends' reads release the
