@@ -56,6 +56,10 @@ class SourceInfo:
     evidence: list[str] = field(default_factory=list)
     #: the container's own metadata (safetensors ``__metadata__``, ONNX producer...)
     attributes: dict = field(default_factory=dict)
+    #: a :class:`~wtransplant.reading.formats.FormatReader` that names and groups this
+    #: container's tensors itself (ONNX: the writer's view of generated names); None: the
+    #: readers detect it from the tree
+    reader: object | None = None
 
 
 class Source:
@@ -163,6 +167,7 @@ class Source:
 #: implementations tried in order ("module:Class", imported on first use); the last one
 #: (HDF5) takes every file the others do not claim and says why it cannot read it
 REGISTRY: list[str] = [
+    "wtransplant.reading.sources.onnxfile:OnnxSource",
     "wtransplant.reading.sources.hdf5:HDF5Source",
 ]
 
