@@ -25,7 +25,8 @@ import numpy as np
 
 from wtransplant.checking import npops as F
 from wtransplant.planning.shapes import NotCovered  # one class: the shape code raises it too
-from wtransplant.reading.h5io import OpenedSource, read_dataset
+from wtransplant.reading.loaded import writer_view
+from wtransplant.reading.sources import Source
 
 TORCH_EPS = 1e-5
 
@@ -149,7 +150,7 @@ def input_kind_for(first_class: str, rank: int, dtype: str) -> str:
 # building from a rebuilt model and its plan
 
 
-def build_reference(model, plan, src: OpenedSource, *, spec_layers: list[dict] | None = None,
+def build_reference(model, plan, src: Source, *, spec_layers: list[dict] | None = None,
                     lazy: bool = False) -> Reference:
     """A :class:`Reference` for a rebuilt Keras model, or NotCovered. ``lazy``: keep no
     weights; each forward pass reads a layer's tensors (as float64) just before the layer
@@ -217,9 +218,8 @@ def build_reference(model, plan, src: OpenedSource, *, spec_layers: list[dict] |
                      src=src if lazy else None)
 
 
-def _raw(src: OpenedSource, t) -> np.ndarray:
-    a = read_dataset(src, t.path).astype(np.float64)
-    return np.transpose(a) if t.column_major else a  # MATLAB's own view
+def _raw(src: Source, t) -> np.ndarray:
+    return writer_view(src, t).astype(np.float64)  # MATLAB's own view
 
 
 def _graph(model):

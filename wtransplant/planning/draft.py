@@ -23,9 +23,9 @@ from pathlib import Path
 import numpy as np
 import yaml
 
-from wtransplant.reading.h5io import open_source, read_dataset
 from wtransplant.reading.hints import Hints, LayerHint, build_hints
-from wtransplant.reading.inspecting import LoadedSource, load_source
+from wtransplant.reading.loaded import LoadedSource, load_source
+from wtransplant.reading.sources import open_source
 from wtransplant.safety.text import neutral
 
 HIDDEN_ACTS = ("linear", "relu", "tanh", "sigmoid")
@@ -418,9 +418,7 @@ def _infer_activations(loaded: LoadedSource, hints: Hints, src) -> dict | None:
 
 
 def _read(loaded, src, name):
-    t = loaded.tensor(name)
-    a = read_dataset(src, t.path)
-    return np.transpose(a) if t.column_major else a
+    return loaded.array(name, src=src)
 
 
 def _act(z, name):

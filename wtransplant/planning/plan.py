@@ -41,8 +41,8 @@ from wtransplant.planning.layouts.ops import (
 )
 from wtransplant.planning.spec import Spec, WeightRef
 from wtransplant.reading.formats import SourceTensor, keras3_group_names
-from wtransplant.reading.h5io import OpenedSource, read_dataset, read_dataset_as, resolve_dataset
-from wtransplant.reading.inspecting import LoadedSource
+from wtransplant.reading.loaded import LoadedSource
+from wtransplant.reading.sources import Source, as_source
 
 
 @dataclass
@@ -529,7 +529,7 @@ class Value:
     value_sha256: str
 
 
-def materialize(plan: Plan, src: OpenedSource, assignments: list[Assignment] | None = None,
+def materialize(plan: Plan, src: Source, assignments: list[Assignment] | None = None,
                 *, checksums: bool = True) -> Iterator[Value]:
     """Read, convert and cast each assignment's sources, one assignment at a time.
 
@@ -538,6 +538,7 @@ def materialize(plan: Plan, src: OpenedSource, assignments: list[Assignment] | N
     only moves values: no sum, whose rounding depends on the dtype it runs in), the
     NaN/Inf scan runs in blocks, and the generator keeps no reference to a value it has
     handed over (the caller drops it once assigned)."""
+    src = as_source(src)
     for a in assignments if assignments is not None else plan.assignments:
         want = np.dtype(a.target.dtype)
         cast_early = not any(isinstance(op, Sum) for op in a.ops)
@@ -545,15 +546,15 @@ def materialize(plan: Plan, src: OpenedSource, assignments: list[Assignment] | N
         for s in a.sources:
             h = None
             if cast_early:
-                ds_dtype, ds_shape = _stored_type(src, s.path)
+                ds_dtype, ds_shape = src.stored_type(s.path)
                 if ds_dtype is not None and ds_dtype != want and ds_dtype.kind in "fiu" \
                         and want.kind in "fiu":
                     h = _array_hasher(ds_dtype, ds_shape) if checksums else None
-                    raw.append(read_dataset_as(src, s.path, want, hasher=h))
+                    raw.append(src.read_as(s.path, want, hasher=h))
                     src_dtypes.append(ds_dtype)
                     sums.append(h.hexdigest() if h is not None else None)
                     continue
-            r = read_dataset(src, s.path)
+            r = src.read(s.path)
             raw.append(r)
             src_dtypes.append(r.dtype)
             sums.append(sha256_array(r) if checksums else None)
@@ -575,16 +576,6 @@ def materialize(plan: Plan, src: OpenedSource, assignments: list[Assignment] | N
         del arr
         yield value
         del value
-
-
-def _stored_type(src: OpenedSource, path: str) -> tuple:
-    """(dtype, shape) of a source dataset; (None, None) if it cannot be opened (then
-    read_dataset says why)."""
-    try:
-        ds = resolve_dataset(src, path)
-        return ds.dtype, tuple(ds.shape)
-    except Exception:
-        return None, None
 
 
 def _array_hasher(dtype: np.dtype, shape: tuple):

@@ -154,7 +154,7 @@ def _order_blocks(h: Hints) -> None:
                        "they are listed in file (alphabetical) order")
         return
     if order != list(blocks):
-        h.notes.append(f"blocks ordered by their sizes: {' -> '.join(order)} (HDF5 lists "
+        h.notes.append(f"blocks ordered by their sizes: {' -> '.join(order)} (the file lists "
                        f"names alphabetically, which loses the module order)")
     h.layers = [lh for b in order for lh in blocks[b]]
 

@@ -56,11 +56,17 @@ class LoadedSource:
             if found is None:
                 raise InputError(f"no tensor {t!r} in {self.tree.display}")
             t = found
-        s = as_source(src) if src is not None else self.source
+        s = src if src is not None else self.source
         if s is None:
             raise InputError(f"{self.tree.display}: the source file is closed")
-        a = s.read(t.path)
-        return np.transpose(a) if t.column_major else a
+        return writer_view(s, t)
+
+
+def writer_view(src, t: SourceTensor) -> np.ndarray:
+    """Read tensor ``t`` from ``src`` (a Source or an h5io handle) in the writer's own view:
+    as stored, or with the axes reversed for column-major writers (MATLAB, Octave)."""
+    a = as_source(src).read(t.path)
+    return np.transpose(a) if t.column_major else a
 
 
 def load_source(src) -> LoadedSource:

@@ -167,6 +167,9 @@ class Source:
 #: implementations tried in order ("module:Class", imported on first use); the last one
 #: (HDF5) takes every file the others do not claim and says why it cannot read it
 REGISTRY: list[str] = [
+    "wtransplant.reading.sources.safetensors:SafetensorsSource",
+    "wtransplant.reading.sources.npz:NpySource",
+    "wtransplant.reading.sources.npz:NpzSource",
     "wtransplant.reading.sources.onnxfile:OnnxSource",
     "wtransplant.reading.sources.hdf5:HDF5Source",
 ]
