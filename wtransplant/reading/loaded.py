@@ -73,8 +73,12 @@ def load_source(src) -> LoadedSource:
     """Walk and detect an open source (a :class:`Source` or an h5io ``OpenedSource``)."""
     s = as_source(src)
     tree = s.tree()
-    det, reader = detect(tree)
     info = s.info()
+    if info.reader is not None:  # the container groups and names its tensors itself
+        reader = info.reader
+        det = reader.detect(tree)
+    else:
+        det, reader = detect(tree)
     if info.format is not None:  # the container names the format; the names, the convention
         det = Detection(info.format, det.convention, info.writer or None,
                         list(info.evidence) + [e for e in det.evidence

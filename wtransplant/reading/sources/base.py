@@ -56,6 +56,10 @@ class SourceInfo:
     evidence: list[str] = field(default_factory=list)
     #: the container's own metadata (safetensors ``__metadata__``, ONNX producer...)
     attributes: dict = field(default_factory=dict)
+    #: a :class:`~wtransplant.reading.formats.FormatReader` that names and groups this
+    #: container's tensors itself (ONNX: the writer's view of generated names); None: the
+    #: readers detect it from the tree
+    reader: object | None = None
 
 
 class Source:
@@ -166,6 +170,7 @@ REGISTRY: list[str] = [
     "wtransplant.reading.sources.safetensors:SafetensorsSource",
     "wtransplant.reading.sources.npz:NpySource",
     "wtransplant.reading.sources.npz:NpzSource",
+    "wtransplant.reading.sources.onnxfile:OnnxSource",
     "wtransplant.reading.sources.hdf5:HDF5Source",
 ]
 
