@@ -160,8 +160,10 @@ class SafetensorsSource(Source):
                                  path=self.display)
             if e.end == e.begin:
                 return np.zeros(e.shape, np.dtype(np_dtype))
-            return np.memmap(self.path, dtype=np.dtype(np_dtype), mode="r",
-                             offset=self.data_start + e.begin, shape=e.shape)
+            dt = np.dtype(np_dtype)
+            m = np.memmap(self.path, dtype=dt, mode="r", offset=self.data_start + e.begin,
+                          shape=((e.end - e.begin) // dt.itemsize,))
+            return m.reshape(e.shape)  # memmap makes shape () into (1,)
         except (OSError, ValueError) as err:
             raise InputError(f"cannot read tensor {e.name}: {err}", path=self.display) from None
 
