@@ -211,6 +211,7 @@ HOSTILE = {
     "hostile/st_size_mismatch.safetensors": "tensor 'huge': shape (25000000000,) F32 needs",
     "hostile/st_unknown_dtype.safetensors": "tensor 'w': unknown dtype 'F128'",
     "hostile/st_duplicate.safetensors": "names 'w' twice",
+    "hostile/st_polyglot.safetensors": "both safetensors and HDF5 (superblock at offset 512)",
     "hostile/npz_pickled.npz": "obj.npy: holds Python objects (pickles)",
     "hostile/huge_rows.npy": "declares shape (100000000000, 10)",
 }
