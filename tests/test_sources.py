@@ -258,3 +258,21 @@ def test_100gb_declared_tensor_refused_before_allocation(rel):
         r = subprocess.run([exe, *map(str, args)], capture_output=True, text=True,
                            timeout=120, preexec_fn=_limited(2 << 30))
         assert_one_line_error(r, 2, "refused before allocating", "'huge'")
+
+
+def test_cast_block_by_block_hashes_the_stored_values(monkeypatch):
+    """read_as (the planner's cast while reading) gives read()'s values cast, and feeds
+    the checksum exactly the stored values, however many blocks it takes."""
+    import wtransplant.reading.sources.safetensors as st
+    from wtransplant.planning.plan import _array_hasher, sha256_array
+
+    monkeypatch.setattr(st, "READ_BLOCK_BYTES", 64)
+    with open_source(fx("sources/torch_cnn.safetensors")) as src:
+        for name, want in (("classifier.1.weight", np.float16), ("features.0.weight",
+                                                                 np.float64)):
+            a = src.read(name)
+            h = _array_hasher(a.dtype, a.shape)
+            b = src.read_as(name, want, hasher=h)
+            assert b.dtype == want and b.shape == a.shape
+            assert h.hexdigest() == sha256_array(a)
+            np.testing.assert_allclose(b, a.astype(want), rtol=1e-7, atol=0)

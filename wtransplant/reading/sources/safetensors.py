@@ -26,7 +26,7 @@ from pathlib import Path
 import numpy as np
 
 from wtransplant.errors import InputError, UnsafeInputError
-from wtransplant.reading.h5io import fmt_bytes
+from wtransplant.reading.h5io import READ_BLOCK_BYTES, fmt_bytes
 from wtransplant.reading.sources.base import (
     MAX_TENSOR_BYTES,
     Source,
@@ -181,6 +181,27 @@ class SafetensorsSource(Source):
             return _bf16(m)
         out = np.empty(e.shape, m.dtype.newbyteorder("="))
         out[...] = m
+        del m
+        return out
+
+    def read_as(self, path: str, dtype, *, hasher=None) -> np.ndarray:
+        """Cast block by block out of the memory map: a float64 tensor for a float32
+        variable is never held whole as float64."""
+        e = self._entry(path)
+        if e.code == "BF16":
+            return super().read_as(path, dtype, hasher=hasher)
+        dtype = np.dtype(dtype)
+        check_limit(max(e.end - e.begin, int(np.prod(e.shape)) * dtype.itemsize), e.shape,
+                    e.name, self.display, MAX_TENSOR_BYTES)
+        m = self._map(e)
+        out = np.empty(e.shape, dtype)
+        src, dst = m.reshape(-1), out.reshape(-1)
+        step = max(1, READ_BLOCK_BYTES // max(1, m.dtype.itemsize))
+        for i in range(0, src.size, step):
+            block = np.asarray(src[i:i + step], dtype=m.dtype.newbyteorder("="))
+            if hasher is not None:
+                hasher.update(memoryview(block).cast("B"))
+            dst[i:i + step] = block
         del m
         return out
 
