@@ -70,7 +70,21 @@ def writer_view(src, t: SourceTensor) -> np.ndarray:
 
 
 def load_source(src) -> LoadedSource:
-    """Walk and detect an open source (a :class:`Source` or an h5io ``OpenedSource``)."""
+    """Walk and detect an open source file.
+
+    Args:
+        src: a :class:`~wtransplant.reading.sources.base.Source` from
+            ``wtransplant.reading.sources.open_source`` (any container), or an HDF5 handle
+            from ``wtransplant.open_source``; it must stay open while tensors are read.
+
+    Returns:
+        A :class:`LoadedSource`: the tree, the detected format/convention/writer, the
+        tensors under their logical names, and ``array(name)`` for values in the writer's
+        view.
+
+    Raises:
+        InputError: the file's structure cannot be walked (exit 2).
+    """
     s = as_source(src)
     tree = s.tree()
     info = s.info()
