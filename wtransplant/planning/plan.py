@@ -27,14 +27,7 @@ from dataclasses import dataclass, field, replace
 import numpy as np
 
 from wtransplant.errors import MappingError, UnsafeInputError
-from wtransplant.planning.layouts import (
-    Proposal,
-    TargetLayer,
-    TargetVar,
-    Unit,
-    conventions,
-    layout_for,
-)
+from wtransplant.planning.layouts import Proposal, TargetLayer, TargetVar, Unit, layout_for
 from wtransplant.planning.layouts.ops import (
     GateReorder,
     Op,
@@ -288,6 +281,26 @@ def _bookkeeping(conv: str) -> tuple:
     return out
 
 
+def _naming_the_file(make):
+    """``make_plan``, whose NotSupported (a layer type with no recipe under the convention:
+    layouts know shapes, not files) names the source file."""
+    from functools import wraps
+
+    from wtransplant.planning.layouts import NotSupported
+
+    @wraps(make)
+    def make_plan(spec, loaded, layers, **kw):
+        try:
+            return make(spec, loaded, layers, **kw)
+        except NotSupported as e:
+            raise NotSupported(str(e), path=loaded.tree.display) from None
+
+    return make_plan
+
+
+make_plan = _naming_the_file(make_plan)
+
+
 def _no_target(key: str, layers: list[TargetLayer], where: str) -> str:
     lname = key.rsplit("/", 1)[0]
     lay = next((x for x in layers if x.name == lname), None)
@@ -429,6 +442,8 @@ def _match_by_order(layers, units, chosen, used, conv, take, rejected) -> None:
 def build_recipe(var: TargetVar, layer: TargetLayer, srcs: list[SourceTensor], conv: str,
                  wref: WeightRef | None) -> list[Op]:
     """The ops taking the stored source arrays to the Keras variable; checked on shapes."""
+    from wtransplant.planning.layouts import conventions
+
     ops: list[Op] = []
     shapes = [tuple(s.stored_shape) for s in srcs]
     if any(s.column_major for s in srcs):
@@ -472,7 +487,7 @@ def build_recipe(var: TargetVar, layer: TargetLayer, srcs: list[SourceTensor], c
                 # layouts know shapes, not names: say which source tensors were meant
                 why = str(e).removeprefix(f"{var.key}: ")
                 src = " + ".join(s.name for s in srcs)
-                raise MappingError(f"{var.key} <- {src}: {why}") from None
+                raise type(e)(f"{var.key} <- {src}: {why}") from None  # NotSupported stays
         ops += more
     if wref is not None and wref.gates:
         ops = _with_gates(ops, wref.gates, var, layer, conv)
@@ -493,6 +508,7 @@ def _with_gates(ops: list[Op], gates: str, var: TargetVar, layer: TargetLayer,
     stacks the gates on the first axis of every tensor (``gates_on_source_axis``: reordered
     first); the other conventions hold Keras' layout after their conversion, gates on the
     last axis (reordered last)."""
+    from wtransplant.planning.layouts import conventions
     from wtransplant.planning.spec import gate_letters
 
     cls = layer.inner_class if layer.class_name == "Bidirectional" else layer.class_name
