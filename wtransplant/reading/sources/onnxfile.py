@@ -11,7 +11,8 @@ model they define. This module reads them without running anything:
   (``data_location = EXTERNAL``) is refused unless the caller asked for data outside the
   file (``follow_links``: ``--follow-links``), and even then its location must stay in
   the model's folder and its offset/length inside that file;
-* names and shapes are listed as ONNX gives them (tree paths ``/<initializer name>``);
+* names and shapes are listed as ONNX gives them (tree paths ``/<initializer name>``), in
+  the order the graph first uses them (the module order);
   each tensor also gets a *writer's view* name: the initializer's own name when the
   exporter kept the module's (``features.0.weight``), else a name made from the node
   that consumes it (``onnx::GRU_108``, the ``W`` input of node ``/rnn/GRU``, is
@@ -224,10 +225,14 @@ class OnnxSource(Source):
         import onnx
 
         consumers: dict[str, list] = {}
-        for node in self.model.graph.node:
+        first: dict[str, int] = {}
+        for k, node in enumerate(self.model.graph.node):
             for i, inp in enumerate(node.input):
                 if inp in self._inits:
                     consumers.setdefault(inp, []).append((node, i))
+                    first.setdefault(inp, k)
+        # the graph's order (the module order), not the file's: unused ones last
+        self._order = sorted(self._inits, key=lambda n: first.get(n, 1 << 62))
         opsets = {o.domain or "": o.version for o in self.model.opset_import}
         names, taken = {}, set(self._inits)
         for name in self._inits:
@@ -254,7 +259,8 @@ class OnnxSource(Source):
     def _walk(self) -> FileTree:
         wn = self.writer_names()
         nodes = []
-        for name, t in self._inits.items():
+        for name in self._order:
+            t = self._inits[name]
             dims = tuple(int(d) for d in t.dims)
             dt = _NP.get(t.data_type)
             if dt is not None:
@@ -405,14 +411,13 @@ class OnnxInitializers(_reader_base()):
         return Detection(self.name, self.convention, writer.strip() or None, [])
 
     def tensors(self, tree):
-        from wtransplant.reading.formats import SourceTensor, natural_key
+        from wtransplant.reading.formats import SourceTensor
 
         out = []
         for ds in tree.numeric_datasets():
             name = ds.attrs.get("writer_name") or ds.path[1:]
             grp, _, role = name.rpartition(".")
             out.append(SourceTensor(name, ds.path, ds.shape, ds.shape, ds.dtype, grp, role))
-        out.sort(key=lambda t: natural_key(t.name))
-        for i, t in enumerate(out):
+        for i, t in enumerate(out):  # the graph's order (the tree's): the module order
             t.index = i
         return out
