@@ -31,7 +31,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from wtransplant.checking import npops as F
-from wtransplant.planning.layouts.conventions import chain, find_method
+from wtransplant.planning.layouts.conventions import add_method, chain, find_method
 from wtransplant.planning.shapes import NotCovered  # one class: the shape code raises it too
 from wtransplant.reading.loaded import writer_view
 from wtransplant.reading.sources import Source
@@ -64,6 +64,16 @@ SCOPES: dict[str, Scope] = {
 
 def scope_for(convention: str) -> Scope | None:
     return next((SCOPES[c] for c in chain(convention) if c in SCOPES), None)
+
+
+def reference_method(class_name: str, aspect: str, convention: str):
+    """Decorator: add ``fn`` as the ``<aspect>_<convention>`` method of the reference entry
+    for the Keras class ``class_name`` (a convention's own module uses it, as
+    :func:`~wtransplant.planning.layouts.conventions.layout_method` for layouts)."""
+    entry = OPS.get(class_name)
+    if not isinstance(entry, Entry):
+        raise ValueError(f"{class_name!r} has no convention-dependent reference entry")
+    return add_method(type(entry), aspect, convention)
 
 
 class Entry:

@@ -28,6 +28,7 @@ import numpy as np
 
 from wtransplant.errors import MappingError, UnsafeInputError
 from wtransplant.planning.layouts import (
+    NotSupported,
     Proposal,
     TargetLayer,
     TargetVar,
@@ -124,6 +125,14 @@ def resolve_convention(spec_conv: str, loaded: LoadedSource) -> str:
 
 def make_plan(spec: Spec, loaded: LoadedSource, layers: list[TargetLayer], *,
               reference_names: tuple[str, ...] = ()) -> Plan:
+    try:
+        return _make_plan(spec, loaded, layers, reference_names)
+    except NotSupported as e:  # a layer type without a recipe under the convention
+        raise NotSupported(str(e), path=loaded.tree.display) from None
+
+
+def _make_plan(spec: Spec, loaded: LoadedSource, layers: list[TargetLayer],
+               reference_names: tuple[str, ...]) -> Plan:
     conv = resolve_convention(spec.convention, loaded)
     targets: dict[str, tuple[TargetLayer, TargetVar]] = {}
     for lay in layers:
@@ -472,7 +481,7 @@ def build_recipe(var: TargetVar, layer: TargetLayer, srcs: list[SourceTensor], c
                 # layouts know shapes, not names: say which source tensors were meant
                 why = str(e).removeprefix(f"{var.key}: ")
                 src = " + ".join(s.name for s in srcs)
-                raise MappingError(f"{var.key} <- {src}: {why}") from None
+                raise type(e)(f"{var.key} <- {src}: {why}") from None  # NotSupported stays
         ops += more
     if wref is not None and wref.gates:
         ops = _with_gates(ops, wref.gates, var, layer, conv)

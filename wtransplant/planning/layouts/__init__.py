@@ -3,6 +3,7 @@
 from wtransplant.planning.layouts.base import (
            CONVENTIONS,
            LayerLayout,
+           NotSupported,
            Proposal,
            TargetLayer,
            TargetVar,
@@ -13,5 +14,5 @@ from wtransplant.planning.layouts.onnxconv import register as _register_onnx
 
 _register_onnx()  # the onnx convention (torch's methods + ONNX's recurrent ops)
 
-__all__ = ["CONVENTIONS", "LayerLayout", "Proposal", "REGISTRY", "TargetLayer", "TargetVar",
+__all__ = ["CONVENTIONS", "LayerLayout", "NotSupported", "Proposal", "REGISTRY", "TargetLayer", "TargetVar",
            "Unit", "layout_for", "recognize", "register"]

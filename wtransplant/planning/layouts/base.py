@@ -183,8 +183,13 @@ class DraftGuess:
     todo: str = ""
 
 
-def not_supported(key: str, class_name: str, convention: str) -> MappingError:
-    return MappingError(
+class NotSupported(MappingError):
+    """A layer type has no method for an aspect under a convention (nor under any
+    convention it inherits from, nor ``_any``)."""
+
+
+def not_supported(key: str, class_name: str, convention: str) -> NotSupported:
+    return NotSupported(
         f"{key}: {class_name} is not supported under the {convention} convention (its "
         f"layout entry has no recipe for it); give 'transpose'/'reshape' explicitly in the "
         f"spec's weights entry, or choose another convention")

@@ -167,11 +167,16 @@ def layout_method(class_name: str, aspect: str, convention: str):
 
     if aspect not in LAYOUT_ASPECTS:
         raise ValueError(f"unknown aspect {aspect!r} (one of {', '.join(LAYOUT_ASPECTS)})")
-    conv = get_convention(convention)
     entry = layout_for(class_name)
     if entry is None:
         raise ValueError(f"no layout entry for {class_name!r}")
-    cls = type(entry)
+    return add_method(type(entry), aspect, convention)
+
+
+def add_method(cls: type, aspect: str, convention: str):
+    """Decorator: ``fn`` becomes ``cls.<aspect>_<convention>``, recorded on the convention
+    (so :func:`unregister_convention` takes it away again)."""
+    conv = get_convention(convention)
     attr = f"{aspect}_{convention}"
 
     def deco(fn):
