@@ -252,3 +252,33 @@ def test_cli_inspect_spec_rebuild_gru(tmp_path):
     rep = json.loads((tmp_path / "r.json").read_text())
     assert rep["parity"]["passed"] and rep["parity"]["max_abs"] < 1e-5
     assert out.exists()
+
+
+def test_cnn_draft_read_off_the_graph_rebuilds_as_is(tmp_path):
+    """The ONNX graph says what a state_dict cannot (padding, pooling, activations, the
+    BatchNorm epsilon): the draft of cnn_bn.onnx has nothing undecided and rebuilds to
+    torch's outputs."""
+    pytest.importorskip("keras")
+    import yaml
+
+    from wtransplant.building.transplanting import rebuild
+    from wtransplant.planning.draft import draft_spec
+
+    io = fx("onnx/cnn_bn.io.npz")
+    d = draft_spec(fx("onnx/cnn_bn.onnx"), spec_dir=tmp_path, inputs=f"{io}:x",
+                   expected=[f"{io}:y"], input_layout="nchw")
+    assert d.rebuildable and "undecided" not in d.text, d.text
+    doc = yaml.safe_load(d.text)
+    classes = [lay["class"] for lay in doc["model"]["layers"]]
+    assert classes == ["Conv2D", "BatchNormalization", "ReLU", "MaxPooling2D"] * 2 + \
+        ["Flatten", "Dense", "ReLU", "Dense"]
+    bn = doc["model"]["layers"][1]
+    assert bn["epsilon"] == pytest.approx(1e-5, rel=1e-6)
+    assert doc["model"]["layers"][0]["padding"] == "same"
+    assert doc["weights"]["features_1/moving_variance"] == "features.1.running_var"
+    spec = tmp_path / "cnn.yaml"
+    spec.write_text(d.text)
+    model, report = rebuild(spec)
+    x, y = _torch_io("cnn_bn")
+    assert _model_err(model, np.transpose(x, (0, 2, 3, 1)), y) < 1e-5
+    assert report.parity.passed and report.parity.max_abs < 1e-5
