@@ -210,8 +210,29 @@ def open_source(path: str | os.PathLike, *, follow_links: bool = False,
     head = read_head(p, SNIFF_BYTES)
     for impl in implementations():
         if impl.sniff(head, p):
+            if impl.container != "hdf5":
+                refuse_hdf5_polyglot(p, impl.container)
             return impl.open(p, follow_links=follow_links, in_memory=in_memory)
     raise InputError("not a file format wtransplant reads", path=str(p))  # HDF5 takes all
+
+
+def refuse_hdf5_polyglot(p: Path, container: str) -> None:
+    """A file that is another container and also HDF5 (an HDF5 superblock after a
+    "userblock" holding, say, a safetensors header) is read differently by different
+    programs: refused, as zip+HDF5 polyglots are (safety/polyglot.py)."""
+    from wtransplant.errors import UnsafeInputError
+    from wtransplant.safety.polyglot import hdf5_offsets
+
+    try:
+        with open(p, "rb") as fh:
+            found = hdf5_offsets(fh, os.fstat(fh.fileno()).st_size)
+    except OSError:
+        return  # the opener reports it
+    if found:
+        raise UnsafeInputError(
+            f"the file is both {container} and HDF5 (superblock at offset {found[0]}): a "
+            f"polyglot that different readers would read as different weights; refused",
+            path=str(p))
 
 
 def as_source(src) -> Source:

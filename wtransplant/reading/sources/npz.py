@@ -91,8 +91,9 @@ class NpySource(Source):
         if nbytes_of(self.shape, self.dtype.itemsize) == 0:
             return np.zeros(self.shape, self.dtype)
         try:
-            return np.memmap(self.path, dtype=self.dtype, mode="r", offset=self.offset,
-                             shape=self.shape, order="F" if self.fortran else "C")
+            m = np.memmap(self.path, dtype=self.dtype, mode="r", offset=self.offset,
+                          shape=(nbytes_of(self.shape, 1),))
+            return m.reshape(self.shape, order="F" if self.fortran else "C")
         except (OSError, ValueError) as e:
             raise InputError(f"cannot read {self.name}: {e}", path=self.display) from None
 
@@ -192,7 +193,7 @@ class NpzSource(Source):
         if a.shape != shape or a.dtype != dtype:
             raise InputError(f"array {name!r} read as {a.shape} {a.dtype}, its header said "
                              f"{shape} {dtype}", path=self.display)
-        return np.ascontiguousarray(a, dtype=dtype.newbyteorder("="))
+        return np.array(a, dtype=dtype.newbyteorder("="), order="C")  # keeps shape ()
 
     def close(self) -> None:
         if self._zf is not None:

@@ -26,7 +26,7 @@ from pathlib import Path
 import numpy as np
 
 from wtransplant.errors import InputError, UnsafeInputError
-from wtransplant.reading.h5io import fmt_bytes
+from wtransplant.reading.h5io import READ_BLOCK_BYTES, fmt_bytes
 from wtransplant.reading.sources.base import (
     MAX_TENSOR_BYTES,
     Source,
@@ -160,8 +160,10 @@ class SafetensorsSource(Source):
                                  path=self.display)
             if e.end == e.begin:
                 return np.zeros(e.shape, np.dtype(np_dtype))
-            return np.memmap(self.path, dtype=np.dtype(np_dtype), mode="r",
-                             offset=self.data_start + e.begin, shape=e.shape)
+            dt = np.dtype(np_dtype)
+            m = np.memmap(self.path, dtype=dt, mode="r", offset=self.data_start + e.begin,
+                          shape=((e.end - e.begin) // dt.itemsize,))
+            return m.reshape(e.shape)  # memmap makes shape () into (1,)
         except (OSError, ValueError) as err:
             raise InputError(f"cannot read tensor {e.name}: {err}", path=self.display) from None
 
@@ -179,6 +181,27 @@ class SafetensorsSource(Source):
             return _bf16(m)
         out = np.empty(e.shape, m.dtype.newbyteorder("="))
         out[...] = m
+        del m
+        return out
+
+    def read_as(self, path: str, dtype, *, hasher=None) -> np.ndarray:
+        """Cast block by block out of the memory map: a float64 tensor for a float32
+        variable is never held whole as float64."""
+        e = self._entry(path)
+        if e.code == "BF16":
+            return super().read_as(path, dtype, hasher=hasher)
+        dtype = np.dtype(dtype)
+        check_limit(max(e.end - e.begin, int(np.prod(e.shape)) * dtype.itemsize), e.shape,
+                    e.name, self.display, MAX_TENSOR_BYTES)
+        m = self._map(e)
+        out = np.empty(e.shape, dtype)
+        src, dst = m.reshape(-1), out.reshape(-1)
+        step = max(1, READ_BLOCK_BYTES // max(1, m.dtype.itemsize))
+        for i in range(0, src.size, step):
+            block = np.asarray(src[i:i + step], dtype=m.dtype.newbyteorder("="))
+            if hasher is not None:
+                hasher.update(memoryview(block).cast("B"))
+            dst[i:i + step] = block
         del m
         return out
 
