@@ -6,6 +6,7 @@ in one line with exit 2."""
 
 from __future__ import annotations
 
+import json
 import shutil
 import subprocess
 import sys
@@ -142,3 +143,142 @@ def test_errors_are_input_errors():
         open_source(fx("onnx/garbage.onnx"))
     with pytest.raises(InputError):
         open_source(fx("onnx/truncated.onnx"))
+
+
+# --------------------------------------------------------------------------------------
+# spec and rebuild: the Keras model computes what PyTorch computed
+
+
+def _torch_io(stem):
+    io = np.load(fx(f"onnx/{stem}.io.npz"))
+    return io["x"], io["y"]
+
+
+def _model_err(model, x, y) -> float:
+    import keras
+
+    out = keras.ops.convert_to_numpy(model(x.astype("float32"), training=False))
+    assert out.shape == y.shape
+    return float(np.abs(out - y).max())
+
+
+@pytest.mark.parametrize("stem,cls,roles", [
+    ("gru", "GRU", ("W", "R", "B")),
+    ("lstm", "LSTM", ("W", "R", "B")),
+])
+def test_rnn_draft_from_data_rebuilds_to_torch_outputs(stem, cls, roles, tmp_path):
+    """spec drafts the ONNX GRU/LSTM from its generated initializers (by the consuming
+    node), settles the rest on torch's data, and the draft rebuilds as is."""
+    pytest.importorskip("keras")
+    import yaml
+
+    from wtransplant.building.transplanting import rebuild
+    from wtransplant.planning.draft import draft_spec
+
+    io = fx(f"onnx/{stem}.io.npz")
+    d = draft_spec(fx(f"onnx/{stem}.onnx"), spec_dir=tmp_path, inputs=f"{io}:x",
+                   expected=[f"{io}:y"])
+    assert d.rebuildable, d.text
+    doc = yaml.safe_load(d.text)
+    assert doc["convention"] == "onnx"
+    assert doc["model"]["layers"][0]["class"] == cls
+    assert [doc["weights"][f"rnn/{v}"] for v in ("kernel", "recurrent_kernel", "bias")] == \
+        [f"rnn.{r}" for r in roles]
+    spec = tmp_path / f"{stem}.yaml"
+    spec.write_text(d.text)
+    model, report = rebuild(spec)
+    x, y = _torch_io(stem)
+    assert _model_err(model, x, y) < 1e-5
+    assert report.parity.passed and report.parity.max_abs < 1e-5
+    ops = [o.describe() for a in report.plan.assignments if a.target.key == "rnn/kernel"
+           for o in a.ops]
+    if cls == "LSTM":
+        assert any("i,o,f,c (ONNX) -> i,f,c,o (Keras)" in o for o in ops), ops
+    else:
+        assert not any("gate reorder" in o for o in ops), ops  # z,r,h kept
+
+
+def test_cnn_with_batchnorm_rebuilds_to_torch_outputs():
+    pytest.importorskip("keras")
+    from wtransplant.building.transplanting import rebuild
+
+    model, report = rebuild(fx("specs/onnx_cnn_bn.yaml"))
+    x, y = _torch_io("cnn_bn")
+    assert _model_err(model, np.transpose(x, (0, 2, 3, 1)), y) < 1e-5
+    assert report.parity.passed and report.parity.max_abs < 1e-5
+    got = {a.target.key: a.sources[0].name for a in report.plan.assignments}
+    assert got["bn1/moving_variance"] == "features.1.running_var"
+    assert got["fc1/kernel"] == "classifier.1.weight"
+
+
+@pytest.mark.parametrize("stem", ["gru", "cnn_bn"])
+def test_numpy_reference_under_onnx_without_data(stem, tmp_path):
+    """Without reference data, parity is checked against the NumPy reference of ONNX's
+    semantics (step_onnx for the GRU: ONNX gates converted to PyTorch's equations)."""
+    pytest.importorskip("keras")
+    import yaml
+
+    from wtransplant.building.transplanting import rebuild
+    from wtransplant.planning.draft import draft_spec
+
+    if stem == "cnn_bn":
+        doc = yaml.safe_load(fx("specs/onnx_cnn_bn.yaml").read_text())
+    else:
+        io = fx("onnx/gru.io.npz")
+        doc = yaml.safe_load(draft_spec(fx("onnx/gru.onnx"), spec_dir=tmp_path,
+                                        inputs=f"{io}:x", expected=[f"{io}:y"]).text)
+    doc.pop("verify", None)
+    doc["source"] = str(fx(f"onnx/{stem}.onnx"))
+    spec = tmp_path / "noverify.yaml"
+    spec.write_text(yaml.safe_dump(doc))
+    model, report = rebuild(spec)
+    assert report.parity.passed and report.parity.max_abs < 1e-5
+    assert "numpy reference" in report.parity.method and "onnx" in report.parity.method
+
+
+def test_cli_inspect_spec_rebuild_gru(tmp_path):
+    pytest.importorskip("keras")
+    io = fx("onnx/gru.io.npz")
+    r = run_cli("inspect", fx("onnx/gru.onnx"))
+    assert r.returncode == 0, r.stderr
+    assert "onnx::GRU_108" in r.stdout and "rnn.W" in r.stdout and "pytorch 2.13.0" in r.stdout
+    spec = tmp_path / "gru.yaml"
+    r = run_cli("spec", fx("onnx/gru.onnx"), "--inputs", f"{io}:x", "--expected", f"{io}:y",
+                "-o", spec)
+    assert r.returncode == 0, r.stderr
+    out = tmp_path / "gru.keras"
+    r = run_cli("rebuild", "--spec", spec, "-o", out, "--report", tmp_path / "r.json")
+    assert r.returncode == 0, r.stderr[-2000:]
+    rep = json.loads((tmp_path / "r.json").read_text())
+    assert rep["parity"]["passed"] and rep["parity"]["max_abs"] < 1e-5
+    assert out.exists()
+
+
+def test_cnn_draft_read_off_the_graph_rebuilds_as_is(tmp_path):
+    """The ONNX graph says what a state_dict cannot (padding, pooling, activations, the
+    BatchNorm epsilon): the draft of cnn_bn.onnx has nothing undecided and rebuilds to
+    torch's outputs."""
+    pytest.importorskip("keras")
+    import yaml
+
+    from wtransplant.building.transplanting import rebuild
+    from wtransplant.planning.draft import draft_spec
+
+    io = fx("onnx/cnn_bn.io.npz")
+    d = draft_spec(fx("onnx/cnn_bn.onnx"), spec_dir=tmp_path, inputs=f"{io}:x",
+                   expected=[f"{io}:y"], input_layout="nchw")
+    assert d.rebuildable and "undecided" not in d.text, d.text
+    doc = yaml.safe_load(d.text)
+    classes = [lay["class"] for lay in doc["model"]["layers"]]
+    assert classes == ["Conv2D", "BatchNormalization", "ReLU", "MaxPooling2D"] * 2 + \
+        ["Flatten", "Dense", "ReLU", "Dense"]
+    bn = doc["model"]["layers"][1]
+    assert bn["epsilon"] == pytest.approx(1e-5, rel=1e-6)
+    assert doc["model"]["layers"][0]["padding"] == "same"
+    assert doc["weights"]["features_1/moving_variance"] == "features.1.running_var"
+    spec = tmp_path / "cnn.yaml"
+    spec.write_text(d.text)
+    model, report = rebuild(spec)
+    x, y = _torch_io("cnn_bn")
+    assert _model_err(model, np.transpose(x, (0, 2, 3, 1)), y) < 1e-5
+    assert report.parity.passed and report.parity.max_abs < 1e-5

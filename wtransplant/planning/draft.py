@@ -106,6 +106,12 @@ def draft_spec(path: str | os.PathLike, *, spec_dir: str | os.PathLike | None = 
             app = match_application(loaded)
             if app is not None:
                 return _draft_application(w, loaded, app)
+        if fmt == "onnx":  # the graph says what the tensors cannot, when it is a chain
+            from wtransplant.planning.draftonnx import draft_from_graph
+
+            d = draft_from_graph(w, loaded, src)
+            if d is not None:
+                return d
         return _draft_layers(w, loaded, hints, src)
 
 

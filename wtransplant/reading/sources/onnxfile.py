@@ -11,7 +11,8 @@ model they define. This module reads them without running anything:
   (``data_location = EXTERNAL``) is refused unless the caller asked for data outside the
   file (``follow_links``: ``--follow-links``), and even then its location must stay in
   the model's folder and its offset/length inside that file;
-* names and shapes are listed as ONNX gives them (tree paths ``/<initializer name>``);
+* names and shapes are listed as ONNX gives them (tree paths ``/<initializer name>``), in
+  the order the graph first uses them (the module order);
   each tensor also gets a *writer's view* name: the initializer's own name when the
   exporter kept the module's (``features.0.weight``), else a name made from the node
   that consumes it (``onnx::GRU_108``, the ``W`` input of node ``/rnn/GRU``, is
@@ -224,10 +225,14 @@ class OnnxSource(Source):
         import onnx
 
         consumers: dict[str, list] = {}
-        for node in self.model.graph.node:
+        first: dict[str, int] = {}
+        for k, node in enumerate(self.model.graph.node):
             for i, inp in enumerate(node.input):
                 if inp in self._inits:
                     consumers.setdefault(inp, []).append((node, i))
+                    first.setdefault(inp, k)
+        # the graph's order (the module order), not the file's: unused ones last
+        self._order = sorted(self._inits, key=lambda n: first.get(n, 1 << 62))
         opsets = {o.domain or "": o.version for o in self.model.opset_import}
         names, taken = {}, set(self._inits)
         for name in self._inits:
@@ -249,12 +254,15 @@ class OnnxSource(Source):
         self._writer_names = names
         self._consumers = {k: [(n.op_type, n.name, i) for n, i in v]
                            for k, v in consumers.items()}
+        self._node_attrs = {n.name: node_attributes(n) for n in self.model.graph.node
+                            if n.name}
         return names
 
     def _walk(self) -> FileTree:
         wn = self.writer_names()
         nodes = []
-        for name, t in self._inits.items():
+        for name in self._order:
+            t = self._inits[name]
             dims = tuple(int(d) for d in t.dims)
             dt = _NP.get(t.data_type)
             if dt is not None:
@@ -272,6 +280,8 @@ class OnnxSource(Source):
             if used:
                 attrs["used_by"] = ", ".join(f"{op} {nm or '?'} input {i}"
                                              for op, nm, i in used[:3])
+                if self._node_attrs.get(used[0][1]):
+                    attrs["node_attributes"] = self._node_attrs[used[0][1]]
             node = tensor_node(name, dims, dtype, kind, n * itemsize, attrs=attrs)
             if name in self._external:
                 node.layout = "external"
@@ -281,13 +291,14 @@ class OnnxSource(Source):
         root = {"producer_name": m.producer_name, "producer_version": m.producer_version,
                 "ir_version": int(m.ir_version),
                 "opset": ", ".join(f"{o.domain or 'ai.onnx'} {o.version}"
-                                   for o in m.opset_import)}
+                                   for o in m.opset_import),
+                "layers": layer_ops(m.graph)}
         return flat_tree(self.path, self.display, self.file_size, nodes, root)
 
     def info(self) -> SourceInfo:
         m = self.model
         writer = " ".join(x for x in (m.producer_name, m.producer_version) if x) or None
-        ops = sorted({n.op_type for n in m.graph.node})
+        ops = [n.op_type for n in m.graph.node]
         ev = [f"ONNX model (ir_version {m.ir_version}, opset "
               f"{', '.join(str(o.version) for o in m.opset_import if not o.domain) or '?'}), "
               f"{len(self._inits)} initializers, {len(m.graph.node)} nodes"]
@@ -295,7 +306,7 @@ class OnnxSource(Source):
             ev.append(f"producer_name {m.producer_name!r}, producer_version "
                       f"{m.producer_version!r}")
         if ops:
-            ev.append("ops: " + ", ".join(ops[:12]) + (" ..." if len(ops) > 12 else ""))
+            ev.append("layers: " + layer_ops(m.graph, 300, with_attributes=False))
         renamed = sum(1 for k, v in self.writer_names().items() if k != v)
         if renamed:
             k, v = next((k, v) for k, v in self.writer_names().items() if k != v)
@@ -359,6 +370,54 @@ def node_scope(node_name: str) -> str:
     return parts[-2]
 
 
+#: node attributes worth showing next to a weight (what a spec must state by hand)
+_SHOWN_ATTRS = ("kernel_shape", "strides", "pads", "dilations", "group", "auto_pad",
+                "epsilon", "momentum", "transA", "transB", "alpha", "beta", "axis",
+                "hidden_size", "direction", "linear_before_reset", "activations",
+                "ceil_mode", "count_include_pad")
+#: shape bookkeeping the exporters emit around the layers (left out of the ``layers`` line)
+_PLUMBING = ("Constant", "Shape", "Gather", "Unsqueeze", "Squeeze", "ConstantOfShape",
+             "Transpose", "Reshape", "Slice", "Cast", "Identity", "Concat", "Expand")
+
+
+def node_attributes(node, limit: int = 200) -> str:
+    """``pads=[1, 1, 1, 1], strides=[1, 1]``: the attributes a spec must state."""
+    out = []
+    for a in node.attribute:
+        if a.name not in _SHOWN_ATTRS:
+            continue
+        if a.type == 1:
+            v = f"{a.f:.6g}"
+        elif a.type == 2:
+            v = str(a.i)
+        elif a.type == 3:
+            v = a.s.decode("utf-8", "replace")
+        elif a.type == 7:
+            v = str(list(a.ints)[:8])
+        elif a.type == 8:
+            v = str([x.decode("utf-8", "replace") for x in a.strings][:8])
+        else:
+            continue
+        out.append(f"{a.name}={v}")
+    return ", ".join(out)[:limit]
+
+
+def layer_ops(graph, limit: int = 2000, with_attributes: bool = True) -> str:
+    """The graph's weight-bearing and structural nodes in order, with their module and
+    attributes: ``Conv features.0 (pads=...) -> BatchNormalization features.1 (...) ->
+    Relu -> MaxPool (kernel_shape=[2, 2], ...)``: what a hand-written spec follows."""
+    parts = []
+    for n in graph.node:
+        if n.op_type in _PLUMBING:
+            continue
+        scope = node_scope(n.name)
+        attrs = node_attributes(n, 120) if with_attributes else ""
+        parts.append(n.op_type + (f" {scope}" if scope else "") +
+                     (f" ({attrs})" if attrs else ""))
+    text = " -> ".join(parts)
+    return text if len(text) <= limit else text[:limit - 4] + " ..."
+
+
 def _attr(node, name: str, default):
     for a in node.attribute:
         if a.name == name:
@@ -405,14 +464,13 @@ class OnnxInitializers(_reader_base()):
         return Detection(self.name, self.convention, writer.strip() or None, [])
 
     def tensors(self, tree):
-        from wtransplant.reading.formats import SourceTensor, natural_key
+        from wtransplant.reading.formats import SourceTensor
 
         out = []
         for ds in tree.numeric_datasets():
             name = ds.attrs.get("writer_name") or ds.path[1:]
             grp, _, role = name.rpartition(".")
             out.append(SourceTensor(name, ds.path, ds.shape, ds.shape, ds.dtype, grp, role))
-        out.sort(key=lambda t: natural_key(t.name))
-        for i, t in enumerate(out):
+        for i, t in enumerate(out):  # the graph's order (the tree's): the module order
             t.index = i
         return out
