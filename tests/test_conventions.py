@@ -97,7 +97,7 @@ def test_unknown_convention_in_a_spec_lists_the_registered_ones(bare):
     from wtransplant.errors import InputError
 
     with pytest.raises(InputError, match="expected one of: auto, keras, torch, matlab, "
-                                         "plain, bare"):
+                                         "plain, onnx, bare"):
         load_spec(data={"version": 1, "source": "x.h5", "convention": "nope"})
 
 

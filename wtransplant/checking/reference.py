@@ -33,7 +33,8 @@ import numpy as np
 from wtransplant.checking import npops as F
 from wtransplant.planning.layouts.conventions import add_method, chain, find_method
 from wtransplant.planning.shapes import NotCovered  # one class: the shape code raises it too
-from wtransplant.reading.h5io import OpenedSource, read_dataset
+from wtransplant.reading.loaded import writer_view
+from wtransplant.reading.sources import Source
 
 TORCH_EPS = 1e-5
 
@@ -211,7 +212,7 @@ def input_kind_for(first_class: str, rank: int, dtype: str) -> str:
 # building from a rebuilt model and its plan
 
 
-def build_reference(model, plan, src: OpenedSource, *, spec_layers: list[dict] | None = None,
+def build_reference(model, plan, src: Source, *, spec_layers: list[dict] | None = None,
                     lazy: bool = False) -> Reference:
     """A :class:`Reference` for a rebuilt Keras model, or NotCovered. ``lazy``: keep no
     weights; each forward pass reads a layer's tensors (as float64) just before the layer
@@ -282,9 +283,8 @@ def build_reference(model, plan, src: OpenedSource, *, spec_layers: list[dict] |
                      src=src if lazy else None)
 
 
-def _raw(src: OpenedSource, t) -> np.ndarray:
-    a = read_dataset(src, t.path).astype(np.float64)
-    return np.transpose(a) if t.column_major else a  # MATLAB's own view
+def _raw(src: Source, t) -> np.ndarray:
+    return writer_view(src, t).astype(np.float64)  # MATLAB's own view
 
 
 def _graph(model):
@@ -608,6 +608,38 @@ class RecurrentRef(Entry):
         return step, h0
 
     step_matlab = step_keras  # (unreachable: the MATLAB scope is dense chains)
+
+    def step_onnx(self, lay, cls, weights, n, units):
+        """ONNX GRU/LSTM/RNN (W (1, G*H, I), R (1, G*H, H), B (1, 2*G*H)) in PyTorch's
+        equations: gate blocks z,r,h -> r,z,n (GRU) and i,o,f,c -> i,f,g,o (LSTM)."""
+        get = lambda v: (weights.get(v) or [None])[0]  # noqa: E731
+        w, r, b = get("kernel"), get("recurrent_kernel"), get("bias")
+        if w is None or r is None or w.ndim != 3 or w.shape[0] != 1:
+            raise NotCovered(f"{lay.name}: the NumPy reference covers one-direction ONNX "
+                             f"recurrent weights (1, gates*H, in) only")
+        g = w.shape[1] // units
+        order = {3: (1, 0, 2), 4: (0, 2, 3, 1), 1: (0,)}.get(g)
+        if order is None:
+            raise NotCovered(f"{lay.name}: {w.shape[1]} gate rows for {units} units")
+        if cls == "GRU" and not lay.config.get("reset_after", True):
+            raise NotCovered(f"{lay.name}: ONNX GRU with linear_before_reset=0")
+
+        def torch_order(a):
+            blocks = np.split(a, g, axis=0)
+            return np.concatenate([blocks[i] for i in order], axis=0)
+
+        b = np.zeros((1, 2 * g * units)) if b is None else b
+        wb, rb = np.split(b[0], 2)
+        args = (torch_order(w[0]), torch_order(r[0]), torch_order(wb), torch_order(rb))
+        h0 = np.zeros((n, units))
+        if cls == "GRU":
+            return F.torch_gru_step(*args), h0
+        if cls == "LSTM":
+            return F.torch_lstm_step(*args), (h0, np.zeros((n, units)))
+        act = lay.config.get("activation", "tanh")
+        if act not in ("tanh", "relu"):
+            raise NotCovered(f"{lay.name}: ONNX RNN activation {act!r}")
+        return F.torch_rnn_step(*args, act), h0
 
 
 class BidirectionalRef(RecurrentRef):

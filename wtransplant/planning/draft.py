@@ -25,9 +25,9 @@ import yaml
 
 from wtransplant.planning.layouts import conventions, layout_for
 from wtransplant.planning.layouts.layers import undecided
-from wtransplant.reading.h5io import open_source, read_dataset
 from wtransplant.reading.hints import Hints, LayerHint, build_hints
-from wtransplant.reading.inspecting import LoadedSource, load_source
+from wtransplant.reading.loaded import LoadedSource, load_source
+from wtransplant.reading.sources import open_source
 from wtransplant.safety.text import neutral
 
 HIDDEN_ACTS = ("linear", "relu", "tanh", "sigmoid")
@@ -106,6 +106,12 @@ def draft_spec(path: str | os.PathLike, *, spec_dir: str | os.PathLike | None = 
             app = match_application(loaded)
             if app is not None:
                 return _draft_application(w, loaded, app)
+        if fmt == "onnx":  # the graph says what the tensors cannot, when it is a chain
+            from wtransplant.planning.draftonnx import draft_from_graph
+
+            d = draft_from_graph(w, loaded, src)
+            if d is not None:
+                return d
         return _draft_layers(w, loaded, hints, src)
 
 
@@ -389,9 +395,7 @@ def _infer_activations(loaded: LoadedSource, hints: Hints, src) -> dict | None:
 
 
 def _read(loaded, src, name):
-    t = loaded.tensor(name)
-    a = read_dataset(src, t.path)
-    return np.transpose(a) if t.column_major else a
+    return loaded.array(name, src=src)
 
 
 def _act(z, name):

@@ -41,8 +41,8 @@ from wtransplant.planning.layouts.ops import (
 )
 from wtransplant.planning.spec import Spec, WeightRef
 from wtransplant.reading.formats import SourceTensor, keras3_group_names
-from wtransplant.reading.h5io import OpenedSource, read_dataset, read_dataset_as, resolve_dataset
-from wtransplant.reading.inspecting import LoadedSource
+from wtransplant.reading.loaded import LoadedSource
+from wtransplant.reading.sources import Source, as_source
 
 
 @dataclass
@@ -544,7 +544,7 @@ class Value:
     value_sha256: str
 
 
-def materialize(plan: Plan, src: OpenedSource, assignments: list[Assignment] | None = None,
+def materialize(plan: Plan, src: Source, assignments: list[Assignment] | None = None,
                 *, checksums: bool = True, hasher=None) -> Iterator[Value]:
     """Read, convert and cast each assignment's sources, one assignment at a time.
 
@@ -558,6 +558,7 @@ def materialize(plan: Plan, src: OpenedSource, assignments: list[Assignment] | N
     whole-array checksums while the caller assigns and the next tensor is read (hashlib
     releases the GIL): ``source_sha256`` and ``value_sha256`` then hold futures, and the
     worker holds the array until it is hashed (the caller bounds how many are pending)."""
+    src = as_source(src)
     for a in assignments if assignments is not None else plan.assignments:
         want = np.dtype(a.target.dtype)
         cast_early = not any(isinstance(op, Sum) for op in a.ops)
@@ -565,15 +566,15 @@ def materialize(plan: Plan, src: OpenedSource, assignments: list[Assignment] | N
         for s in a.sources:
             h = None
             if cast_early:
-                ds_dtype, ds_shape = _stored_type(src, s.path)
+                ds_dtype, ds_shape = src.stored_type(s.path)
                 if ds_dtype is not None and ds_dtype != want and ds_dtype.kind in "fiu" \
                         and want.kind in "fiu":
                     h = _array_hasher(ds_dtype, ds_shape) if checksums else None
-                    raw.append(read_dataset_as(src, s.path, want, hasher=h))
+                    raw.append(src.read_as(s.path, want, hasher=h))
                     src_dtypes.append(ds_dtype)
                     sums.append(h.hexdigest() if h is not None else None)
                     continue
-            r = read_dataset(src, s.path)
+            r = src.read(s.path)
             raw.append(r)
             src_dtypes.append(r.dtype)
             sums.append((hasher.submit(sha256_array, r) if hasher is not None
@@ -597,16 +598,6 @@ def materialize(plan: Plan, src: OpenedSource, assignments: list[Assignment] | N
         del arr
         yield value
         del value
-
-
-def _stored_type(src: OpenedSource, path: str) -> tuple:
-    """(dtype, shape) of a source dataset; (None, None) if it cannot be opened (then
-    read_dataset says why)."""
-    try:
-        ds = resolve_dataset(src, path)
-        return ds.dtype, tuple(ds.shape)
-    except Exception:
-        return None, None
 
 
 def _array_hasher(dtype: np.dtype, shape: tuple):

@@ -55,7 +55,7 @@ from wtransplant.planning.layouts import TargetLayer, TargetVar, conventions
 from wtransplant.planning.layouts.ops import apply as apply_ops
 from wtransplant.planning.plan import build_recipe
 from wtransplant.planning.shapes import PASS_THROUGH, ShapeMismatch, _int_pad, _tup, layer_shapes
-from wtransplant.reading.h5io import read_dataset
+from wtransplant.reading.sources import as_source
 
 #: a candidate "fits" the data when its relative max error is under this
 FIT_TOL = 1e-4
@@ -258,7 +258,7 @@ class Evaluator:
                  y: np.ndarray):
         self.doc = doc
         self.loaded = loaded
-        self.src = src
+        self.src = as_source(src)
         self.conv = convention
         self.x = x
         self.y = y.astype(np.float64)
@@ -287,7 +287,7 @@ class Evaluator:
             t = self.loaded.tensor(name)
             if t is None:
                 raise InputError(f"no tensor {name!r} in {self.loaded.tree.display}")
-            self._raw[name] = read_dataset(self.src, t.path)
+            self._raw[name] = self.src.read(t.path)
         return self._raw[name]
 
     def _weights(self, i: int, d: dict, in_shape: tuple, vs, flatten_from) -> dict:
@@ -1234,9 +1234,9 @@ def draft_settled(path, *, spec_dir=None, inputs, expected, input_layout=None,
     from wtransplant.planning.draft import Draft, draft_spec
     from wtransplant.planning.spec import load_spec
     from wtransplant.planning.unnamed import draft_unnamed, is_unnamed
-    from wtransplant.reading.h5io import open_source
     from wtransplant.reading.hints import split_io
-    from wtransplant.reading.inspecting import load_source
+    from wtransplant.reading.loaded import load_source
+    from wtransplant.reading.sources import open_source
 
     if isinstance(expected, list | tuple):
         if len(expected) != 1:
