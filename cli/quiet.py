@@ -30,7 +30,10 @@ def choose_backend(command: str, layer_classes=None, *, needs_tensorflow=None):
     return name, why
 
 
-def import_keras():
+def import_keras(*, plain_dtypes: bool = False):
+    """Import Keras quietly. ``plain_dtypes``: the model is known to use none of
+    ml_dtypes' types (bfloat16, float8, ...): on the numpy backend ml_dtypes is then
+    imported only if something asks for it (wtransplant.backend.defer_jax)."""
     if "keras" in sys.modules and getattr(import_keras, "_done", False):
         return sys.modules["keras"]
     from wtransplant.checking.artifacts import quiet_stderr
@@ -48,7 +51,7 @@ def import_keras():
     if os.environ.get("KERAS_BACKEND") == "numpy":
         from wtransplant.backend import defer_jax
 
-        defer_jax()
+        defer_jax(ml_dtypes=plain_dtypes)
     try:
         with quiet_stderr(replay=True):  # what TF said is shown only if the import fails
             import keras

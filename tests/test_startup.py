@@ -238,21 +238,24 @@ print(float(np.max(np.abs(np.asarray(a.predict(x, verbose=0)) - np.asarray(b.pre
 
 
 def test_deferred_jax_loads_on_first_use():
-    """defer_jax: Keras' numpy backend starts without JAX; the first use of anything JAX
-    (here a convolution through keras.ops, and an FFT) imports the real JAX, and every
-    stand-in leaves sys.modules; results match NumPy's."""
+    """defer_jax: Keras' numpy backend starts without JAX and ml_dtypes; the first use of
+    JAX (a convolution through keras.ops, an FFT) imports the real modules, every stand-in
+    leaves sys.modules, bfloat16 works again; results match NumPy's."""
     script = r"""
 import sys, numpy as np
 from wtransplant.backend import defer_jax, jax_loaded
-assert defer_jax()
+assert defer_jax(ml_dtypes=True)
 import keras
 assert keras.backend.backend() == "numpy" and not jax_loaded()
+from wtransplant.backend import _Deferred
+assert isinstance(sys.modules["ml_dtypes"], _Deferred)  # Keras started without it
 x = np.random.default_rng(0).normal(size=(1, 5, 5, 2)).astype("float32")
 k = np.random.default_rng(1).normal(size=(3, 3, 2, 4)).astype("float32")
 y = keras.ops.convert_to_numpy(keras.ops.conv(x, k, padding="valid"))
 assert jax_loaded()
-from wtransplant.backend import _Deferred
 assert not any(isinstance(m, _Deferred) for m in sys.modules.values())
+b = keras.ops.convert_to_numpy(keras.ops.cast(np.ones((2,), "float32"), "bfloat16"))
+assert str(b.dtype) == "bfloat16" and float(b.astype("float32").sum()) == 2.0
 ref = np.zeros((1, 3, 3, 4), np.float32)
 for i in range(3):
     for j in range(3):
@@ -265,3 +268,19 @@ print(float(np.max(np.abs(y - ref))))
                        env=_auto_env(KERAS_BACKEND="numpy"), timeout=600)
     assert r.returncode == 0, r.stderr[-3000:]
     assert float(r.stdout.strip().splitlines()[-1]) < 1e-4
+
+
+def test_ml_dtypes_deferred_only_for_plain_specs():
+    """NumPy knows 'bfloat16' only once ml_dtypes is loaded: a rebuild defers ml_dtypes
+    only for a spec that lists its layers and names none of its types."""
+    from wtransplant_cli.main import _plain_dtypes
+
+    from wtransplant.planning.spec import load_spec
+
+    plain = load_spec(fx("specs/layered_mlp.yaml"))
+    assert _plain_dtypes(plain, None) is True
+    assert _plain_dtypes(plain, fx("keras2/k2_cnn_model.h5")) is False
+    d = plain.to_dict()
+    d["model"]["layers"][-1]["dtype"] = "bfloat16"
+    named = load_spec(data=d, base_dir=fx("specs"))
+    assert _plain_dtypes(named, None) is False

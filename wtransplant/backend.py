@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import importlib.util
 import os
+import re
 import sys
 import types
 
@@ -265,12 +266,24 @@ _JAX_AT_IMPORT = {"lax": (), "monitoring": ("record_scalar",)}
 _KERAS_JAX_MATH = ("keras.src.backend.jax.math", ("fft", "fft2"))
 
 
-def defer_jax() -> bool:
+#: the dtype names only ml_dtypes gives NumPy: a model that names one needs it loaded
+ML_DTYPE_NAMES = re.compile(r"bfloat16|float8|float6|float4|u?int4|u?int2\b")
+
+
+def defer_jax(*, ml_dtypes: bool = False) -> bool:
     """Before ``import keras`` on the numpy backend: JAX is imported only when first used
-    (a convolution, an FFT), not by Keras' start-up. Returns whether it is in place; a
-    no-op when Keras or JAX is already imported or JAX is not installed."""
+    (a convolution, an FFT), not by Keras' start-up. With ``ml_dtypes``, so is ml_dtypes
+    (its extension registers bfloat16, float8, ... with NumPy, about 0.6 s of Keras'
+    start-up): only for a model known to name none of those types (:data:`ML_DTYPE_NAMES`),
+    because Keras' numpy backend then asks NumPy for them by name, which only works once
+    ml_dtypes is loaded. Returns whether JAX is deferred; a no-op when Keras or JAX is
+    already imported or JAX is not installed."""
     if "keras" in sys.modules or "jax" in sys.modules or not _installed("jax"):
         return False
+    if ml_dtypes and "ml_dtypes" not in sys.modules and _installed("ml_dtypes"):
+        ml = _Deferred("ml_dtypes")
+        ml.__spec__ = importlib.util.find_spec("ml_dtypes")
+        sys.modules["ml_dtypes"] = ml
     spec = importlib.util.find_spec("jax")
     jax = _Deferred("jax", subs=_JAX_AT_IMPORT)
     jax.__spec__ = spec
