@@ -459,6 +459,35 @@ def test_random_inputs_are_seeded_and_realistic():
     assert mask.dtype == bool and 0 < mask.mean() < 1
 
 
+def test_a_format_is_one_registry_entry(tmp_path, monkeypatch):
+    """A format added to the registry is sniffed, named and planned by export (its own
+    suffix, its place in --format all) with no other change."""
+    from wtransplant import runtimes
+    from wtransplant.errors import InputError
+    from wtransplant.exporting.export import plan_outputs
+
+    class Toy(runtimes.Format):
+        name, runtime, text = "toy", "toyrt", "a toy model"
+        suffixes, all_name = (".toy",), "model.toy"
+
+        def sniff(self, path, head):
+            return runtimes.base.BY_CONTENT if head.startswith(b"TOY1") else 0
+
+    monkeypatch.setattr(runtimes, "_FORMATS", runtimes.formats() + (Toy(),))
+    f = tmp_path / "m.bin"
+    f.write_bytes(b"TOY1" + bytes(60))
+    assert runtimes.artifact_kind(f) == "toy"
+    spec = FIX / "specs" / "octave_mlp.yaml"
+    assert plan_outputs(spec, "toy", tmp_path / "o.toy")[1] == [("toy", tmp_path / "o.toy")]
+    with pytest.raises(InputError, match=r"the toy format needs a file name ending in \.toy"):
+        plan_outputs(spec, "toy", tmp_path / "o.onnx")
+    _, targets = plan_outputs(spec, "all", tmp_path / "all")
+    assert [t for t, _ in targets] == ["keras", "h5", "savedmodel", "onnx", "tflite", "toy"]
+    assert targets[-1][1] == tmp_path / "all" / "model.toy"
+    with pytest.raises(InputError, match="a toy model: export needs a Keras model"):
+        plan_outputs(f, "onnx", tmp_path / "o.onnx")
+
+
 def test_artifact_errors_name_the_file(tmp_path):
     from wtransplant.errors import InputError
     from wtransplant.runtimes import Artifact, TensorInfo, artifact_kind

@@ -11,6 +11,10 @@ import of ``tensorflow``, from any module, run with file descriptor 2 sent to a 
 file (replayed only if the import fails, or with ``WTRANSPLANT_DEBUG`` set), and sets the
 environment variables and Python loggers that keep TensorFlow quiet afterwards.
 
+:func:`quiet_stderr` (C++ logging of TensorFlow, LiteRT and onnxruntime, captured around
+one block) and :func:`quiet_logs` (Python warnings and loggers, around one block) are the
+one copy the library and the CLI use.
+
 Imports neither TensorFlow nor Keras (safe in layer 1). Set ``WTRANSPLANT_TF_LOGS=1`` to
 see TensorFlow's own lines.
 """

@@ -55,6 +55,7 @@ from wtransplant.runtimes.keras import KerasArtifact
 
 _quiet_tf()  # before TensorFlow or tf2onnx is imported: no TensorFlow log lines on stderr
 
+#: the formats export writes, in the order ``--format all`` writes them (the registry's)
 FORMATS = export_formats()
 #: file names inside the folder of ``--format all``
 ALL_NAMES = {f: get(f).all_name for f in FORMATS}
@@ -261,8 +262,9 @@ def plan_outputs(model, fmt: str, output) -> tuple[str, list[tuple[str, Path]]]:
     and (for a path) that MODEL is something export can read. Returns the normalised format
     and the (format, path) pairs to write."""
     fmt = str(fmt).lower()
-    if fmt != "all" and fmt not in FORMATS:
-        raise InputError(f"unknown export format {fmt!r}: use one of {', '.join(FORMATS)} "
+    names = export_formats()
+    if fmt != "all" and fmt not in names:
+        raise InputError(f"unknown export format {fmt!r}: use one of {', '.join(names)} "
                          f"or all")
     if isinstance(model, str | os.PathLike):
         from wtransplant.runtimes import precheck
@@ -276,7 +278,7 @@ def plan_outputs(model, fmt: str, output) -> tuple[str, list[tuple[str, Path]]]:
     if fmt == "all":
         if out.exists() and not out.is_dir():
             raise InputError("format all writes a folder, but this is a file", path=str(out))
-        targets = [(f, out / ALL_NAMES[f]) for f in FORMATS]
+        targets = [(f, out / get(f).all_name) for f in names]
     else:
         get(fmt).check_output_name(out)
         targets = [(fmt, out)]
