@@ -51,7 +51,7 @@ from wtransplant.checking.reference import (
     to_keras,
 )
 from wtransplant.errors import InputError
-from wtransplant.planning.layouts import TargetLayer, TargetVar
+from wtransplant.planning.layouts import TargetLayer, TargetVar, conventions
 from wtransplant.planning.layouts.ops import apply as apply_ops
 from wtransplant.planning.plan import build_recipe
 from wtransplant.planning.shapes import PASS_THROUGH, ShapeMismatch, _int_pad, _tup, layer_shapes
@@ -602,13 +602,13 @@ def collect_choices(doc: dict, conv: str) -> list[Choice]:
                                         for c in cands) else "other"
             out.append(Choice(kind, f"weights.{key}", lname, i, cands,
                               [_label(c) for c in cands], [("weights", key)], v.get("why")))
-        elif conv in ("torch", "matlab") and lname in index and \
+        elif conventions.fact(conv, "flatten_order") in FLATTEN_ORDERS and lname in index and \
                 layers[index[lname]]["class"] == "Dense" and key.endswith("/kernel") and \
                 _after_flatten(layers, index[lname]):
             entry = v if isinstance(v, dict) else {"from": v}
             if any(k in entry for k in ("transpose", "reshape", "convert", "flatten")):
                 continue
-            default = {"torch": "chw", "matlab": "fortran"}[conv]
+            default = conventions.fact(conv, "flatten_order")
             orders = [default] + [o for o in FLATTEN_ORDERS if o != default]
             cands = [{**entry, "flatten": o} for o in orders]
             out.append(Choice("flatten", f"weights.{key}", lname, index[lname], cands,

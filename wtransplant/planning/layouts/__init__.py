@@ -3,6 +3,7 @@
 from wtransplant.planning.layouts.base import (
            CONVENTIONS,
            LayerLayout,
+           NotSupported,
            Proposal,
            TargetLayer,
            TargetVar,
@@ -10,5 +11,5 @@ from wtransplant.planning.layouts.base import (
 )
 from wtransplant.planning.layouts.layers import REGISTRY, layout_for, recognize, register
 
-__all__ = ["CONVENTIONS", "LayerLayout", "Proposal", "REGISTRY", "TargetLayer", "TargetVar",
+__all__ = ["CONVENTIONS", "LayerLayout", "NotSupported", "Proposal", "REGISTRY", "TargetLayer", "TargetVar",
            "Unit", "layout_for", "recognize", "register"]
