@@ -36,7 +36,7 @@ def import_keras(*, plain_dtypes: bool = False):
     imported only if something asks for it (wtransplant.backend.defer_jax)."""
     if "keras" in sys.modules and getattr(import_keras, "_done", False):
         return sys.modules["keras"]
-    from wtransplant.checking.artifacts import quiet_stderr
+    from wtransplant.quiet_tf import quiet_stderr
 
     # Keras imports matplotlib (keras.visualization) and requests (RemoteMonitor) at
     # start-up, which the CLI never uses: under the light backends they are skipped
