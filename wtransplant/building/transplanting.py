@@ -376,7 +376,10 @@ def _model_for(spec: Spec, loaded: LoadedSource):
 def _transplant(spec: Spec, src: OpenedSource, loaded: LoadedSource, model, notes, *, output,
                 report_path, force, progress, checksums, t0, build_s=None, undecided=()):
     from wtransplant.building.keras_model import (
+        assign_variable,
         describe_targets,
+        layer_variables,
+        layers_by_name,
     )
 
     timings = {} if build_s is None else {"build_s": build_s}
@@ -393,7 +396,29 @@ def _transplant(spec: Spec, src: OpenedSource, loaded: LoadedSource, model, note
     timings["plan_s"] = time.perf_counter() - t
 
     t = time.perf_counter()
-    sums = _assign(model, plan, src, targets, progress=progress, checksums=checksums)
+    layers = layers_by_name(model)
+    sums = []
+    groups = plan.by_layer()
+    it = groups.items()
+    bar = _progress(len(groups), "assigning", progress)
+    for lname, assigns in it:
+        # one tensor in flight: read, convert, assign, drop (a layer's variables are not
+        # collected first)
+        variables = layer_variables(layers[lname])
+        for val in materialize(plan, src, assigns, checksums=checksums):
+            assign_variable(variables[val.assignment.target.var], val.array, lname)
+            val.array = None
+            sums.append({"target": val.assignment.target.key,
+                         "sources": [s.name for s in val.assignment.sources],
+                         "source_sha256": val.source_sha256,
+                         "value_sha256": val.value_sha256})
+            del val
+        if bar:
+            bar.update(1)
+    if bar:
+        bar.close()
+    if checksums:
+        _assigned_checksums(model, targets, sums)
     timings["assign_s"] = time.perf_counter() - t
 
     n_params = int(sum(int(np.prod(v.shape)) for v in model.weights))
@@ -560,72 +585,21 @@ def _progress(n: int, what: str, progress: bool | None):
                 file=sys.stderr, leave=False)
 
 
-def _assign(model, plan: Plan, src: OpenedSource, targets, *, progress,
-            checksums: bool) -> list[dict]:
-    """Read, convert, assign and drop each tensor in turn (``targets``: the model's, as
-    described for the plan); with ``checksums``, the sha256 of
-    each source, of each converted value and of each variable read back after assignment.
+def _assigned_checksums(model, targets, sums) -> None:
+    """Read every assigned variable back from the model and checksum what it holds."""
+    from wtransplant.building.keras_model import layers_by_name, variable_sha256
 
-    The checksums run on one worker thread (hashlib and the backends' reads release the
-    GIL) while the main thread assigns the tensor and reads the next: a tensor's hashes are
-    waited for once the next tensor is assigned, so at most two tensors are in memory (the
-    one being assigned and the one being hashed), and the rows come out in order."""
-    from concurrent.futures import Future, ThreadPoolExecutor
-
-    from wtransplant.building.keras_model import (
-        assign_variable,
-        layer_variables,
-        layers_by_name,
-        variable_sha256,
-    )
-
-    def settle(row: dict) -> None:
-        def done(x):
-            return x.result() if isinstance(x, Future) else x
-
-        row["source_sha256"] = [done(x) for x in row["source_sha256"]]
-        row["value_sha256"] = done(row["value_sha256"])
-        if "assigned_sha256" in row:
-            row["assigned_sha256"] = done(row["assigned_sha256"])
-            row["assigned_matches"] = row["assigned_sha256"] == row["value_sha256"]
-
+    by_key = {}
     layers = layers_by_name(model)
-    sums: list[dict] = []
-    groups = plan.by_layer()
-    bar = _progress(len(groups), "assigning", progress)
-    pool = ThreadPoolExecutor(1, thread_name_prefix="wtransplant-sha256") if checksums \
-        else None
-    pending = None
-    try:
-        for lname, assigns in groups.items():
-            # one tensor in flight: read, convert, assign, drop (a layer's variables are not
-            # collected first)
-            variables = layer_variables(layers[lname])
-            for val in materialize(plan, src, assigns, checksums=checksums, hasher=pool):
-                var = variables[val.assignment.target.var]
-                assign_variable(var, val.array, lname)
-                val.array = None
-                row = {"target": val.assignment.target.key,
-                       "sources": [s.name for s in val.assignment.sources],
-                       "source_sha256": val.source_sha256,
-                       "value_sha256": val.value_sha256}
-                if pool is not None:
-                    row["assigned_sha256"] = pool.submit(variable_sha256, var)
-                sums.append(row)
-                del val
-                if pending is not None:
-                    settle(pending)
-                pending = row
-            if bar:
-                bar.update(1)
-        if pending is not None:
-            settle(pending)
-    finally:
-        if pool is not None:
-            pool.shutdown(wait=True, cancel_futures=True)
-        if bar:
-            bar.close()
-    return sums
+    for t in targets:
+        lay = layers[t.name]
+        for v, tv in zip(lay.weights, t.vars):
+            by_key[tv.key] = v
+    for row in sums:
+        v = by_key.get(row["target"])
+        if v is not None:
+            row["assigned_sha256"] = variable_sha256(v)
+            row["assigned_matches"] = row["assigned_sha256"] == row["value_sha256"]
 
 
 def ref_names(ref) -> list[str]:

@@ -545,19 +545,14 @@ class Value:
 
 
 def materialize(plan: Plan, src: Source, assignments: list[Assignment] | None = None,
-                *, checksums: bool = True, hasher=None) -> Iterator[Value]:
+                *, checksums: bool = True) -> Iterator[Value]:
     """Read, convert and cast each assignment's sources, one assignment at a time.
 
     One copy of each tensor is in flight where the recipe allows it: a source whose dtype
     differs from the target's is cast block by block while it is read (when the recipe
     only moves values: no sum, whose rounding depends on the dtype it runs in), the
     NaN/Inf scan runs in blocks, and the generator keeps no reference to a value it has
-    handed over (the caller drops it once assigned).
-
-    ``hasher``: an executor (``concurrent.futures``, one worker thread) that computes the
-    whole-array checksums while the caller assigns and the next tensor is read (hashlib
-    releases the GIL): ``source_sha256`` and ``value_sha256`` then hold futures, and the
-    worker holds the array until it is hashed (the caller bounds how many are pending)."""
+    handed over (the caller drops it once assigned)."""
     src = as_source(src)
     for a in assignments if assignments is not None else plan.assignments:
         want = np.dtype(a.target.dtype)
@@ -577,8 +572,7 @@ def materialize(plan: Plan, src: Source, assignments: list[Assignment] | None = 
             r = src.read(s.path)
             raw.append(r)
             src_dtypes.append(r.dtype)
-            sums.append((hasher.submit(sha256_array, r) if hasher is not None
-                         else sha256_array(r)) if checksums else None)
+            sums.append(sha256_array(r) if checksums else None)
         sums = sums if checksums else []
         try:
             arr = apply(a.ops, raw)
@@ -592,8 +586,7 @@ def materialize(plan: Plan, src: Source, assignments: list[Assignment] | None = 
             if bad:
                 plan.warnings.append(f"{a.target.key}: {bad} NaN/Inf values in the source")
         # the converted value is the source itself when nothing was done to it
-        value_sum = (sums[0] if identity else hasher.submit(sha256_array, arr)
-                     if hasher is not None else sha256_array(arr)) if checksums else ""
+        value_sum = (sums[0] if identity else sha256_array(arr)) if checksums else ""
         value = Value(a, arr, sums, value_sum)
         del arr
         yield value
