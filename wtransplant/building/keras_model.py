@@ -536,15 +536,6 @@ def variable_sha256(v) -> str:
     return h.hexdigest()
 
 
-def assign_layer(layer, values: dict[str, np.ndarray]) -> None:
-    """Set a layer's variables from NumPy arrays by their names relative to the layer
-    (variables not in ``values`` keep their current values)."""
-    for v in layer.weights:
-        rel = _rel_var_name(v, layer)
-        if rel in values:
-            assign_variable(v, values[rel], layer.name)
-
-
 def layer_variables(layer) -> dict:
     """A layer's variables by their names relative to the layer (as in ``TargetVar.var``)."""
     return {_rel_var_name(v, layer): v for v in layer.weights}

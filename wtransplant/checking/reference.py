@@ -736,13 +736,4 @@ OPS = {
 }
 
 
-def covered_classes() -> list[str]:
-    return sorted(OPS)
-
-
-def ensure_finite(a: np.ndarray, what: str) -> None:
-    if not np.all(np.isfinite(a)):
-        raise NotCovered(f"{what}: the reference produced non-finite values")
-
-
 __all__ = ["NotCovered", "Reference", "build_reference", "to_keras", "math"]

@@ -27,7 +27,7 @@ from dataclasses import dataclass, field, replace
 import numpy as np
 
 from wtransplant.errors import MappingError, UnsafeInputError
-from wtransplant.planning.layouts import Proposal, TargetLayer, TargetVar, Unit, layout_for
+from wtransplant.planning.layouts import TargetLayer, TargetVar, Unit, layout_for
 from wtransplant.planning.layouts.ops import (
     GateReorder,
     Op,
@@ -618,7 +618,3 @@ def sha256_array(a: np.ndarray) -> str:
     h.update(str(a.shape).encode())
     h.update(memoryview(a).cast("B") if a.size else b"")
     return h.hexdigest()
-
-
-def proposal_slots(p: Proposal) -> dict:
-    return p.slots

@@ -258,10 +258,6 @@ def kind_of(chain, i):
     return chain[i][1] if i >= 0 else None
 
 
-def _is_column(t) -> bool:
-    return len(t.shape) == 2 and 1 in t.shape
-
-
 def _fits(t, cur, conv, kind_prev):
     """(kind, convention, n_in, n_out, kernel) if ``t`` can take ``cur`` inputs."""
     s = tuple(int(d) for d in t.shape)

@@ -41,7 +41,3 @@ def markup(s) -> str:
     from rich.markup import escape
 
     return escape(neutral(s))
-
-
-def is_clean(s: str) -> bool:
-    return _UNSAFE.search(s) is None

@@ -141,11 +141,6 @@ def flatten_rows(layer: TargetLayer, n_in: int, n_out: int) -> list[Op]:
     return []
 
 
-def torch_bias_roles(var: str) -> tuple[str, ...]:
-    return {"kernel": ("weight_ih",), "recurrent_kernel": ("weight_hh",),
-            "bias": ("bias_ih", "bias_hh")}[var]
-
-
 # --------------------------------------------------------------------------------------
 # Dense
 
