@@ -370,26 +370,27 @@ def print_rebuild(report, show_plan: bool = False) -> None:
                       f"sha256 and the spec, for finetune and export)", markup=False)
 
 
-def print_diagnosis(con, d: dict) -> None:
-    """The per-layer comparison as a short table, the first diverging layer and its cause."""
-    layers = d.get("layers") or []
-    if d.get("note") and not layers:
-        con.print(f"diagnosis: {d['note']}", markup=False)
+def print_diagnosis(con, d) -> None:
+    """The per-layer comparison (a :class:`~wtransplant.checking.diagnose.Diagnosis`) as a
+    short table, the first diverging layer and its cause."""
+    layers = d.layers
+    if d.note and not layers:
+        con.print(f"diagnosis: {d.note}", markup=False)
         return
-    bad = d.get("first_diverging_layer")
-    con.print(f"per-layer comparison with the {d.get('method', 'reference')}:", markup=False)
+    bad = d.first_bad
+    con.print(f"per-layer comparison with the {d.method or 'reference'}:", markup=False)
     shown = layers
     if len(layers) > 14 and bad:
-        i = next((k for k, x in enumerate(layers) if x["name"] == bad), 0)
+        i = next((k for k, x in enumerate(layers) if x.name == bad), 0)
         shown = layers[max(0, i - 6):i + 4]
     for x in shown:
-        mark = "ok " if x["ok"] else "BAD"
-        arrow = "  <- first diverging layer" if x["name"] == bad else ""
-        con.print(f"  {mark} {x['name']:<24} {x['class_name']:<20} max rel err "
-                  f"{x['max_rel']:.2e}{arrow}", markup=False)
-    if bad and d.get("cause"):
-        con.print(f"  cause: {d['cause']}", markup=False)
-        con.print(f"  evidence: {d['evidence']}", markup=False)
+        mark = "ok " if x.ok else "BAD"
+        arrow = "  <- first diverging layer" if x.name == bad else ""
+        con.print(f"  {mark} {x.name:<24} {x.class_name:<20} max rel err "
+                  f"{x.max_rel:.2e}{arrow}", markup=False)
+    if bad and d.cause:
+        con.print(f"  cause: {d.cause}", markup=False)
+        con.print(f"  evidence: {d.evidence}", markup=False)
     elif bad:
         con.print("  cause: none of the classic mistakes (transposed square kernel, gate "
                   "order, flatten order, normalisation epsilon) explains it", markup=False)

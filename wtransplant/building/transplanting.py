@@ -33,6 +33,7 @@ import numpy as np
 
 from wtransplant.atomic import atomic_path, write_json
 from wtransplant.checking.data import load_array, to_channels_last
+from wtransplant.checking.diagnose import Diagnosis
 from wtransplant.checking.parity import ParityResult, compare
 from wtransplant.errors import InputError, ParityError
 from wtransplant.planning.plan import Plan, make_plan, materialize
@@ -95,7 +96,7 @@ class RebuildReport:
     checksums: list[dict] = field(default_factory=list)
     parity: ParityResult | None = None
     parity_note: str = ""
-    diagnosis: dict | None = None
+    diagnosis: Diagnosis | None = None
     output: dict | None = None
     notes: list[str] = field(default_factory=list)
     versions: dict = field(default_factory=dict)
@@ -152,7 +153,7 @@ class RebuildReport:
             "verified": self.verified,
             "unverified_reason": self.unverified_reason,
             "undecided": self.undecided,
-            "diagnosis": self.diagnosis,
+            "diagnosis": self.diagnosis.to_dict() if self.diagnosis else None,
             "output": self.output,
             "notes": self.notes,
             "backend": self.backend,
@@ -453,12 +454,7 @@ def _transplant(spec: Spec, src: OpenedSource, loaded: LoadedSource, model, note
     if report.output:
         _write_provenance(report, report_path)
     if not report.ok:
-        where = ""
-        if report.diagnosis and report.diagnosis.get("first_diverging_layer"):
-            d = report.diagnosis
-            where = f"; first diverging layer {d['first_diverging_layer']}"
-            if d.get("cause"):
-                where += f" ({d['cause']})"
+        where = report.diagnosis.where() if report.diagnosis else ""
         raise ParityError(
             f"parity failed for {spec.source.name}: {report.parity.summary()}{where}"
             + ("" if force else "; the model was not saved (force=True saves it anyway)"),
@@ -564,9 +560,9 @@ def check_parity(report: RebuildReport, model, spec: Spec, src, loaded, plan) ->
             k = max(1, n_ref)
             xd = [a[:k] for a in x] if isinstance(x, list) else x[:k]
             _, acts = ref.forward(xd)
-            report.diagnosis = diagnose(model, acts, xd, method="numpy reference").to_dict()
+            report.diagnosis = diagnose(model, acts, xd, method="numpy reference")
         elif state.get("why"):
-            report.diagnosis = {"note": f"no per-layer diagnosis: {state['why']}"}
+            report.diagnosis = Diagnosis.unavailable(state["why"])
 
 
 def reference_inputs(model, n: int, seed: int = 0):
