@@ -59,3 +59,9 @@ class TrainingError(WTError):
     name. Exit code 1, like a parity failure: the input was fine, the result is not."""
 
     exit_code = EXIT_PARITY
+
+
+def one_line(e: BaseException) -> str:
+    """An exception from a library (Keras, TensorFlow, onnxruntime) as one short line, to
+    put inside a WTError's message."""
+    return " ".join(str(e).split())[:400] or type(e).__name__

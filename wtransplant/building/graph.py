@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import keras
 
-from wtransplant.errors import InputError
+from wtransplant.errors import InputError, one_line
 from wtransplant.planning.graphspec import (
     MERGE_CLASSES,
     check_graph,
@@ -49,7 +49,7 @@ def _nd(cls: str) -> int:
 
 def build_graph(ms: ModelSpec, name: str | None = None) -> tuple[keras.Model, list[str]]:
     """The Keras model of a ``layers`` spec and notes on translated items."""
-    from wtransplant.building.keras_model import _layer_from_dict
+    from wtransplant.building.keras_model import layer_from_dict
 
     order = check_graph(ms)
     notes: list[str] = []
@@ -73,7 +73,7 @@ def build_graph(ms: ModelSpec, name: str | None = None) -> tuple[keras.Model, li
             raise InputError(f"{where} ({cls} {label!r}): {e}") from None
         y = x
         for d in calls:
-            lay = _layer_from_dict(d, where)
+            lay = layer_from_dict(d, where)
             try:
                 y = lay(y)
             except Exception as e:
@@ -82,7 +82,7 @@ def build_graph(ms: ModelSpec, name: str | None = None) -> tuple[keras.Model, li
                 raise InputError(
                     f"{where} ({cls} {label!r}) does not accept input of shape {shapes}"
                     f"{' from ' + ', '.join(node.inputs) if node.item.get('inputs') else ''}"
-                    f": {' '.join(str(e).split())[:300]}") from None
+                    f": {one_line(e)}") from None
         tensors[label] = y
         if node.name is None:  # Keras chose a name: let later items use the index name
             tensors[label] = y
@@ -98,7 +98,7 @@ def build_graph(ms: ModelSpec, name: str | None = None) -> tuple[keras.Model, li
                             outs if len(outs) > 1 else outs[0],
                             name=ms.name or name or "transplanted")
     except ValueError as e:
-        raise InputError(f"{ms.display}: model: {' '.join(str(e).split())[:300]}") from None
+        raise InputError(f"{ms.display}: model: {one_line(e)}") from None
     return model, notes
 
 

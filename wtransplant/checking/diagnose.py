@@ -252,9 +252,9 @@ def _permute_gates(a: np.ndarray, perm, g: int) -> np.ndarray:
 
 def _flatten_map(model, layer):
     """The map shape (H, W, C) flattened right before ``layer``, if any."""
-    from wtransplant.building.keras_model import PASS_THROUGH, _parents
+    from wtransplant.building.keras_model import PASS_THROUGH, parent_map
 
-    parents = _parents(model)
+    parents = parent_map(model)
     p = parents.get(layer.name)
     hops = 0
     while p is not None and hops < 16:

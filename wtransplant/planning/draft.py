@@ -23,6 +23,7 @@ from pathlib import Path
 import numpy as np
 import yaml
 
+from wtransplant.planning.spec import flow_yaml
 from wtransplant.reading.h5io import open_source, read_dataset
 from wtransplant.reading.hints import Hints, LayerHint, build_hints
 from wtransplant.reading.inspecting import LoadedSource, load_source
@@ -324,7 +325,7 @@ def _draft_layers(w, loaded: LoadedSource, hints: Hints, src) -> Draft:
 def _draft_unnamed(w, weights, notes) -> Draft:
     """An unnamed list (arr_0, arr_1, ...): layers by order and shape, every guess
     undecided (``spec --inputs --expected`` settles them)."""
-    from wtransplant.planning.settle import _has_undecided, render
+    from wtransplant.planning.settle import has_undecided, render
     from wtransplant.planning.unnamed import draft_unnamed
 
     try:
@@ -344,7 +345,7 @@ def _draft_unnamed(w, weights, notes) -> Draft:
                             "Y) to settle the choices marked undecided"]
     text = render(doc, None, header, notes)
     return Draft(text, False, todo=["unnamed tensors: choices undecided"] if
-                 _has_undecided(doc) else [], notes=notes)
+                 has_undecided(doc) else [], notes=notes)
 
 
 def _input_shape(known: list[LayerHint], conv: str) -> tuple[list, str | None]:
@@ -489,15 +490,7 @@ def _mnv2_alpha(shapes) -> float:
 # YAML text with comments
 
 
-def _flow(v) -> str:
-    """One-line YAML for a value (scalars get no document-end marker)."""
-    s = yaml.safe_dump(v, default_flow_style=True, sort_keys=False, width=1 << 16).strip()
-    if s.endswith("\n..."):
-        s = s[:-4].strip()
-    return s
-
-
-_scalar = _flow
+_flow = _scalar = flow_yaml
 
 
 class _Writer:

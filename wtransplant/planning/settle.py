@@ -54,7 +54,14 @@ from wtransplant.errors import InputError
 from wtransplant.planning.layouts import TargetLayer, TargetVar
 from wtransplant.planning.layouts.ops import apply as apply_ops
 from wtransplant.planning.plan import build_recipe
-from wtransplant.planning.shapes import PASS_THROUGH, ShapeMismatch, _int_pad, _tup, layer_shapes
+from wtransplant.planning.shapes import (
+    PASS_THROUGH,
+    ShapeMismatch,
+    int_padding,
+    layer_shapes,
+    per_axis,
+)
+from wtransplant.planning.spec import flow_yaml
 from wtransplant.reading.h5io import read_dataset
 
 #: a candidate "fits" the data when its relative max error is under this
@@ -221,13 +228,13 @@ def _jsonable(v):
 
 
 def _label(v) -> str:
-    from wtransplant.planning.spec import _short
+    from wtransplant.planning.spec import short_yaml
 
     if isinstance(v, dict) and "transpose" in v:
         return "out-by-in" if list(v["transpose"]) == [1, 0] else "in-by-out"
     if isinstance(v, tuple):
-        return ", ".join(_short(x) for x in v)
-    return _short(v)
+        return ", ".join(short_yaml(x) for x in v)
+    return short_yaml(v)
 
 
 # --------------------------------------------------------------------------------------
@@ -237,11 +244,11 @@ def _label(v) -> str:
 def _same_as_keras(d: dict) -> bool:
     """A conv whose PyTorch integer padding computes exactly what Keras' ``same`` does
     (stride 1, odd effective kernel, padding half of it on each side): not a choice."""
-    if d.get("class") not in ("Conv1D", "Conv2D", "Conv3D") or not _int_pad(d.get("padding")):
+    if d.get("class") not in ("Conv1D", "Conv2D", "Conv3D") or not int_padding(d.get("padding")):
         return False
     nd = int(d["class"][4])
-    k, p = _tup(d["kernel_size"], nd), _tup(d["padding"], nd)
-    s, dil = _tup(d.get("strides", 1), nd), _tup(d.get("dilation_rate", 1), nd)
+    k, p = per_axis(d["kernel_size"], nd), per_axis(d["padding"], nd)
+    s, dil = per_axis(d.get("strides", 1), nd), per_axis(d.get("dilation_rate", 1), nd)
     return all(s[i] == 1 and ((k[i] - 1) * dil[i]) % 2 == 0 and
                p[i] == (k[i] - 1) * dil[i] // 2 for i in range(nd))
 
@@ -291,7 +298,7 @@ class Evaluator:
         return self._raw[name]
 
     def _weights(self, i: int, d: dict, in_shape: tuple, vs, flatten_from) -> dict:
-        from wtransplant.planning.spec import _weight
+        from wtransplant.planning.spec import weight_ref
 
         name = d.get("name")
         tl = TargetLayer(name, d["class"], dict(d), [], index=i, input_shape=in_shape,
@@ -305,7 +312,7 @@ class Evaluator:
             ck = (key, repr(entry), shape, flatten_from, repr(sorted(
                 (k, repr(v)) for k, v in d.items())) if d["class"] in ("GRU", "LSTM") else "")
             if ck not in self._conv_cache:
-                wref = _weight(entry, ("weights", key))
+                wref = weight_ref(entry, ("weights", key))
                 srcs = []
                 for n in wref.sources:
                     t = self.loaded.tensor(n)
@@ -349,7 +356,7 @@ class Evaluator:
         """ShapeMismatch unless every variable's source converts to its Keras shape (shapes
         only: nothing is read)."""
         from wtransplant.errors import MappingError
-        from wtransplant.planning.spec import _weight
+        from wtransplant.planning.spec import weight_ref
 
         name = d.get("name")
         for var, shape in vs:
@@ -360,7 +367,7 @@ class Evaluator:
             ck = ("fit", key, repr(entry), tuple(shape), ff)
             ok = self._conv_cache.get(ck)
             if ok is None:
-                wref = _weight(entry, ("weights", key))
+                wref = weight_ref(entry, ("weights", key))
                 srcs = [self.loaded.tensor(n) for n in wref.sources]
                 ok = "ok"
                 if any(t is None for t in srcs):
@@ -466,19 +473,19 @@ def _fast_conv(ref, lay, act) -> Act:
     """The reference's convolution (same padding rule and equations) as one matrix product
     of the unfolded windows: the settler runs thousands of them."""
 
-    from wtransplant.checking.reference import _act_fn, _conv_weight, _pads, _to_map
+    from wtransplant.checking.reference import act_fn, conv_pads, conv_weight, to_map
 
-    if _int_pad(lay.config.get("padding")):
-        def _pads(cfg, spatial, _k, _s, _d):  # noqa: F811 -- PyTorch's: both sides
-            return [(p, p) for p in _tup(cfg["padding"], len(spatial))]
+    if int_padding(lay.config.get("padding")):
+        def conv_pads(cfg, spatial, _k, _s, _d):  # noqa: F811 -- PyTorch's: both sides
+            return [(p, p) for p in per_axis(cfg["padding"], len(spatial))]
 
     cfg = lay.config
     nd = int(lay.class_name[4])
-    act = _to_map(lay, act, nd)
-    w = _conv_weight(ref, lay)  # (O, I, k...)
-    s = F._tup(cfg.get("strides", 1), nd)
-    d = F._tup(cfg.get("dilation_rate", 1), nd)
-    x = F.pad_spatial(act.a, _pads(cfg, act.a.shape[2:], w.shape[2:], s, d))
+    act = to_map(lay, act, nd)
+    w = conv_weight(ref, lay)  # (O, I, k...)
+    s = F.ntuple(cfg.get("strides", 1), nd)
+    d = F.ntuple(cfg.get("dilation_rate", 1), nd)
+    x = F.pad_spatial(act.a, conv_pads(cfg, act.a.shape[2:], w.shape[2:], s, d))
     win = F.conv_windows(x, w.shape[2:], s, d)  # (N, C, *S', *K)
     y = np.tensordot(win, w, axes=([1, *range(2 + nd, 2 + 2 * nd)],
                                    [1, *range(2, 2 + nd)]))  # (N, *S', O)
@@ -486,7 +493,7 @@ def _fast_conv(ref, lay, act) -> Act:
     b = _w_of(lay, "bias")
     if b is not None:
         y = y + b.reshape((1, -1) + (1,) * nd)
-    return Act(_act_fn(cfg)(y), "map")
+    return Act(act_fn(cfg)(y), "map")
 
 
 def _w_of(lay, var):
@@ -1074,10 +1081,6 @@ def _deepcopy(d):
 # the draft, settled: YAML text with the evidence as comments
 
 
-def _flow(v) -> str:
-    from wtransplant.planning.draft import _flow as flow
-
-    return flow(v)
 
 
 def _comments_for(choices: list[Choice]) -> dict[tuple, list[str]]:
@@ -1113,32 +1116,32 @@ def render(doc: dict, res: SettleResult | None, header: list[str], notes: list[s
     if data_note:
         lines.append(f"# {_one_line(data_note)}")
     lines.append(f"version: {doc.get('version', 1)}")
-    lines.append(f"source: {_flow(doc['source'])}")
-    lines.append(f"convention: {_flow(doc.get('convention', 'auto'))}")
+    lines.append(f"source: {flow_yaml(doc['source'])}")
+    lines.append(f"convention: {flow_yaml(doc.get('convention', 'auto'))}")
     m = doc["model"]
     lines.append("model:")
     ishape = m.get("input_shape")
-    lines.append(f"  input_shape: {_flow(ishape)}" + ("  # from the data" if res else ""))
+    lines.append(f"  input_shape: {flow_yaml(ishape)}" + ("  # from the data" if res else ""))
     for k in ("input_dtype", "name"):
         if k in m:
-            lines.append(f"  {k}: {_flow(m[k])}")
+            lines.append(f"  {k}: {flow_yaml(m[k])}")
     lines.append("  layers:")
     for i, d in enumerate(m["layers"]):
         c = com.get(("model", "layers", i))
-        lines.append(f"    - {_flow(d)}" + (f"  # {_one_line('; '.join(c))}" if c else ""))
+        lines.append(f"    - {flow_yaml(d)}" + (f"  # {_one_line('; '.join(c))}" if c else ""))
     if doc.get("weights"):
         lines.append("weights:")
         for k, v in doc["weights"].items():
             c = com.get(("weights", k))
-            lines.append(f"  {_flow(k)}: {_flow(v)}" + (f"  # {_one_line('; '.join(c))}"
+            lines.append(f"  {flow_yaml(k)}: {flow_yaml(v)}" + (f"  # {_one_line('; '.join(c))}"
                                                          if c else ""))
     for k in ("rules", "options"):
         if doc.get(k):
-            lines.append(f"{k}: {_flow(doc[k])}")
+            lines.append(f"{k}: {flow_yaml(doc[k])}")
     if doc.get("verify"):
         lines.append("verify:")
         for k, v in doc["verify"].items():
-            lines.append(f"  {k}: {_flow(v)}" + ("  # the data given to `wtransplant spec`"
+            lines.append(f"  {k}: {flow_yaml(v)}" + ("  # the data given to `wtransplant spec`"
                                                  if k == "inputs" and res else ""))
     for n in notes:
         lines.append(f"# note: {_one_line(n)}")
@@ -1157,7 +1160,7 @@ def render(doc: dict, res: SettleResult | None, header: list[str], notes: list[s
         lines.append(f"# settled {n_set} of {len(res.choices)} choices with "
                      f"{res.evaluations} forward passes (every combination: "
                      f"{res.product}) in {res.seconds:.2f} s")
-    undecided_left = _has_undecided(doc)
+    undecided_left = has_undecided(doc)
     if undecided_left:
         lines.append("# choices written {undecided: [...]} are not settled: `wtransplant "
                      "rebuild` refuses the spec until each holds one value (or --force, and "
@@ -1170,13 +1173,13 @@ def _one_line(s: str) -> str:
     return "".join(ch if ch.isprintable() else "?" for ch in " ".join(str(s).split()))
 
 
-def _has_undecided(v) -> bool:
+def has_undecided(v) -> bool:
     if _is_und(v):
         return True
     if isinstance(v, dict):
-        return any(_has_undecided(x) for x in v.values())
+        return any(has_undecided(x) for x in v.values())
     if isinstance(v, list):
-        return any(_has_undecided(x) for x in v)
+        return any(has_undecided(x) for x in v)
     return False
 
 
@@ -1309,7 +1312,7 @@ def draft_settled(path, *, spec_dir=None, inputs, expected, input_layout=None,
                     if input_layout and input_layout != "none":
                         v["input_layout"] = input_layout
                     d0.text += "verify:  # the data given to `wtransplant spec`\n" + "".join(
-                        f"  {k}: {_flow(x)}\n" for k, x in v.items())
+                        f"  {k}: {flow_yaml(x)}\n" for k, x in v.items())
                 return d0
         doc["source"] = os.path.relpath(path.resolve(), base.resolve())
         try:

@@ -384,11 +384,17 @@ def _undecided_owner(path: tuple, root) -> tuple[str | None, str | None]:
     return None, key
 
 
-def _short(v) -> str:
-    s = yaml.safe_dump(v, default_flow_style=True, width=1 << 16).strip()
+def flow_yaml(v, *, sort_keys: bool = False) -> str:
+    """One-line YAML for a value (scalars get no document-end marker)."""
+    s = yaml.safe_dump(v, default_flow_style=True, sort_keys=sort_keys, width=1 << 16).strip()
     if s.endswith("\n..."):
         s = s[:-4].strip()
-    s = " ".join(s.split())
+    return s
+
+
+def short_yaml(v) -> str:
+    """A value as one line of YAML (keys sorted), cut at 60 characters: for messages."""
+    s = " ".join(flow_yaml(v, sort_keys=True).split())
     return s if len(s) <= 60 else s[:59] + "…"
 
 
@@ -399,7 +405,7 @@ def describe_undecided(items: list[dict]) -> str:
         at = [x for x in ((u.get("layer") or "") and f"layer {u['layer']}",
                           u.get("line") and f"line {u['line']}") if x]
         line = f" ({', '.join(at)})" if at else ""
-        parts.append(f"{u['where']}{line}: " + " | ".join(_short(c) for c in u["candidates"]))
+        parts.append(f"{u['where']}{line}: " + " | ".join(short_yaml(c) for c in u["candidates"]))
     return "; ".join(parts)
 
 
@@ -452,7 +458,7 @@ def _build(d) -> Spec:
             if not isinstance(k, str) or "/" not in k:
                 raise _SpecErr(("weights", k), f"target {k!r} must be '<layer name>/<variable "
                                                f"name>', e.g. 'conv1/kernel'")
-            spec.weights[k] = _weight(v, ("weights", k))
+            spec.weights[k] = weight_ref(v, ("weights", k))
     if d.get("rules") is not None:
         rules = _type(d["rules"], list, ("rules",), "a list of {match, to}")
         for i, r in enumerate(rules):
@@ -555,7 +561,7 @@ def _layer_dict(lay, path):
             _layer_dict(v, path + (k,))
 
 
-def _weight(v, path) -> WeightRef:
+def weight_ref(v, path) -> WeightRef:
     if isinstance(v, str):
         return WeightRef([v])
     if isinstance(v, list):
