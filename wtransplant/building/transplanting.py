@@ -374,33 +374,74 @@ def _model_for(spec: Spec, loaded: LoadedSource):
 
 def _transplant(spec: Spec, src: OpenedSource, loaded: LoadedSource, model, notes, *, output,
                 report_path, force, progress, checksums, t0, build_s=None, undecided=()):
-    from wtransplant.building.keras_model import (
-        assign_variable,
-        describe_targets,
-        layer_variables,
-        layers_by_name,
-    )
+    """Plan, assign, check parity, save and report: what :func:`rebuild` and
+    :func:`transplant` share once the model exists."""
+    from wtransplant.building.keras_model import describe_targets
 
     timings = {} if build_s is None else {"build_s": build_s}
     source_sha = file_sha256_async(spec.source)
     t = time.perf_counter()
     targets = describe_targets(model)
+    plan = _plan(spec, loaded, targets)
+    timings["plan_s"] = time.perf_counter() - t
+
+    t = time.perf_counter()
+    sums = _assign(model, plan, src, targets, progress=progress, checksums=checksums)
+    timings["assign_s"] = time.perf_counter() - t
+
+    report = RebuildReport(
+        source={"path": str(spec.source), "sha256": source_sha(),
+                "size": loaded.tree.file_size, "format": loaded.format,
+                "writer": loaded.detection.writer, "convention": plan.convention},
+        spec=spec.to_dict() if spec.model is not None or spec.weights else None,
+        model=_model_summary(model, targets), plan=plan, checksums=sums, notes=notes,
+        versions=versions(), backend=_backend(), undecided=list(undecided))
+
+    t = time.perf_counter()
+    check_parity(report, model, spec, src, loaded, plan)
+    timings["verify_s"] = time.perf_counter() - t
+
+    if output is not None and (report.ok or force):
+        t = time.perf_counter()
+        report.output = save_model(model, output)
+        timings["save_s"] = time.perf_counter() - t
+    timings["total_s"] = time.perf_counter() - t0
+    report.timings = timings
+    _write_outputs(report, report_path)
+    if not report.ok:
+        where = report.diagnosis.where() if report.diagnosis else ""
+        raise ParityError(
+            f"parity failed for {spec.source.name}: {report.parity.summary()}{where}"
+            + ("" if force else "; the model was not saved (force=True saves it anyway)"),
+            report=report)
+    return model, report
+
+
+def _plan(spec: Spec, loaded: LoadedSource, targets) -> Plan:
+    """The mapping plan; the spec's and the file's reference data are not weights."""
     refs = []
     if spec.verify is not None:
         refs += ref_names(spec.verify.inputs) + ref_names(spec.verify.expected)
     _, io = split_io(loaded.tensors)
     if io:
         refs += [io["inputs"], io["expected"]]
-    plan = make_plan(spec, loaded, targets, reference_names=tuple(refs))
-    timings["plan_s"] = time.perf_counter() - t
+    return make_plan(spec, loaded, targets, reference_names=tuple(refs))
 
-    t = time.perf_counter()
+
+def _assign(model, plan: Plan, src: OpenedSource, targets, *, progress,
+            checksums: bool) -> list[dict]:
+    """Read, convert and assign every planned tensor, layer by layer; the checksum rows."""
+    from wtransplant.building.keras_model import (
+        assign_variable,
+        layer_variables,
+        layers_by_name,
+    )
+
     layers = layers_by_name(model)
     sums = []
     groups = plan.by_layer()
-    it = groups.items()
     bar = _progress(len(groups), "assigning", progress)
-    for lname, assigns in it:
+    for lname, assigns in groups.items():
         # one tensor in flight: read, convert, assign, drop (a layer's variables are not
         # collected first)
         variables = layer_variables(layers[lname])
@@ -418,33 +459,22 @@ def _transplant(spec: Spec, src: OpenedSource, loaded: LoadedSource, model, note
         bar.close()
     if checksums:
         _assigned_checksums(model, targets, sums)
-    timings["assign_s"] = time.perf_counter() - t
+    return sums
 
+
+def _model_summary(model, targets) -> dict:
+    """The report's ``model``: name, class, sizes, inputs and outputs."""
     n_params = int(sum(int(np.prod(v.shape)) for v in model.weights))
-    report = RebuildReport(
-        source={"path": str(spec.source), "sha256": source_sha(),
-                "size": loaded.tree.file_size, "format": loaded.format,
-                "writer": loaded.detection.writer, "convention": plan.convention},
-        spec=spec.to_dict() if spec.model is not None or spec.weights else None,
-        model={"name": model.name, "class": type(model).__name__,
-               "layers_with_weights": len(targets),
-               "variables": sum(len(t.vars) for t in targets), "parameters": n_params,
-               "inputs": [list(x.shape) for x in model.inputs],
-               "outputs": [list(x.shape) for x in model.outputs],
-               "input_names": input_names(model), "output_names": output_names(model)},
-        plan=plan, checksums=sums, notes=notes, versions=versions(), backend=_backend(),
-        undecided=list(undecided))
+    return {"name": model.name, "class": type(model).__name__,
+            "layers_with_weights": len(targets),
+            "variables": sum(len(t.vars) for t in targets), "parameters": n_params,
+            "inputs": [list(x.shape) for x in model.inputs],
+            "outputs": [list(x.shape) for x in model.outputs],
+            "input_names": input_names(model), "output_names": output_names(model)}
 
-    t = time.perf_counter()
-    check_parity(report, model, spec, src, loaded, plan)
-    timings["verify_s"] = time.perf_counter() - t
 
-    if output is not None and (report.ok or force):
-        t = time.perf_counter()
-        report.output = save_model(model, output)
-        timings["save_s"] = time.perf_counter() - t
-    timings["total_s"] = time.perf_counter() - t0
-    report.timings = timings
+def _write_outputs(report: RebuildReport, report_path) -> None:
+    """The JSON report (if asked) and, beside a saved model, its provenance sidecar."""
     if report.output:
         from wtransplant.provenance import sidecar_of
 
@@ -453,13 +483,6 @@ def _transplant(spec: Spec, src: OpenedSource, loaded: LoadedSource, model, note
         write_json(report_path, report.to_dict())
     if report.output:
         _write_provenance(report, report_path)
-    if not report.ok:
-        where = report.diagnosis.where() if report.diagnosis else ""
-        raise ParityError(
-            f"parity failed for {spec.source.name}: {report.parity.summary()}{where}"
-            + ("" if force else "; the model was not saved (force=True saves it anyway)"),
-            report=report)
-    return model, report
 
 
 #: samples of seeded random input for the NumPy reference check
