@@ -134,16 +134,22 @@ def _translate(item: dict, cls: str, x, where: str, notes: list[str]) -> list[di
         if not any(p):
             return [conv]
         name = item.get("name")
-        zp = {"class": f"ZeroPadding{nd}D", "padding": [[v, v] for v in p] if nd > 1 else
-              [p[0], p[0]]}
-        if name:
-            zp["name"] = f"{name}_pad"
+        zp = _zero_padding(nd, p, name)
         notes.append(f"{name or cls}: PyTorch padding {list(p)} built as ZeroPadding{nd}D + "
                      f"{cls}(padding='valid') (stock Keras layers)")
         return [zp, conv]
     if cls in POOL_CLASSES:
         return _pool(item, cls, x, notes)
     return [item]
+
+
+def _zero_padding(nd: int, p, name: str | None) -> dict:
+    """The ZeroPaddingND item that pads ``p`` on both sides of each axis (PyTorch's)."""
+    zp = {"class": f"ZeroPadding{nd}D", "padding": [[v, v] for v in p] if nd > 1 else
+          [p[0], p[0]]}
+    if name:
+        zp["name"] = f"{name}_pad"
+    return zp
 
 
 def _pool(item: dict, cls: str, x, notes: list[str]) -> list[dict]:
@@ -186,10 +192,7 @@ def _pool(item: dict, cls: str, x, notes: list[str]) -> list[dict]:
                          f"{list(spatial)}: stock {cls}(padding='valid')")
         return [stock]
     if not any(extra) and mode == "avg" and cip:
-        zp = {"class": f"ZeroPadding{nd}D", "padding": [[v, v] for v in p] if nd > 1 else
-              [p[0], p[0]]}
-        if name:
-            zp["name"] = f"{name}_pad"
+        zp = _zero_padding(nd, p, name)
         notes.append(f"{name or cls}: PyTorch AvgPool padding {list(p)} "
                      f"(count_include_pad=True) built as ZeroPadding{nd}D + {cls}('valid') "
                      f"(stock Keras layers)")

@@ -21,7 +21,6 @@ the source model's: the report says so in ``unverified_reason``.
 
 from __future__ import annotations
 
-import hashlib
 import os
 import platform
 import sys
@@ -38,6 +37,7 @@ from wtransplant.checking.parity import ParityResult, compare
 from wtransplant.errors import InputError, ParityError
 from wtransplant.planning.plan import Plan, make_plan, materialize
 from wtransplant.planning.spec import ModelSpec, Spec, VerifySpec, describe_undecided, load_spec
+from wtransplant.provenance import file_sha256
 from wtransplant.reading.h5io import OpenedSource, fmt_bytes, open_source
 from wtransplant.reading.hints import split_io
 from wtransplant.reading.inspecting import LoadedSource, load_source
@@ -189,14 +189,6 @@ def _backend() -> dict:
     from wtransplant.backend import chosen
 
     return chosen()
-
-
-def file_sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        while chunk := fh.read(1 << 20):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 def file_sha256_async(path: Path):

@@ -226,6 +226,7 @@ def _graph(model):
     """The model's layers in an order where inputs come first, who feeds whom, and the
     names of its inputs and outputs; NotCovered for shared layers and nested models."""
     from wtransplant.building.keras_model import inbound as _inbound
+    from wtransplant.building.keras_model import input_layer_names
 
     try:
         cfg = model.get_config()
@@ -240,11 +241,7 @@ def _graph(model):
            for lay in layers):
         raise NotCovered("nested models are not covered by the NumPy reference")
     ins = _inbound(model)
-    in_names = []
-    for t in model.inputs:
-        hist = getattr(t, "_keras_history", None)
-        op = getattr(hist, "operation", None) or (hist[0] if hist else None)
-        in_names.append(op.name if op is not None else str(t.name).split(":")[0])
+    in_names = input_layer_names(model)
     if isinstance(model, __import__("keras").Sequential):
         in_names = [in_names[0]] if in_names else ["input"]
         prev = in_names[0]

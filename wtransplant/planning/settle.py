@@ -710,10 +710,7 @@ def _joint(struct: list[Choice]) -> Choice:
 def set_value(doc: dict, ch: Choice, value) -> None:
     vals = value if (ch.kind in MULTI) else (value,)
     for t, v in zip(ch.targets, vals):
-        node = doc
-        for p in t[:-1]:
-            node = node[p]
-        node[t[-1]] = v
+        _set(doc, t, v)
 
 
 def _first_values(doc: dict) -> None:
