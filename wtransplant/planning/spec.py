@@ -262,35 +262,7 @@ def load_spec(path: str | os.PathLike | None = None, *, text: str | None = None,
     display = str(path) if path is not None else "<spec>"
     lines = None
     if data is None:
-        if text is None:
-            p = Path(path)
-            from wtransplant.safety.paths import note_input
-
-            note_input(p)
-            try:
-                text = p.read_text(encoding="utf-8")
-            except FileNotFoundError:
-                raise InputError("spec file not found", path=display) from None
-            except (OSError, UnicodeDecodeError) as e:
-                raise InputError(f"cannot read spec: {e}", path=display) from None
-        try:
-            from wtransplant.safety.bounds import load_yaml
-
-            node, data = load_yaml(text, display)  # safe loader; depth and aliases bounded
-        except yaml.constructor.ConstructorError as e:
-            line = e.problem_mark.line + 1 if e.problem_mark else None
-            where = f"{display}:{line}" if line else display
-            raise UnsafeInputError(f"{where}: {e.problem} (only plain YAML is accepted: no "
-                                   f"Python tags)") from None
-        except yaml.YAMLError as e:
-            mark = getattr(e, "problem_mark", None)
-            where = f"{display}:{mark.line + 1}" if mark else display
-            raise InputError(f"{where}: not valid YAML/JSON: "
-                             f"{getattr(e, 'problem', None) or e}") from None
-        try:
-            lines = _Lines(node)
-        except _SpecErr as e:
-            raise InputError(f"{display}:{e.line}: {_where(e.keypath)}: {e.msg}") from None
+        data, lines = _read_yaml(path, text, display)
     undecided: list[dict] = []
     try:
         data = _take_undecided(data, (), undecided, data)
@@ -299,6 +271,47 @@ def load_spec(path: str | os.PathLike | None = None, *, text: str | None = None,
         line = e.line or (lines.line(e.keypath) if lines else None)
         where = f"{display}:{line}" if line else display
         raise InputError(f"{where}: {_where(e.keypath)}: {e.msg}") from None
+    _place(spec, path, base_dir, lines, undecided, display)
+    return spec
+
+
+def _read_yaml(path, text: str | None, display: str):
+    """(data, line numbers) of a spec's YAML/JSON text, read from ``path`` if no text."""
+    if text is None:
+        p = Path(path)
+        from wtransplant.safety.paths import note_input
+
+        note_input(p)
+        try:
+            text = p.read_text(encoding="utf-8")
+        except FileNotFoundError:
+            raise InputError("spec file not found", path=display) from None
+        except (OSError, UnicodeDecodeError) as e:
+            raise InputError(f"cannot read spec: {e}", path=display) from None
+    try:
+        from wtransplant.safety.bounds import load_yaml
+
+        node, data = load_yaml(text, display)  # safe loader; depth and aliases bounded
+    except yaml.constructor.ConstructorError as e:
+        line = e.problem_mark.line + 1 if e.problem_mark else None
+        where = f"{display}:{line}" if line else display
+        raise UnsafeInputError(f"{where}: {e.problem} (only plain YAML is accepted: no "
+                               f"Python tags)") from None
+    except yaml.YAMLError as e:
+        mark = getattr(e, "problem_mark", None)
+        where = f"{display}:{mark.line + 1}" if mark else display
+        raise InputError(f"{where}: not valid YAML/JSON: "
+                         f"{getattr(e, 'problem', None) or e}") from None
+    try:
+        lines = _Lines(node)
+    except _SpecErr as e:
+        raise InputError(f"{display}:{e.line}: {_where(e.keypath)}: {e.msg}") from None
+    return data, lines
+
+
+def _place(spec: Spec, path, base_dir, lines, undecided: list[dict], display: str) -> None:
+    """Paths resolved against the spec's folder, line numbers on its entries, and the
+    model's graph checked (errors name the line)."""
     if path is not None:
         spec.path = Path(path).resolve()
     elif base_dir is not None:
@@ -330,7 +343,6 @@ def load_spec(path: str | os.PathLike | None = None, *, text: str | None = None,
                 line = lines.line(e.keypath) if lines else None
                 where = f"{display}:{line}" if line else display
                 raise InputError(f"{where}: {_where(e.keypath)}: {e.msg}") from None
-    return spec
 
 
 # --------------------------------------------------------------------------------------
