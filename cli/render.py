@@ -253,7 +253,7 @@ def _print_architecture(con, arch: dict) -> None:
 
 
 def _print_hints(con, report: InspectReport) -> None:
-    if getattr(report, "architecture", None):
+    if report.architecture:
         _print_architecture(con, report.architecture)
         return
     h = report.hints
@@ -351,12 +351,11 @@ def print_rebuild(report, show_plan: bool = False) -> None:
         # a check against the model's own architecture proves the conversion only: its
         # verdict says so, never "OK"
         style = ("bold red" if not par.passed else
-                 "yellow" if getattr(par, "kind", "data") == "self-reference" else "green")
+                 "yellow" if par.kind == "self-reference" else "green")
         con.print(f"parity ({par.method}): [{style}]{par.summary()}[/]")
     else:
         con.print(f"parity: {report.parity_note}", markup=False)
-    undecided = getattr(report, "undecided", None)
-    if undecided or (par is not None and par.passed and getattr(par, "kind", "data") != "data"):
+    if report.undecided or (par is not None and par.passed and par.kind != "data"):
         from rich.markup import escape
 
         con.print(f"[yellow]unverified:[/] {escape(report.unverified_reason or '')}")
