@@ -268,7 +268,7 @@ def _w(lay: RefLayer, var: str, i: int = 0):
     return None if v is None else v[i]
 
 
-def act_fn(cfg):
+def _act_fn(cfg):
     try:
         return F.activation(cfg.get("activation", "linear"))
     except NotImplementedError as e:
@@ -287,10 +287,10 @@ def op_dense(ref, lay, act):
     if b is not None:
         y = y + b.reshape(-1)
     kind = "seq" if act.kind == "seq" else "vec"
-    return Act(act_fn(lay.config)(y), kind)
+    return Act(_act_fn(lay.config)(y), kind)
 
 
-def to_map(lay, act: Act, nd: int) -> Act:
+def _to_map(lay, act: Act, nd: int) -> Act:
     if act.kind == "seq" and nd == 1:
         return Act(np.moveaxis(act.a, -1, 1), "map")
     if act.kind != "map" or act.a.ndim != nd + 2:
@@ -298,7 +298,7 @@ def to_map(lay, act: Act, nd: int) -> Act:
     return act
 
 
-def conv_pads(cfg, spatial, k, s, d):
+def _pads(cfg, spatial, k, s, d):
     padding = cfg.get("padding", "valid")
     if padding == "valid":
         return [(0, 0)] * len(spatial)
@@ -309,7 +309,7 @@ def conv_pads(cfg, spatial, k, s, d):
     raise NotCovered(f"padding {padding!r}")
 
 
-def conv_weight(ref, lay, var="kernel"):
+def _conv_weight(ref, lay, var="kernel"):
     """The kernel as (O, I/groups, k...), read in the source's own layout."""
     w = _w(lay, var)
     if ref.convention == "torch":
@@ -321,37 +321,37 @@ def _padded_conv(lay, x, w, bias, groups: int):
     """Pad as the layer's Keras padding says, then correlate with strides and dilation."""
     cfg = lay.config
     nd = x.ndim - 2
-    s = F.ntuple(cfg.get("strides", 1), nd)
-    d = F.ntuple(cfg.get("dilation_rate", 1), nd)
-    x = F.pad_spatial(x, conv_pads(cfg, x.shape[2:], w.shape[2:], s, d))
+    s = F._tup(cfg.get("strides", 1), nd)
+    d = F._tup(cfg.get("dilation_rate", 1), nd)
+    x = F.pad_spatial(x, _pads(cfg, x.shape[2:], w.shape[2:], s, d))
     return F.conv(x, w, bias, s, d, groups)
 
 
 def op_conv(ref, lay, act):
     nd = int(lay.class_name[4])
-    act = to_map(lay, act, nd)
-    y = _padded_conv(lay, act.a, conv_weight(ref, lay), _w(lay, "bias"),
+    act = _to_map(lay, act, nd)
+    y = _padded_conv(lay, act.a, _conv_weight(ref, lay), _w(lay, "bias"),
                      int(lay.config.get("groups", 1)))
-    return Act(act_fn(lay.config)(y), "map")
+    return Act(_act_fn(lay.config)(y), "map")
 
 
 def op_depthwise(ref, lay, act):
     cfg = lay.config
     nd = int(lay.class_name[-2])
-    act = to_map(lay, act, nd)
+    act = _to_map(lay, act, nd)
     c = act.a.shape[1]
     w = _w(lay, "kernel") if "kernel" in lay.weights else _w(lay, "depthwise_kernel")
     if ref.convention == "keras":  # (k..., C, m) -> (C*m, 1, k...)
         m = w.shape[-1]
         w = np.moveaxis(w, (-2, -1), (0, 1)).reshape(c * m, 1, *w.shape[:-2])
     y = _padded_conv(lay, act.a, w, _w(lay, "bias"), groups=c)
-    return Act(act_fn(cfg)(y), "map")
+    return Act(_act_fn(cfg)(y), "map")
 
 
 def op_separable(ref, lay, act):
     cfg = lay.config
     nd = int(lay.class_name[-2])
-    act = to_map(lay, act, nd)
+    act = _to_map(lay, act, nd)
     c = act.a.shape[1]
     dw = _w(lay, "depthwise_kernel")
     pw = _w(lay, "pointwise_kernel")
@@ -361,22 +361,22 @@ def op_separable(ref, lay, act):
         pw = np.moveaxis(pw, (-1, -2), (0, 1))
     y = _padded_conv(lay, act.a, dw, None, groups=c)
     y = F.conv(y, pw, _w(lay, "bias"))
-    return Act(act_fn(cfg)(y), "map")
+    return Act(_act_fn(cfg)(y), "map")
 
 
 def op_conv_transpose(ref, lay, act):
     cfg = lay.config
     nd = int(lay.class_name[4])
-    act = to_map(lay, act, nd)
+    act = _to_map(lay, act, nd)
     if cfg.get("padding", "valid") != "valid" or cfg.get("output_padding") or \
-            any(v != 1 for v in F.ntuple(cfg.get("dilation_rate", 1), nd)):
+            any(v != 1 for v in F._tup(cfg.get("dilation_rate", 1), nd)):
         raise NotCovered(f"{lay.name}: transposed conv with padding other than 'valid'")
     w = _w(lay, "kernel")
     if ref.convention == "keras":  # Keras (k..., out, in) -> (in, out, k...)
         w = np.moveaxis(w, (-1, -2), (0, 1))
-    s = F.ntuple(cfg.get("strides", 1), nd)
+    s = F._tup(cfg.get("strides", 1), nd)
     y = F.conv_transpose(act.a, w, _w(lay, "bias"), s)
-    return Act(act_fn(cfg)(y), "map")
+    return Act(_act_fn(cfg)(y), "map")
 
 
 def _eps(ref, lay, keras_default=1e-3):
@@ -494,19 +494,19 @@ def op_bidirectional(ref, lay, act):
 def op_pool(ref, lay, act):
     cls = lay.class_name
     nd = int(cls[-2])
-    act = to_map(lay, act, nd)
+    act = _to_map(lay, act, nd)
     cfg = lay.config
-    size = F.ntuple(cfg.get("pool_size", 2), nd)
+    size = F._tup(cfg.get("pool_size", 2), nd)
     strides = cfg.get("strides") or size
-    strides = F.ntuple(strides, nd)
-    pads = conv_pads(cfg, act.a.shape[2:], size, strides, (1,) * nd)
+    strides = F._tup(strides, nd)
+    pads = _pads(cfg, act.a.shape[2:], size, strides, (1,) * nd)
     mode = "max" if cls.startswith("Max") else "avg"
     return Act(F.pool(act.a, size, strides, mode, pads), "map")
 
 
 def op_global_pool(ref, lay, act):
     nd = int(lay.class_name[-2])
-    act = to_map(lay, act, nd)
+    act = _to_map(lay, act, nd)
     axes = tuple(range(2, 2 + nd))
     y = act.a.max(axis=axes) if "Max" in lay.class_name else act.a.mean(axis=axes)
     if lay.config.get("keepdims"):
@@ -528,7 +528,7 @@ def op_flatten(ref, lay, act):
 
 def op_zero_padding(ref, lay, act):
     nd = int(lay.class_name[-2])
-    act = to_map(lay, act, nd)
+    act = _to_map(lay, act, nd)
     p = lay.config.get("padding", 1)
     pads = _norm_pairs(p, nd)
     return Act(F.pad_spatial(act.a, pads), "map")
@@ -536,7 +536,7 @@ def op_zero_padding(ref, lay, act):
 
 def op_cropping(ref, lay, act):
     nd = int(lay.class_name[-2])
-    act = to_map(lay, act, nd)
+    act = _to_map(lay, act, nd)
     c = _norm_pairs(lay.config.get("cropping", 0), nd)
     sl = (slice(None), slice(None)) + tuple(slice(b, act.a.shape[2 + i] - e)
                                             for i, (b, e) in enumerate(c))
@@ -562,7 +562,7 @@ def op_activation_layer(ref, lay, act):
     a = act.a
     ch = 1 if act.kind == "map" else -1
     if cls == "Activation":
-        y = act_fn(cfg)(a) if cfg.get("activation") != "softmax" else F.softmax(a, ch)
+        y = _act_fn(cfg)(a) if cfg.get("activation") != "softmax" else F.softmax(a, ch)
     elif cls == "ReLU":
         mv = cfg.get("max_value")
         slope = cfg.get("negative_slope", 0.0)
@@ -638,7 +638,7 @@ def op_reshape(ref, lay, act):
 def op_torch_pool(ref, lay, act):
     cfg = lay.config
     nd = act.a.ndim - 2 if act.kind == "map" else 1
-    act = to_map(lay, act, nd)
+    act = _to_map(lay, act, nd)
     y = F.torch_pool(act.a, cfg["pool_size"], cfg.get("strides") or cfg["pool_size"],
                      cfg.get("padding", 0), cfg.get("mode", "max"),
                      bool(cfg.get("ceil_mode")), bool(cfg.get("count_include_pad", True)))
