@@ -1,4 +1,5 @@
-"""wtransplant: move trained weights out of arbitrary HDF5 files into working Keras 3 models.
+"""wtransplant: move trained weights out of arbitrary HDF5 files (and .safetensors, NumPy
+.npz/.npy, ONNX) into working Keras 3 models.
 
 Importing this package is cheap: h5py and numpy at most, never TensorFlow or Keras. The
 Keras-level API (``rebuild``, ``verify``, ``finetune``, ``export``) is imported on first use.
@@ -26,6 +27,9 @@ _LAZY = {
     "inspect_file": "wtransplant.reading.inspecting",
     "InspectReport": "wtransplant.reading.inspecting",
     "open_source": "wtransplant.reading.h5io",
+    "Source": "wtransplant.reading.sources.base",
+    "LoadedSource": "wtransplant.reading.loaded",
+    "load_source": "wtransplant.reading.loaded",
     "load_spec": "wtransplant.planning.spec",
     "Spec": "wtransplant.planning.spec",
     "draft_spec": "wtransplant.planning.draft",

@@ -38,9 +38,11 @@ from wtransplant.errors import InputError, ParityError
 from wtransplant.planning.plan import Plan, make_plan, materialize
 from wtransplant.planning.spec import ModelSpec, Spec, VerifySpec, describe_undecided, load_spec
 from wtransplant.provenance import file_sha256
-from wtransplant.reading.h5io import OpenedSource, fmt_bytes, open_source
+from wtransplant.reading.h5io import fmt_bytes
 from wtransplant.reading.hints import split_io
-from wtransplant.reading.inspecting import LoadedSource, load_source
+from wtransplant.reading.loaded import LoadedSource, load_source
+from wtransplant.reading.sources import Source as OpenedSource
+from wtransplant.reading.sources import open_source
 
 
 class UndecidedError(InputError):

@@ -14,7 +14,8 @@ from pathlib import Path
 import numpy as np
 
 from wtransplant.errors import InputError
-from wtransplant.reading.h5io import open_source, read_dataset
+from wtransplant.reading.loaded import load_source, writer_view
+from wtransplant.reading.sources import open_source
 
 #: layout -> axes that take it to channels-last
 TO_CHANNELS_LAST = {"nchw": (0, 2, 3, 1), "ncl": (0, 2, 1), "ncdhw": (0, 2, 3, 4, 1)}
@@ -35,8 +36,7 @@ def load_array(ref: str, *, base_dir: str | os.PathLike | None = None, loaded=No
     if loaded is not None and src is not None:
         t = loaded.tensor(ref)
         if t is not None:
-            a = read_dataset(src, t.path)
-            return np.transpose(a) if t.column_major else a
+            return writer_view(src, t)
     path, key = split_ref(ref)
     p = Path(path)
     if base_dir is not None and not p.is_absolute():
@@ -73,14 +73,11 @@ def load_array(ref: str, *, base_dir: str | os.PathLike | None = None, loaded=No
     if key is None:
         raise InputError(f"reference {ref!r}: name the dataset as {p.name}:path/to/dataset")
     with open_source(p, follow_links=follow_links) as other:
-        from wtransplant.reading.inspecting import load_source
-
         lo = load_source(other)
         t = lo.tensor(key)
         if t is not None:
-            a = read_dataset(other, t.path)
-            return np.transpose(a) if t.column_major else a
-        return read_dataset(other, key)
+            return lo.array(t)
+        return other.read(key)
 
 
 def to_channels_last(a: np.ndarray, layout: str | None, what: str) -> np.ndarray:

@@ -13,6 +13,13 @@ what the *source* framework computes, in its own layout and equations:
 It shares no code with :mod:`wtransplant.planning.layouts`: a conversion mistake (a square kernel
 transposed, swapped gates, flatten order, a BatchNorm epsilon left at Keras' default) makes
 the two disagree. Layers it cannot evaluate raise :class:`NotCovered` with the reason.
+
+Where the source's semantics depend on the convention, a layer type is an :class:`Entry`
+with one method per (aspect, convention): ``forward_keras``, ``kernel_torch``,
+``epsilon_any``..., looked up along the convention's chain as the layout entries' are
+(:func:`wtransplant.planning.layouts.conventions.find_method`); which conventions the
+reference imitates at all, and how far, is :data:`SCOPES`. Layers whose semantics are the
+same under every convention (pooling, padding, activations, merges) stay plain functions.
 Layer 1: NumPy + h5py.
 """
 
@@ -24,12 +31,68 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from wtransplant.checking import npops as F
+from wtransplant.planning.layouts.conventions import add_method, chain, find_method
 from wtransplant.planning.shapes import NotCovered  # one class: the shape code raises it too
-from wtransplant.reading.h5io import OpenedSource, read_dataset
+from wtransplant.reading.loaded import writer_view
+from wtransplant.reading.sources import Source
 
 TORCH_EPS = 1e-5
 
 
+@dataclass(frozen=True)
+class Scope:
+    """How far the reference imitates one convention: ``weighted`` (layer types with
+    weights it evaluates; None: every entry with a method for the convention) and
+    ``inputs`` (input kinds; None: any), each with the sentence that says so."""
+
+    weighted: tuple | None = None
+    inputs: tuple | None = None
+    weighted_says: str = ""
+    inputs_says: str = ""
+
+
+#: conventions the reference imitates; a convention not listed uses its parent's line (an
+#: ``onnx`` convention inheriting ``torch`` is imitated as PyTorch), and a convention whose
+#: chain names none has no framework of its own to imitate (``plain``)
+SCOPES: dict[str, Scope] = {
+    "torch": Scope(),
+    "keras": Scope(),
+    "matlab": Scope(("Dense",), ("vec",), "the MATLAB reference covers dense chains only",
+                    "the MATLAB reference covers dense chains on vectors only"),
+}
+
+
+def scope_for(convention: str) -> Scope | None:
+    return next((SCOPES[c] for c in chain(convention) if c in SCOPES), None)
+
+
+def reference_method(class_name: str, aspect: str, convention: str):
+    """Decorator: add ``fn`` as the ``<aspect>_<convention>`` method of the reference entry
+    for the Keras class ``class_name`` (a convention's own module uses it, as
+    :func:`~wtransplant.planning.layouts.conventions.layout_method` for layouts)."""
+    entry = OPS.get(class_name)
+    if not isinstance(entry, Entry):
+        raise ValueError(f"{class_name!r} has no convention-dependent reference entry")
+    return add_method(type(entry), aspect, convention)
+
+
+class Entry:
+    """A layer type whose source semantics depend on the convention: ``forward_<conv>``
+    (or ``forward_any``) runs it, with any per-convention views it asks for through
+    :meth:`method` (``kernel_torch``...). Called as ``entry(ref, lay, act)``."""
+
+    def __call__(self, ref, lay, act):
+        return self.method("forward", ref.convention, lay)(ref, lay, act)
+
+    def method(self, aspect: str, convention: str, lay):
+        fn = find_method(self, aspect, convention)
+        if fn is None:
+            raise NotCovered(f"layer {lay.name} ({lay.class_name}) is not covered by the "
+                             f"NumPy reference under the {convention} convention")
+        return fn
+
+    def covers(self, convention: str) -> bool:
+        return find_method(self, "forward", convention) is not None
 
 
 @dataclass
@@ -149,14 +212,15 @@ def input_kind_for(first_class: str, rank: int, dtype: str) -> str:
 # building from a rebuilt model and its plan
 
 
-def build_reference(model, plan, src: OpenedSource, *, spec_layers: list[dict] | None = None,
+def build_reference(model, plan, src: Source, *, spec_layers: list[dict] | None = None,
                     lazy: bool = False) -> Reference:
     """A :class:`Reference` for a rebuilt Keras model, or NotCovered. ``lazy``: keep no
     weights; each forward pass reads a layer's tensors (as float64) just before the layer
     runs and drops them after, so ``src`` must stay open while the reference is used (a
     float64 copy of the whole model would be twice the model's bytes)."""
     conv = plan.convention
-    if conv not in ("torch", "matlab", "keras"):
+    scope = scope_for(conv)
+    if scope is None:
         raise NotCovered(f"no reference semantics for the {conv} convention (a home-made "
                          f"layout has no framework of its own to imitate)")
     layers, inbound, in_names, out_names = _graph(model)
@@ -202,24 +266,25 @@ def build_reference(model, plan, src: OpenedSource, *, spec_layers: list[dict] |
                     r.weights[var] = [_raw(src, t) for t in srcs]
         if lay.weights and not (r.weights or r.sources):
             raise NotCovered(f"layer {lay.name} has no mapped source tensors")
-        if conv == "matlab" and lay.weights and cls != "Dense":
-            raise NotCovered(f"layer {lay.name} ({cls}): the MATLAB reference covers dense "
-                             f"chains only")
+        if scope.weighted is not None and lay.weights and cls not in scope.weighted:
+            raise NotCovered(f"layer {lay.name} ({cls}): {scope.weighted_says}")
+        if isinstance(OPS.get(cls), Entry) and not OPS[cls].covers(conv):
+            raise NotCovered(f"layer {lay.name} ({cls}) is not covered by the NumPy "
+                             f"reference under the {conv} convention")
         refs.append(r)
     kinds = {}
     for name, t in zip(in_names, model.inputs):
         first = next((r.class_name for r in refs if name in inbound.get(r.name, [])), "")
         kinds[name] = input_kind_for(first, len(t.shape) - 1, t.dtype)
-    if conv == "matlab" and any(k != "vec" for k in kinds.values()):
-        raise NotCovered("the MATLAB reference covers dense chains on vectors only")
+    if scope.inputs is not None and any(k not in scope.inputs for k in kinds.values()):
+        raise NotCovered(scope.inputs_says)
     kind = kinds[in_names[0]] if len(in_names) == 1 else kinds
     return Reference(refs, conv, kind, inbound, in_names, out_names,
                      src=src if lazy else None)
 
 
-def _raw(src: OpenedSource, t) -> np.ndarray:
-    a = read_dataset(src, t.path).astype(np.float64)
-    return np.transpose(a) if t.column_major else a  # MATLAB's own view
+def _raw(src: Source, t) -> np.ndarray:
+    return writer_view(src, t).astype(np.float64)  # MATLAB's own view
 
 
 def _graph(model):
@@ -275,19 +340,25 @@ def _act_fn(cfg):
         raise NotCovered(str(e)) from None
 
 
-def op_dense(ref, lay, act):
-    if act.kind in ("map", "ids") or (act.kind == "raw" and act.a.ndim != 2):
-        raise NotCovered(f"{lay.name}: Dense on a {act.kind} input")
-    w = _w(lay, "kernel")
-    b = _w(lay, "bias")
-    if ref.convention == "keras":
-        y = act.a @ w
-    else:  # torch Linear and MATLAB dense: W is (out, in): y = W x
-        y = act.a @ w.T
-    if b is not None:
-        y = y + b.reshape(-1)
-    kind = "seq" if act.kind == "seq" else "vec"
-    return Act(_act_fn(lay.config)(y), kind)
+class DenseRef(Entry):
+    def forward_keras(self, ref, lay, act):
+        return self._dense(lay, act, lambda x, w: x @ w)
+
+    def forward_torch(self, ref, lay, act):  # Linear: W is (out, in): y = W x
+        return self._dense(lay, act, lambda x, w: x @ w.T)
+
+    forward_matlab = forward_torch  # MATLAB dense: W out-by-in in MATLAB's own view
+
+    @staticmethod
+    def _dense(lay, act, matmul):
+        if act.kind in ("map", "ids") or (act.kind == "raw" and act.a.ndim != 2):
+            raise NotCovered(f"{lay.name}: Dense on a {act.kind} input")
+        y = matmul(act.a, _w(lay, "kernel"))
+        b = _w(lay, "bias")
+        if b is not None:
+            y = y + b.reshape(-1)
+        kind = "seq" if act.kind == "seq" else "vec"
+        return Act(_act_fn(lay.config)(y), kind)
 
 
 def _to_map(lay, act: Act, nd: int) -> Act:
@@ -309,12 +380,32 @@ def _pads(cfg, spatial, k, s, d):
     raise NotCovered(f"padding {padding!r}")
 
 
+class ConvRef(Entry):
+    """ConvNd: the kernel as (O, I/groups, k...), from the source's own layout."""
+
+    def kernel_torch(self, w):
+        return w
+
+    def kernel_keras(self, w):
+        return np.moveaxis(w, (-1, -2), (0, 1))  # Keras (k..., in, out)
+
+    def forward_any(self, ref, lay, act):
+        nd = int(lay.class_name[4])
+        act = _to_map(lay, act, nd)
+        y = _padded_conv(lay, act.a, _conv_weight(ref, lay), _w(lay, "bias"),
+                         int(lay.config.get("groups", 1)))
+        return Act(_act_fn(lay.config)(y), "map")
+
+    def covers(self, convention):
+        return find_method(self, "kernel", convention) is not None
+
+
+CONV = ConvRef()
+
+
 def _conv_weight(ref, lay, var="kernel"):
     """The kernel as (O, I/groups, k...), read in the source's own layout."""
-    w = _w(lay, var)
-    if ref.convention == "torch":
-        return w
-    return np.moveaxis(w, (-1, -2), (0, 1))  # Keras (k..., in, out)
+    return CONV.method("kernel", ref.convention, lay)(_w(lay, var))
 
 
 def _padded_conv(lay, x, w, bias, groups: int):
@@ -327,65 +418,97 @@ def _padded_conv(lay, x, w, bias, groups: int):
     return F.conv(x, w, bias, s, d, groups)
 
 
-def op_conv(ref, lay, act):
-    nd = int(lay.class_name[4])
-    act = _to_map(lay, act, nd)
-    y = _padded_conv(lay, act.a, _conv_weight(ref, lay), _w(lay, "bias"),
-                     int(lay.config.get("groups", 1)))
-    return Act(_act_fn(lay.config)(y), "map")
+class DepthwiseRef(Entry):
+    """The depthwise kernel as (C*m, 1, k...) for a grouped conv with groups=C."""
 
+    def kernel_torch(self, w, c):
+        return w
 
-def op_depthwise(ref, lay, act):
-    cfg = lay.config
-    nd = int(lay.class_name[-2])
-    act = _to_map(lay, act, nd)
-    c = act.a.shape[1]
-    w = _w(lay, "kernel") if "kernel" in lay.weights else _w(lay, "depthwise_kernel")
-    if ref.convention == "keras":  # (k..., C, m) -> (C*m, 1, k...)
+    def kernel_keras(self, w, c):  # (k..., C, m) -> (C*m, 1, k...)
         m = w.shape[-1]
-        w = np.moveaxis(w, (-2, -1), (0, 1)).reshape(c * m, 1, *w.shape[:-2])
-    y = _padded_conv(lay, act.a, w, _w(lay, "bias"), groups=c)
-    return Act(_act_fn(cfg)(y), "map")
+        return np.moveaxis(w, (-2, -1), (0, 1)).reshape(c * m, 1, *w.shape[:-2])
+
+    def covers(self, convention):
+        return find_method(self, "kernel", convention) is not None
+
+    def forward_any(self, ref, lay, act):
+        cfg = lay.config
+        nd = int(lay.class_name[-2])
+        act = _to_map(lay, act, nd)
+        c = act.a.shape[1]
+        w = _w(lay, "kernel") if "kernel" in lay.weights else _w(lay, "depthwise_kernel")
+        w = self.method("kernel", ref.convention, lay)(w, c)
+        y = _padded_conv(lay, act.a, w, _w(lay, "bias"), groups=c)
+        return Act(_act_fn(cfg)(y), "map")
 
 
-def op_separable(ref, lay, act):
-    cfg = lay.config
-    nd = int(lay.class_name[-2])
-    act = _to_map(lay, act, nd)
-    c = act.a.shape[1]
-    dw = _w(lay, "depthwise_kernel")
-    pw = _w(lay, "pointwise_kernel")
-    if ref.convention == "keras":
-        m = dw.shape[-1]
-        dw = np.moveaxis(dw, (-2, -1), (0, 1)).reshape(c * m, 1, *dw.shape[:-2])
-        pw = np.moveaxis(pw, (-1, -2), (0, 1))
-    y = _padded_conv(lay, act.a, dw, None, groups=c)
-    y = F.conv(y, pw, _w(lay, "bias"))
-    return Act(_act_fn(cfg)(y), "map")
+class SeparableRef(DepthwiseRef):
+    """Depthwise as :class:`DepthwiseRef`, then the pointwise kernel as (out, C*m, 1...)."""
+
+    def pointwise_torch(self, w):
+        return w
+
+    def pointwise_keras(self, w):  # (1..., C*m, out) -> (out, C*m, 1...)
+        return np.moveaxis(w, (-1, -2), (0, 1))
+
+    def forward_any(self, ref, lay, act):
+        cfg = lay.config
+        nd = int(lay.class_name[-2])
+        act = _to_map(lay, act, nd)
+        c = act.a.shape[1]
+        dw = self.method("kernel", ref.convention, lay)(_w(lay, "depthwise_kernel"), c)
+        pw = self.method("pointwise", ref.convention, lay)(_w(lay, "pointwise_kernel"))
+        y = _padded_conv(lay, act.a, dw, None, groups=c)
+        y = F.conv(y, pw, _w(lay, "bias"))
+        return Act(_act_fn(cfg)(y), "map")
 
 
-def op_conv_transpose(ref, lay, act):
-    cfg = lay.config
-    nd = int(lay.class_name[4])
-    act = _to_map(lay, act, nd)
-    if cfg.get("padding", "valid") != "valid" or cfg.get("output_padding") or \
-            any(v != 1 for v in F._tup(cfg.get("dilation_rate", 1), nd)):
-        raise NotCovered(f"{lay.name}: transposed conv with padding other than 'valid'")
-    w = _w(lay, "kernel")
-    if ref.convention == "keras":  # Keras (k..., out, in) -> (in, out, k...)
-        w = np.moveaxis(w, (-1, -2), (0, 1))
-    s = F._tup(cfg.get("strides", 1), nd)
-    y = F.conv_transpose(act.a, w, _w(lay, "bias"), s)
-    return Act(_act_fn(cfg)(y), "map")
+class ConvTransposeRef(ConvRef):
+    """The kernel as (in, out, k...): PyTorch's own ConvTranspose layout."""
+
+    def kernel_keras(self, w):  # Keras (k..., out, in) -> (in, out, k...)
+        return np.moveaxis(w, (-1, -2), (0, 1))
+
+    def forward_any(self, ref, lay, act):
+        cfg = lay.config
+        nd = int(lay.class_name[4])
+        act = _to_map(lay, act, nd)
+        if cfg.get("padding", "valid") != "valid" or cfg.get("output_padding") or \
+                any(v != 1 for v in F._tup(cfg.get("dilation_rate", 1), nd)):
+            raise NotCovered(f"{lay.name}: transposed conv with padding other than 'valid'")
+        w = self.method("kernel", ref.convention, lay)(_w(lay, "kernel"))
+        s = F._tup(cfg.get("strides", 1), nd)
+        y = F.conv_transpose(act.a, w, _w(lay, "bias"), s)
+        return Act(_act_fn(cfg)(y), "map")
 
 
-def _eps(ref, lay, keras_default=1e-3):
-    """PyTorch's eps unless the spec set epsilon explicitly: a Keras default left under the
-    torch convention is exactly the mistake the reference should expose."""
-    eps = lay.config.get("epsilon", keras_default)
-    if ref.convention == "torch" and "epsilon" not in lay.explicit:
-        return TORCH_EPS
-    return eps
+class NormRef(Entry):
+    """BatchNormalization / LayerNormalization: the epsilon the source used."""
+
+    def epsilon_any(self, lay):
+        return lay.config.get("epsilon", 1e-3)
+
+    def epsilon_torch(self, lay):
+        """PyTorch's eps unless the spec set epsilon explicitly: a Keras default left under
+        the torch convention is exactly the mistake the reference should expose."""
+        return lay.config.get("epsilon", 1e-3) if "epsilon" in lay.explicit else TORCH_EPS
+
+
+class BatchNormRef(NormRef):
+    def forward_any(self, ref, lay, act):
+        return op_batchnorm(ref, lay, act)
+
+
+class LayerNormRef(NormRef):
+    def forward_any(self, ref, lay, act):
+        return op_layernorm(ref, lay, act)
+
+
+NORM = NormRef()
+
+
+def _eps(ref, lay):
+    return NORM.method("epsilon", ref.convention, lay)(lay)
 
 
 def op_batchnorm(ref, lay, act):
@@ -428,9 +551,25 @@ def _rnn_run(ref, lay: RefLayer, cls: str, x, weights: dict, reverse=False):
     if cfg.get("stateful") or cfg.get("return_state") or cfg.get("go_backwards"):
         raise NotCovered(f"{lay.name}: stateful/return_state/go_backwards recurrent layers")
     units = int(cfg["units"])
-    h0 = np.zeros((n, units))
-    get = lambda v, i=0: (weights.get(v) or [None])[i]  # noqa: E731
-    if ref.convention == "torch":
+    step, h0 = RNN.method("step", ref.convention, lay)(lay, cls, weights, n, units)
+    seq = F.run_rnn(step, x, h0, reverse=reverse)
+    return seq
+
+
+class RecurrentRef(Entry):
+    """SimpleRNN / GRU / LSTM: the step function in the source's own equations and layout,
+    and the initial state: ``step_<convention>(lay, cls, weights, n, units)``."""
+
+    def forward_any(self, ref, lay, act):
+        return op_rnn(ref, lay, act)
+
+    def covers(self, convention):
+        return find_method(self, "step", convention) is not None
+
+    def step_torch(self, lay, cls, weights, n, units):
+        cfg = lay.config
+        h0 = np.zeros((n, units))
+        get = lambda v, i=0: (weights.get(v) or [None])[i]  # noqa: E731
         wih, whh = get("kernel"), get("recurrent_kernel")
         bias = weights.get("bias") or []
         if len(bias) != 2:
@@ -446,7 +585,12 @@ def _rnn_run(ref, lay: RefLayer, cls: str, x, weights: dict, reverse=False):
             if act not in ("tanh", "relu"):
                 raise NotCovered(f"{lay.name}: PyTorch RNN nonlinearity is tanh or relu")
             step = F.torch_rnn_step(wih, whh, bih, bhh, act)
-    else:
+        return step, h0
+
+    def step_keras(self, lay, cls, weights, n, units):
+        cfg = lay.config
+        h0 = np.zeros((n, units))
+        get = lambda v, i=0: (weights.get(v) or [None])[i]  # noqa: E731
         k, r, b = get("kernel"), get("recurrent_kernel"), get("bias")
         act = F.activation(cfg.get("activation", "tanh"))
         if cls == "GRU":
@@ -458,8 +602,49 @@ def _rnn_run(ref, lay: RefLayer, cls: str, x, weights: dict, reverse=False):
             h0 = (h0, np.zeros((n, units)))
         else:
             step = F.keras_rnn_step(k, r, b, act)
-    seq = F.run_rnn(step, x, h0, reverse=reverse)
-    return seq
+        return step, h0
+
+    step_matlab = step_keras  # (unreachable: the MATLAB scope is dense chains)
+
+    def step_onnx(self, lay, cls, weights, n, units):
+        """ONNX GRU/LSTM/RNN (W (1, G*H, I), R (1, G*H, H), B (1, 2*G*H)) in PyTorch's
+        equations: gate blocks z,r,h -> r,z,n (GRU) and i,o,f,c -> i,f,g,o (LSTM)."""
+        get = lambda v: (weights.get(v) or [None])[0]  # noqa: E731
+        w, r, b = get("kernel"), get("recurrent_kernel"), get("bias")
+        if w is None or r is None or w.ndim != 3 or w.shape[0] != 1:
+            raise NotCovered(f"{lay.name}: the NumPy reference covers one-direction ONNX "
+                             f"recurrent weights (1, gates*H, in) only")
+        g = w.shape[1] // units
+        order = {3: (1, 0, 2), 4: (0, 2, 3, 1), 1: (0,)}.get(g)
+        if order is None:
+            raise NotCovered(f"{lay.name}: {w.shape[1]} gate rows for {units} units")
+        if cls == "GRU" and not lay.config.get("reset_after", True):
+            raise NotCovered(f"{lay.name}: ONNX GRU with linear_before_reset=0")
+
+        def torch_order(a):
+            blocks = np.split(a, g, axis=0)
+            return np.concatenate([blocks[i] for i in order], axis=0)
+
+        b = np.zeros((1, 2 * g * units)) if b is None else b
+        wb, rb = np.split(b[0], 2)
+        args = (torch_order(w[0]), torch_order(r[0]), torch_order(wb), torch_order(rb))
+        h0 = np.zeros((n, units))
+        if cls == "GRU":
+            return F.torch_gru_step(*args), h0
+        if cls == "LSTM":
+            return F.torch_lstm_step(*args), (h0, np.zeros((n, units)))
+        act = lay.config.get("activation", "tanh")
+        if act not in ("tanh", "relu"):
+            raise NotCovered(f"{lay.name}: ONNX RNN activation {act!r}")
+        return F.torch_rnn_step(*args, act), h0
+
+
+class BidirectionalRef(RecurrentRef):
+    def forward_any(self, ref, lay, act):
+        return op_bidirectional(ref, lay, act)
+
+
+RNN = RecurrentRef()
 
 
 def op_rnn(ref, lay, act):
@@ -514,16 +699,21 @@ def op_global_pool(ref, lay, act):
     return Act(y, "vec")
 
 
-def op_flatten(ref, lay, act):
-    n = act.a.shape[0]
-    if act.kind == "raw":  # Keras layout after Permute/Reshape: flattened as Keras does
-        return Act(act.a.reshape(n, -1), "vec")
-    if act.kind == "map":
-        if ref.convention == "keras":  # Keras flattens channels-last
+class FlattenRef(Entry):
+    def forward_keras(self, ref, lay, act):
+        if act.kind == "map":  # Keras flattens channels-last
+            n = act.a.shape[0]
             return Act(np.moveaxis(act.a, 1, -1).reshape(n, -1), "vec")
-        # PyTorch (and MATLAB) flatten channels-first / column-major: C,H,W order
-        return Act(act.a.reshape(n, -1), "flat", tuple(act.a.shape[1:]), "chw")
-    return Act(act.a.reshape(n, -1), "vec")
+        return self.forward_any(ref, lay, act)
+
+    def forward_any(self, ref, lay, act):
+        n = act.a.shape[0]
+        if act.kind == "raw":  # Keras layout after Permute/Reshape: flattened as Keras does
+            return Act(act.a.reshape(n, -1), "vec")
+        if act.kind == "map":
+            # PyTorch (and MATLAB) flatten channels-first / column-major: C,H,W order
+            return Act(act.a.reshape(n, -1), "flat", tuple(act.a.shape[1:]), "chw")
+        return Act(act.a.reshape(n, -1), "vec")
 
 
 def op_zero_padding(ref, lay, act):
@@ -589,17 +779,23 @@ def op_identity(ref, lay, act):
     return act
 
 
-def op_prelu(ref, lay, act):
+class PReLURef(Entry):
     """PReLU: y = x for x > 0, alpha * x otherwise. Under torch/MATLAB/plain the slopes are
     a per-channel vector (or one value): channel axis 1 of a map, the last axis otherwise;
     under keras, alpha in Keras' own shape."""
-    a = act.a
-    alpha = _w(lay, "alpha")
-    if ref.convention == "keras":
+
+    def forward_keras(self, ref, lay, act):
         k = to_keras(act)
-        y = np.where(k > 0, k, alpha * k)
+        y = np.where(k > 0, k, _w(lay, "alpha") * k)
         return _from_keras(y, act)
-    w = alpha.reshape(-1)
+
+    def forward_any(self, ref, lay, act):
+        return _prelu_per_channel(lay, act)
+
+
+def _prelu_per_channel(lay, act):
+    a = act.a
+    w = _w(lay, "alpha").reshape(-1)
     if w.size == 1:
         slope = w[0]
     elif act.kind == "map":
@@ -700,31 +896,35 @@ MERGES = {
 }
 
 
+_CONVT, _DEPTHWISE, _SEPARABLE = ConvTransposeRef(), DepthwiseRef(), SeparableRef()
+_BIDIRECTIONAL = BidirectionalRef()
+
+#: Keras class -> the source's forward pass: an :class:`Entry` (its methods per convention)
+#: or a function (the same under every convention). Adding a layer type: one line here.
 OPS = {
-    "Dense": op_dense,
-    "Conv1D": op_conv, "Conv2D": op_conv, "Conv3D": op_conv,
-    "DepthwiseConv1D": op_depthwise, "DepthwiseConv2D": op_depthwise,
-    "SeparableConv1D": op_separable, "SeparableConv2D": op_separable,
-    "Conv1DTranspose": op_conv_transpose, "Conv2DTranspose": op_conv_transpose,
-    "Conv3DTranspose": op_conv_transpose,
-    "BatchNormalization": op_batchnorm,
-    "LayerNormalization": op_layernorm,
+    "Dense": DenseRef(),
+    "Conv1D": CONV, "Conv2D": CONV, "Conv3D": CONV,
+    "DepthwiseConv1D": _DEPTHWISE, "DepthwiseConv2D": _DEPTHWISE,
+    "SeparableConv1D": _SEPARABLE, "SeparableConv2D": _SEPARABLE,
+    "Conv1DTranspose": _CONVT, "Conv2DTranspose": _CONVT, "Conv3DTranspose": _CONVT,
+    "BatchNormalization": BatchNormRef(),
+    "LayerNormalization": LayerNormRef(),
     "Embedding": op_embedding,
-    "SimpleRNN": op_rnn, "GRU": op_rnn, "LSTM": op_rnn,
-    "Bidirectional": op_bidirectional,
+    "SimpleRNN": RNN, "GRU": RNN, "LSTM": RNN,
+    "Bidirectional": _BIDIRECTIONAL,
     "MaxPooling1D": op_pool, "MaxPooling2D": op_pool, "MaxPooling3D": op_pool,
     "AveragePooling1D": op_pool, "AveragePooling2D": op_pool, "AveragePooling3D": op_pool,
     "GlobalAveragePooling1D": op_global_pool, "GlobalAveragePooling2D": op_global_pool,
     "GlobalAveragePooling3D": op_global_pool, "GlobalMaxPooling1D": op_global_pool,
     "GlobalMaxPooling2D": op_global_pool, "GlobalMaxPooling3D": op_global_pool,
-    "Flatten": op_flatten,
+    "Flatten": FlattenRef(),
     "ZeroPadding1D": op_zero_padding, "ZeroPadding2D": op_zero_padding,
     "ZeroPadding3D": op_zero_padding,
     "Cropping1D": op_cropping, "Cropping2D": op_cropping, "Cropping3D": op_cropping,
     "Activation": op_activation_layer, "ReLU": op_activation_layer,
     "LeakyReLU": op_activation_layer, "ELU": op_activation_layer,
     "Softmax": op_activation_layer,
-    "PReLU": op_prelu, "Permute": op_permute, "Reshape": op_reshape,
+    "PReLU": PReLURef(), "Permute": op_permute, "Reshape": op_reshape,
     "TorchPooling": op_torch_pool, "Identity": op_identity,
     "Dropout": op_identity, "SpatialDropout1D": op_identity, "SpatialDropout2D": op_identity,
     "SpatialDropout3D": op_identity, "GaussianNoise": op_identity,

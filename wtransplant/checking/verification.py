@@ -261,8 +261,8 @@ def _spec_reference(art, spec):
     from wtransplant.checking.reference import NotCovered, build_reference
     from wtransplant.planning.plan import make_plan
     from wtransplant.planning.spec import Spec, load_spec
-    from wtransplant.reading.h5io import open_source
-    from wtransplant.reading.inspecting import load_source
+    from wtransplant.reading.loaded import load_source
+    from wtransplant.reading.sources import open_source
 
     model = art.keras_model
     if model is None:
@@ -316,18 +316,17 @@ def load_activations(ref) -> dict[str, np.ndarray]:
         check_npz(p)
         with np.load(p, allow_pickle=False) as z:
             return {k: z[k] for k in z.files}
-    import h5py
-
-    from wtransplant.reading.h5io import open_source, read_dataset
+    from wtransplant.reading.sources import open_source
 
     out = {}
     with open_source(p) as src:
-        g = src.h5[group] if group else src.h5["/"]
-        for name in g:
-            full = f"{g.name.rstrip('/')}/{name}"
-            if g.get(name, getclass=True) is not h5py.Dataset:
-                continue
-            out[name] = read_dataset(src, full)
+        tree = src.tree()
+        g = "/" + (group or "").strip("/")
+        if g not in tree.groups:
+            raise InputError(f"no group {group!r} in the activations file", path=str(p))
+        for full in tree.children(g):
+            if full in tree.datasets:
+                out[full.rsplit("/", 1)[-1]] = src.read(full)
     if not out:
         raise InputError(f"no activations found in {ref}")
     return out

@@ -23,10 +23,12 @@ from pathlib import Path
 import numpy as np
 import yaml
 
+from wtransplant.planning.layouts import conventions, layout_for
+from wtransplant.planning.layouts.layers import undecided
 from wtransplant.planning.spec import flow_yaml
-from wtransplant.reading.h5io import open_source, read_dataset
 from wtransplant.reading.hints import Hints, LayerHint, build_hints
-from wtransplant.reading.inspecting import LoadedSource, load_source
+from wtransplant.reading.loaded import LoadedSource, load_source
+from wtransplant.reading.sources import open_source
 from wtransplant.safety.text import neutral
 
 HIDDEN_ACTS = ("linear", "relu", "tanh", "sigmoid")
@@ -35,14 +37,6 @@ OUTPUT_ACTS = ("linear", "softmax", "sigmoid", "tanh", "relu")
 GUESS_HIDDEN_ACTS = ["relu", "tanh", "sigmoid", "linear"]
 GUESS_OUTPUT_ACTS = ["linear", "softmax", "sigmoid"]
 WHY_ACT = "the weights do not record activations"
-
-
-def undecided(candidates: list, why: str | None = None) -> dict:
-    """A guess, as the spec writes it: ``{undecided: [...], why: ...}``."""
-    d: dict = {"undecided": list(candidates)}
-    if why:
-        d["why"] = why
-    return d
 
 
 @dataclass
@@ -113,6 +107,12 @@ def draft_spec(path: str | os.PathLike, *, spec_dir: str | os.PathLike | None = 
             app = match_application(loaded)
             if app is not None:
                 return _draft_application(w, loaded, app)
+        if fmt == "onnx":  # the graph says what the tensors cannot, when it is a chain
+            from wtransplant.planning.draftonnx import draft_from_graph
+
+            d = draft_from_graph(w, loaded, src)
+            if d is not None:
+                return d
         return _draft_layers(w, loaded, hints, src)
 
 
@@ -159,6 +159,7 @@ def _name_for(lh: LayerHint, i: int, fmt: str, stacked: set[str] = frozenset()) 
 def _draft_layers(w, loaded: LoadedSource, hints: Hints, src) -> Draft:
     fmt = loaded.format
     conv = loaded.detection.convention
+    facts = conventions.get_convention(conv)
     todo: list[str] = []
     notes: list[str] = list(hints.notes)
     known = [lh for lh in hints.layers if lh.proposal is not None]
@@ -207,9 +208,8 @@ def _draft_layers(w, loaded: LoadedSource, hints: Hints, src) -> Draft:
         name = _name_for(lh, i, fmt, stacked)
         if p.keras_class == "Dense" and prev_kind.startswith(("conv", "depthwise")):
             prev_kind = "flatten"
-            w.line("    - {class: Flatten, name: flatten}"
-                   + ("  # PyTorch flattens C,H,W: rows are permuted automatically"
-                      if conv == "torch" else ""))
+            note = facts.fact("draft_flatten_note")
+            w.line("    - {class: Flatten, name: flatten}" + (f"  # {note}" if note else ""))
         args = dict(p.args)
         comment = []
         if p.kind == "prelu" and prev_kind in ("dense", "flatten"):
@@ -235,34 +235,11 @@ def _draft_layers(w, loaded: LoadedSource, hints: Hints, src) -> Draft:
                 args["activation"] = undecided(
                     GUESS_HIDDEN_ACTS if dense_i < n_dense else GUESS_OUTPUT_ACTS, WHY_ACT)
                 todo.append(f"{name}: activation")
-        if p.keras_class.startswith("Conv"):
-            guessed = []
-            if "padding" not in args:
-                ks = args.get("kernel_size")
-                kk = ks if isinstance(ks, int) else (
-                    ks[0] if isinstance(ks, list | tuple) and len(set(ks)) == 1 else None)
-                odd = conv == "torch" and isinstance(kk, int) and kk > 1 and kk % 2
-                # PyTorch's integer padding (both sides) is not Keras' same at stride 2
-                args["padding"] = undecided(["same", "valid"] + ([kk // 2] if odd else []),
-                                            "the weights do not fix it")
-                guessed.append("padding")
-            if "strides" not in args:
-                args["strides"] = undecided([1, 2], "the weights do not fix it; a pooling "
-                                                    "layer after this one, if the source "
-                                                    "has one, must be added by hand")
-                guessed.append("strides")
-            if "activation" not in args:
-                args["activation"] = undecided(["relu", "linear"], WHY_ACT + "; after a "
-                                               "BatchNormalization it belongs in an "
-                                               "Activation layer after that")
-                guessed.append("activation")
-            if guessed:
-                todo.append(f"{name}: {', '.join(guessed)}; pooling after it?")
-        if p.keras_class == "BatchNormalization" and conv == "torch" and "epsilon" in args:
-            args["epsilon"] = undecided([args["epsilon"]], "PyTorch's default eps; the "
-                                                           "weights do not record the "
-                                                           "source model's")
-            todo.append(f"{name}: epsilon")
+        layout = layout_for(p.keras_class)
+        guess = layout.draft_guesses(conv, p, args) if layout is not None else None
+        if guess is not None and guess.todo:
+            args.update(guess.args)  # the layer type's guesses under this convention
+            todo.append(f"{name}: {guess.todo}")
         w.line(f"    - {_flow({'class': p.keras_class, 'name': name, **args})}"
                + (f"  # {'; '.join(comment)}" if comment else ""))
         entries.append((name, list(p.slots.items()), lh))
@@ -281,8 +258,8 @@ def _draft_layers(w, loaded: LoadedSource, hints: Hints, src) -> Draft:
         for var, srcs in slots:
             target = f"{name}/{var}"
             shape = lh.shapes.get("weight")
-            if conv == "plain" and var == "kernel" and shape and len(shape) == 2 \
-                    and shape[0] == shape[1]:
+            if facts.fact("orientation_from_shape") and var == "kernel" and shape \
+                    and len(shape) == 2 and shape[0] == shape[1]:
                 if square_note:
                     tr = [1, 0] if square_note == "out-by-in" else [0, 1]
                     w.line(f"  {target}: {{from: {_scalar(srcs[0])}, transpose: {tr}}}"
@@ -301,10 +278,10 @@ def _draft_layers(w, loaded: LoadedSource, hints: Hints, src) -> Draft:
         w.line("verify:")
         w.kv("  inputs", hints.io["inputs"], "reference data found in the file")
         w.kv("  expected", hints.io["expected"])
-        if conv == "torch" and in_shape and len(in_shape) >= 2:
+        if facts.fact("channels_first") and in_shape and len(in_shape) >= 2:
             w.kv("  input_layout", {2: "ncl", 3: "nchw", 4: "ncdhw"}.get(len(in_shape),
                                                                         "nchw"))
-    elif conv == "torch":
+    elif facts.fact("channels_first"):
         layout = ", input_layout: nchw" if first.keras_class.startswith("Conv") else ""
         w.comment(f"verify: {{inputs: x.npy, expected: y.npy{layout}}}  # to check parity")
     for n in notes:
@@ -318,7 +295,7 @@ def _draft_layers(w, loaded: LoadedSource, hints: Hints, src) -> Draft:
         w.comment("spec until each holds one value (or --force, and the result is unverified)")
     for t in todo:
         w.comment(f"undecided: {t}")
-    rebuildable = not todo and conv in ("matlab", "plain", "keras")
+    rebuildable = not todo and facts.fact("drafts_rebuild_as_is")
     return Draft(w.text(), rebuildable, todo=todo, notes=notes)
 
 
@@ -419,9 +396,7 @@ def _infer_activations(loaded: LoadedSource, hints: Hints, src) -> dict | None:
 
 
 def _read(loaded, src, name):
-    t = loaded.tensor(name)
-    a = read_dataset(src, t.path)
-    return np.transpose(a) if t.column_major else a
+    return loaded.array(name, src=src)
 
 
 def _act(z, name):

@@ -41,8 +41,8 @@ from wtransplant.planning.layouts.ops import (
 )
 from wtransplant.planning.spec import Spec, WeightRef
 from wtransplant.reading.formats import SourceTensor, keras3_group_names
-from wtransplant.reading.h5io import OpenedSource, read_dataset, read_dataset_as, resolve_dataset
-from wtransplant.reading.inspecting import LoadedSource
+from wtransplant.reading.loaded import LoadedSource
+from wtransplant.reading.sources import Source, as_source
 
 
 @dataclass
@@ -311,8 +311,28 @@ def _bookkeeping(conv: str) -> tuple:
     from wtransplant.planning.layouts.layers import REGISTRY
 
     for lay in REGISTRY.values():
-        out += lay.ignored_roles.get(conv, ())
+        out += lay.bookkeeping_roles(conv)
     return out
+
+
+def _naming_the_file(make):
+    """``make_plan``, whose NotSupported (a layer type with no recipe under the convention:
+    layouts know shapes, not files) names the source file."""
+    from functools import wraps
+
+    from wtransplant.planning.layouts import NotSupported
+
+    @wraps(make)
+    def make_plan(spec, loaded, layers, **kw):
+        try:
+            return make(spec, loaded, layers, **kw)
+        except NotSupported as e:
+            raise NotSupported(str(e), path=loaded.tree.display) from None
+
+    return make_plan
+
+
+make_plan = _naming_the_file(make_plan)
 
 
 def _no_target(key: str, layers: list[TargetLayer], where: str) -> str:
@@ -453,13 +473,11 @@ def _match_by_order(layers, units, chosen, used, conv, take, rejected) -> None:
 # --------------------------------------------------------------------------------------
 # recipes
 
-#: how each convention's writer flattens a feature map before a dense layer
-FLATTEN_ORDER = {"torch": "chw", "matlab": "fortran"}
-
-
 def build_recipe(var: TargetVar, layer: TargetLayer, srcs: list[SourceTensor], conv: str,
                  wref: WeightRef | None) -> list[Op]:
     """The ops taking the stored source arrays to the Keras variable; checked on shapes."""
+    from wtransplant.planning.layouts import conventions
+
     ops: list[Op] = []
     shapes = [tuple(s.stored_shape) for s in srcs]
     if any(s.column_major for s in srcs):
@@ -476,7 +494,7 @@ def build_recipe(var: TargetVar, layer: TargetLayer, srcs: list[SourceTensor], c
         if wref.reshape is not None:
             ops.append(Reshape(tuple(wref.reshape), why="from the spec"))
     else:
-        order = FLATTEN_ORDER.get(conv)
+        order = conventions.fact(conv, "flatten_order")
         note = layer.flatten_note or ""
         if wref is not None and wref.flatten != "auto":
             order = None if wref.flatten == "none" else wref.flatten
@@ -490,7 +508,7 @@ def build_recipe(var: TargetVar, layer: TargetLayer, srcs: list[SourceTensor], c
         lay = replace(layer, flatten_order=order)
         layout = layout_for(layer.class_name)
         if layout is None:
-            if conv != "keras":
+            if not conventions.fact(conv, "copies_unknown_layers"):
                 raise MappingError(
                     f"{var.key}: wtransplant has no layout rule for {layer.class_name} under "
                     f"the {conv} convention; give 'transpose'/'reshape' explicitly in the "
@@ -503,7 +521,7 @@ def build_recipe(var: TargetVar, layer: TargetLayer, srcs: list[SourceTensor], c
                 # layouts know shapes, not names: say which source tensors were meant
                 why = str(e).removeprefix(f"{var.key}: ")
                 src = " + ".join(s.name for s in srcs)
-                raise MappingError(f"{var.key} <- {src}: {why}") from None
+                raise type(e)(f"{var.key} <- {src}: {why}") from None  # NotSupported stays
         ops += more
     if wref is not None and wref.gates:
         ops = _with_gates(ops, wref.gates, var, layer, conv)
@@ -517,29 +535,26 @@ def build_recipe(var: TargetVar, layer: TargetLayer, srcs: list[SourceTensor], c
     return ops
 
 
-#: the gate order each convention's own conversion assumes the source stores
-_DEFAULT_GATES = {("torch", "GRU"): "rzh", ("torch", "LSTM"): "ifco",
-                  ("*", "GRU"): "zrh", ("*", "LSTM"): "ifco"}
-
-
 def _with_gates(ops: list[Op], gates: str, var: TargetVar, layer: TargetLayer,
                 conv: str) -> list[Op]:
     """The recipe with a reorder of the RNN gate blocks from the spec's `gates` (the source's
-    order) to the order the convention's conversion expects. PyTorch stacks the gates on the
-    first axis of every tensor (reordered first); the other conventions hold Keras' layout
-    after their conversion, gates on the last axis (reordered last)."""
+    order) to the order the convention's conversion expects (its ``gates`` fact). PyTorch
+    stacks the gates on the first axis of every tensor (``gates_on_source_axis``: reordered
+    first); the other conventions hold Keras' layout after their conversion, gates on the
+    last axis (reordered last)."""
+    from wtransplant.planning.layouts import conventions
     from wtransplant.planning.spec import gate_letters
 
     cls = layer.inner_class if layer.class_name == "Bidirectional" else layer.class_name
     given = gate_letters(gates)
-    want = _DEFAULT_GATES.get(("torch" if conv == "torch" else "*", cls))
+    want = conventions.fact(conv, "gates").get(cls)
     if want is None or given is None or len(given) != len(want):
         raise MappingError(f"{var.key}: gates {gates!r} do not apply to a {cls} layer "
                            f"(GRU: z, r, h/n; LSTM: i, f, c/g, o)")
     order = tuple(given.index(ch) for ch in want)
     if order == tuple(range(len(want))):
         return ops
-    if conv == "torch":
+    if conventions.fact(conv, "gates_on_source_axis"):
         lead = 1 if ops and isinstance(ops[0], ReverseAxes) else 0
         return ops[:lead] + [GateReorder(0, order, gates, want)] + ops[lead:]
     n = len(var.shape) - 1
@@ -563,7 +578,7 @@ class Value:
     value_sha256: str
 
 
-def materialize(plan: Plan, src: OpenedSource, assignments: list[Assignment] | None = None,
+def materialize(plan: Plan, src: Source, assignments: list[Assignment] | None = None,
                 *, checksums: bool = True) -> Iterator[Value]:
     """Read, convert and cast each assignment's sources, one assignment at a time.
 
@@ -572,6 +587,7 @@ def materialize(plan: Plan, src: OpenedSource, assignments: list[Assignment] | N
     only moves values: no sum, whose rounding depends on the dtype it runs in), the
     NaN/Inf scan runs in blocks, and the generator keeps no reference to a value it has
     handed over (the caller drops it once assigned)."""
+    src = as_source(src)
     for a in assignments if assignments is not None else plan.assignments:
         want = np.dtype(a.target.dtype)
         cast_early = not any(isinstance(op, Sum) for op in a.ops)
@@ -579,15 +595,15 @@ def materialize(plan: Plan, src: OpenedSource, assignments: list[Assignment] | N
         for s in a.sources:
             h = None
             if cast_early:
-                ds_dtype, ds_shape = _stored_type(src, s.path)
+                ds_dtype, ds_shape = src.stored_type(s.path)
                 if ds_dtype is not None and ds_dtype != want and ds_dtype.kind in "fiu" \
                         and want.kind in "fiu":
                     h = _array_hasher(ds_dtype, ds_shape) if checksums else None
-                    raw.append(read_dataset_as(src, s.path, want, hasher=h))
+                    raw.append(src.read_as(s.path, want, hasher=h))
                     src_dtypes.append(ds_dtype)
                     sums.append(h.hexdigest() if h is not None else None)
                     continue
-            r = read_dataset(src, s.path)
+            r = src.read(s.path)
             raw.append(r)
             src_dtypes.append(r.dtype)
             sums.append(sha256_array(r) if checksums else None)
@@ -609,16 +625,6 @@ def materialize(plan: Plan, src: OpenedSource, assignments: list[Assignment] | N
         del arr
         yield value
         del value
-
-
-def _stored_type(src: OpenedSource, path: str) -> tuple:
-    """(dtype, shape) of a source dataset; (None, None) if it cannot be opened (then
-    read_dataset says why)."""
-    try:
-        ds = resolve_dataset(src, path)
-        return ds.dtype, tuple(ds.shape)
-    except Exception:
-        return None, None
 
 
 def _array_hasher(dtype: np.dtype, shape: tuple):

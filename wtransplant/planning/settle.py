@@ -51,7 +51,7 @@ from wtransplant.checking.reference import (
     to_keras,
 )
 from wtransplant.errors import InputError
-from wtransplant.planning.layouts import TargetLayer, TargetVar
+from wtransplant.planning.layouts import TargetLayer, TargetVar, conventions
 from wtransplant.planning.layouts.ops import apply as apply_ops
 from wtransplant.planning.plan import build_recipe
 from wtransplant.planning.shapes import (
@@ -62,7 +62,7 @@ from wtransplant.planning.shapes import (
     per_axis,
 )
 from wtransplant.planning.spec import flow_yaml
-from wtransplant.reading.h5io import read_dataset
+from wtransplant.reading.sources import as_source
 
 #: a candidate "fits" the data when its relative max error is under this
 FIT_TOL = 1e-4
@@ -265,7 +265,7 @@ class Evaluator:
                  y: np.ndarray):
         self.doc = doc
         self.loaded = loaded
-        self.src = src
+        self.src = as_source(src)
         self.conv = convention
         self.x = x
         self.y = y.astype(np.float64)
@@ -294,7 +294,7 @@ class Evaluator:
             t = self.loaded.tensor(name)
             if t is None:
                 raise InputError(f"no tensor {name!r} in {self.loaded.tree.display}")
-            self._raw[name] = read_dataset(self.src, t.path)
+            self._raw[name] = self.src.read(t.path)
         return self._raw[name]
 
     def _weights(self, i: int, d: dict, in_shape: tuple, vs, flatten_from) -> dict:
@@ -609,13 +609,13 @@ def collect_choices(doc: dict, conv: str) -> list[Choice]:
                                         for c in cands) else "other"
             out.append(Choice(kind, f"weights.{key}", lname, i, cands,
                               [_label(c) for c in cands], [("weights", key)], v.get("why")))
-        elif conv in ("torch", "matlab") and lname in index and \
+        elif conventions.fact(conv, "flatten_order") in FLATTEN_ORDERS and lname in index and \
                 layers[index[lname]]["class"] == "Dense" and key.endswith("/kernel") and \
                 _after_flatten(layers, index[lname]):
             entry = v if isinstance(v, dict) else {"from": v}
             if any(k in entry for k in ("transpose", "reshape", "convert", "flatten")):
                 continue
-            default = {"torch": "chw", "matlab": "fortran"}[conv]
+            default = conventions.fact(conv, "flatten_order")
             orders = [default] + [o for o in FLATTEN_ORDERS if o != default]
             cands = [{**entry, "flatten": o} for o in orders]
             out.append(Choice("flatten", f"weights.{key}", lname, index[lname], cands,
@@ -1234,9 +1234,9 @@ def draft_settled(path, *, spec_dir=None, inputs, expected, input_layout=None,
     from wtransplant.planning.draft import Draft, draft_spec
     from wtransplant.planning.spec import load_spec
     from wtransplant.planning.unnamed import draft_unnamed, is_unnamed
-    from wtransplant.reading.h5io import open_source
     from wtransplant.reading.hints import split_io
-    from wtransplant.reading.inspecting import load_source
+    from wtransplant.reading.loaded import load_source
+    from wtransplant.reading.sources import open_source
 
     if isinstance(expected, list | tuple):
         if len(expected) != 1:

@@ -24,6 +24,7 @@ import yaml
 
 from wtransplant.errors import InputError, UnsafeInputError
 
+#: the built-in conventions; a spec may name any registered one (layouts/conventions.py)
 CONVENTIONS = ("auto", "keras", "torch", "matlab", "plain")
 LAYOUTS = ("nchw", "ncl", "ncdhw", "nhwc", "nlc", "ndhwc", "none")
 
@@ -456,9 +457,12 @@ def _build(d) -> Spec:
         raise _SpecErr(("source",), "missing key 'source' (the weights file)")
     source = Path(_type(d["source"], str, ("source",), "a file path"))
     conv = d.get("convention", "auto")
-    if conv not in CONVENTIONS:
+    from wtransplant.planning.layouts.conventions import convention_names
+
+    known = ("auto", *convention_names())  # the built-ins (CONVENTIONS) and any registered
+    if not isinstance(conv, str) or conv not in known:
         raise _SpecErr(("convention",), f"unknown convention {conv!r} (expected one of: "
-                                        f"{', '.join(CONVENTIONS)})")
+                                        f"{', '.join(known)})")
     spec = Spec(source=source, convention=conv, version=version, name=d.get("name"))
     if "model" in d and d["model"] is not None:
         spec.model = _model(d["model"])

@@ -28,6 +28,11 @@ FORMATS = (
     "torch-state-dict",
     "layered",
     "generic-hdf5",
+    # containers that are not HDF5 name their format; the tensor names still decide the
+    # convention (reading/sources/)
+    "safetensors",
+    "npz",
+    "npy",
 )
 
 

@@ -18,6 +18,7 @@ import math
 from dataclasses import dataclass, field
 
 from wtransplant.planning.layouts import Proposal, Unit, recognize
+from wtransplant.planning.layouts.conventions import chain as convention_chain
 from wtransplant.reading.formats import IO_NAMES, Detection, FormatReader, SourceTensor
 
 
@@ -98,10 +99,11 @@ def build_hints(tensors: list[SourceTensor], det: Detection, reader: FormatReade
     if skipped:
         hints.notes.append(f"{skipped + MAX_UNITS} groups of tensors: hints cover the first "
                            f"{MAX_UNITS} only")
-    if conv in ("plain", "matlab"):
-        _numbered_chain(hints, units, conv)
+    family = set(convention_chain(conv))  # a registered convention behaves as its ancestors here
+    if family & {"plain", "matlab"}:
+        _numbered_chain(hints, units, "matlab" if "matlab" in family else "plain")
     else:
-        if conv == "torch":  # Keras files list layers in model order already
+        if "torch" in family:  # Keras files list layers in model order already
             _order_blocks(hints)
         _chain(hints)
     return hints
@@ -154,7 +156,7 @@ def _order_blocks(h: Hints) -> None:
                        "they are listed in file (alphabetical) order")
         return
     if order != list(blocks):
-        h.notes.append(f"blocks ordered by their sizes: {' -> '.join(order)} (HDF5 lists "
+        h.notes.append(f"blocks ordered by their sizes: {' -> '.join(order)} (the file lists "
                        f"names alphabetically, which loses the module order)")
     h.layers = [lh for b in order for lh in blocks[b]]
 

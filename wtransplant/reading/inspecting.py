@@ -9,56 +9,18 @@ from __future__ import annotations
 import fnmatch
 import os
 from dataclasses import dataclass, field
-from pathlib import Path
 
-from wtransplant.reading.formats import Detection, FormatReader, SourceTensor, detect
-from wtransplant.reading.h5io import (
-    BOMB_FLOOR_BYTES,
-    MAX_EXPANSION,
-    OpenedSource,
-    fmt_bytes,
-    open_source,
-)
+from wtransplant.reading.formats import Detection, SourceTensor
+from wtransplant.reading.h5io import BOMB_FLOOR_BYTES, MAX_EXPANSION, fmt_bytes
 from wtransplant.reading.hints import Hints, build_hints
-from wtransplant.reading.stats import TensorStats, tensor_stats
-from wtransplant.reading.tree import DatasetNode, FileTree, gc_paused, walk
+from wtransplant.reading.loaded import LoadedSource, load_source
+from wtransplant.reading.sources import open_source
+from wtransplant.reading.sources.hdf5 import outside_references
+from wtransplant.reading.stats import TensorStats
+from wtransplant.reading.tree import DatasetNode, FileTree, gc_paused
 
-
-@dataclass
-class LoadedSource:
-    """A walked, detected source file: the typed object the later stages start from."""
-
-    tree: FileTree
-    detection: Detection
-    reader: FormatReader
-    tensors: list[SourceTensor]
-
-    @property
-    def format(self) -> str:
-        return self.detection.format
-
-    def tensor(self, name: str) -> SourceTensor | None:
-        """A tensor by logical name, or by HDF5 path (with or without the leading '/')."""
-        by = self._by_name()
-        if name in by:
-            return by[name]
-        p = "/" + name.lstrip("/")
-        return next((t for t in self.tensors if t.path == p), None)
-
-    def _by_name(self) -> dict:
-        cache = getattr(self, "_by", None)
-        if cache is None:
-            cache = {t.name: t for t in self.tensors}
-            self._by = cache
-        return cache
-
-
-def load_source(src: OpenedSource) -> LoadedSource:
-    tree = walk(src)
-    if src.follow_links and tree.archive is None:
-        tree.follow_warnings = _follow_external(tree, src.path)
-    det, reader = detect(tree)
-    return LoadedSource(tree, det, reader, reader.tensors(tree))
+__all__ = ["InspectReport", "LoadedSource", "inspect_file", "load_source",
+           "outside_references", "match_filter", "safety_warnings"]
 
 
 @dataclass
@@ -76,6 +38,8 @@ class InspectReport:
     outside: list[str] = field(default_factory=list)
     #: the architecture the file states itself (a Keras 2 full model's model_config)
     architecture: dict | None = None
+    #: the container the tensors came from: hdf5, keras-archive, safetensors, npz, npy...
+    container: str = "hdf5"
 
     @property
     def format(self) -> str:
@@ -114,6 +78,7 @@ class InspectReport:
             "outside_references": list(self.outside),
             "tree": self.tree.to_dict(),
             "architecture": self.architecture,
+            "container": self.container,
         }
         if self.tree.archive is not None:
             d["archive"] = {"members": self.tree.archive.members,
@@ -127,7 +92,8 @@ def inspect_file(path: str | os.PathLike, *, stats: bool = False, follow_links: 
     Never imports TensorFlow or Keras.
 
     Args:
-        path: an HDF5 file, MATLAB v7.3 file or ``.keras`` archive.
+        path: an HDF5 file, MATLAB v7.3 file, ``.keras`` archive, ``.safetensors``,
+            ``.npz`` or ``.npy`` (or any container in ``reading.sources.REGISTRY``).
         stats: also compute min/max/mean/std and NaN/Inf counts per tensor (chunk by
             chunk).
         follow_links: follow external links and virtual datasets into other files.
@@ -158,8 +124,8 @@ def inspect_file(path: str | os.PathLike, *, stats: bool = False, follow_links: 
                     continue
                 if stats_filter and not match_filter(ds.path, stats_filter):
                     continue
-                st[ds.path] = tensor_stats(src, ds.path)
-    outside = [] if follow_links else outside_references(tree)
+                st[ds.path] = src.stats(ds.path)
+        outside = src.outside_references()
     arch = None
     if loaded.format == "keras-legacy-model":
         from wtransplant.reading.kerasconfig import summarize
@@ -171,20 +137,7 @@ def inspect_file(path: str | os.PathLike, *, stats: bool = False, follow_links: 
             hints.chain = None
             hints.notes = []
     return InspectReport(str(path), tree.file_size, loaded.detection, tree, loaded.tensors,
-                         hints, st, warnings, outside, arch)
-
-
-def outside_references(tree: FileTree) -> list[str]:
-    """Everything in the file that points at data in another file."""
-    out = [f"{ln.path} is an external link to {ln.target_file}:{ln.target}"
-           for ln in tree.links.values() if ln.kind == "external"]
-    for ds in tree.datasets.values():
-        if ds.layout == "virtual" and any(s != "." for s in ds.sources):
-            out.append(f"{ds.path} is a virtual dataset reading from "
-                       f"{', '.join(s for s in ds.sources if s != '.')}")
-        elif ds.layout == "external":
-            out.append(f"{ds.path} keeps its data in external file(s) {', '.join(ds.sources)}")
-    return out
+                         hints, st, warnings, outside, arch, src.container)
 
 
 def match_filter(path: str, pattern: str) -> bool:
@@ -216,28 +169,3 @@ def safety_warnings(tree: FileTree, follow_links: bool) -> list[str]:
 
 def _is_bomb(ds: DatasetNode) -> bool:
     return ds.nbytes > BOMB_FLOOR_BYTES and ds.nbytes > MAX_EXPANSION * ds.storage
-
-
-def _follow_external(tree: FileTree, path: Path) -> list[str]:
-    """With --follow-links: describe what each external link points at (one level)."""
-    out = []
-    for ln in list(tree.links.values()):
-        if ln.kind != "external":
-            continue
-        target = (path.parent / ln.target_file) if not os.path.isabs(ln.target_file) \
-            else Path(ln.target_file)
-        try:
-            with open_source(target) as other:
-                sub = walk(other)
-        except Exception as e:  # reported, not fatal: the link is the problem
-            out.append(f"{ln.path}: cannot follow external link: {e}")
-            continue
-        node = sub.datasets.get(ln.target) or sub.groups.get(ln.target)
-        if isinstance(node, DatasetNode):
-            copy = DatasetNode(**{k: getattr(node, k) for k in DatasetNode.__slots__})
-            copy.path = ln.path
-            copy.sources = [str(target)]
-            tree.datasets[ln.path] = copy
-        elif node is None:
-            out.append(f"{ln.path}: external target {ln.target} not found in {target}")
-    return out

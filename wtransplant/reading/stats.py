@@ -47,8 +47,9 @@ def _blocks(ds: h5py.Dataset, block_bytes: int):
         return
     row_bytes = max(1, math.prod(shape[1:]) * ds.dtype.itemsize)
     rows = max(1, block_bytes // row_bytes)
-    if ds.chunks and math.prod(ds.chunks) * ds.dtype.itemsize <= block_bytes:
-        c0 = ds.chunks[0]  # whole chunks per block, when a chunk fits in a block
+    chunks = getattr(ds, "chunks", None)
+    if chunks and math.prod(chunks) * ds.dtype.itemsize <= block_bytes:
+        c0 = chunks[0]  # whole chunks per block, when a chunk fits in a block
         rows = max(c0, (rows // c0) * c0)
     if math.prod(shape[1:]) == 0 or (rows >= shape[0] and row_bytes * shape[0] <= block_bytes):
         yield slice(None)
@@ -123,6 +124,12 @@ def tensor_stats(src: OpenedSource, path: str, *, block_bytes: int = BLOCK_BYTES
     unwritten = _fill_only(ds)
     if unwritten is not None:
         return unwritten
+    return array_stats(ds, block_bytes=block_bytes)
+
+
+def array_stats(ds, *, block_bytes: int = BLOCK_BYTES) -> TensorStats:
+    """Statistics of an array-like (an h5py dataset, a read-only memory map, an array)
+    read block by block along its first axis."""
     st = TensorStats()
     total = 0.0
     total_sq = 0.0

@@ -109,9 +109,12 @@ def _check_expansion(root, display: str) -> None:
 # NumPy files
 
 
-def _npy_header(fh, display: str):
+def npy_header(fh, display: str) -> tuple:
+    """(shape, dtype, fortran_order, data offset) of the .npy header at ``fh``'s position;
+    InputError (one line naming ``display``) if it is not one. Nothing is allocated."""
     import numpy as np
 
+    start = fh.tell()
     try:
         version = np.lib.format.read_magic(fh)
         if version == (1, 0):
@@ -121,10 +124,16 @@ def _npy_header(fh, display: str):
     except (ValueError, OSError, EOFError, SyntaxError, TypeError) as e:
         raise InputError(f"not a valid .npy file: {one_line(e)}",
                          path=display) from None
-    return shape, dtype, fh.tell()
+    return tuple(shape), dtype, bool(fortran), fh.tell() - start
 
 
-def _check_declared(shape, dtype, available: int, display: str) -> None:
+def _npy_header(fh, display: str):
+    shape, dtype, _, offset = npy_header(fh, display)
+    return shape, dtype, offset
+
+
+def check_declared(shape, dtype, available: int, display: str) -> None:
+    """Refuse object (pickled) arrays, and a header declaring more bytes than follow."""
     if dtype.hasobject:
         raise InputError("holds Python objects (pickles), which are never loaded",
                          path=display)
@@ -142,7 +151,7 @@ def check_npy(path) -> None:
     with open(path, "rb") as fh:
         shape, dtype, offset = _npy_header(fh, display)
         size = os.fstat(fh.fileno()).st_size
-    _check_declared(shape, dtype, size - offset, display)
+    check_declared(shape, dtype, size - offset, display)
 
 
 def check_npz(path, *, max_ratio: int = 1000, floor: int = 64 << 20) -> None:
@@ -162,7 +171,7 @@ def check_npz(path, *, max_ratio: int = 1000, floor: int = 64 << 20) -> None:
                     continue
                 with z.open(info) as fh:
                     shape, dtype, offset = _npy_header(fh, where)
-                _check_declared(shape, dtype, info.file_size - offset, where)
+                check_declared(shape, dtype, info.file_size - offset, where)
     except zipfile.BadZipFile as e:
         raise InputError(f"not a valid .npz (zip) file: {e}", path=display) from None
 

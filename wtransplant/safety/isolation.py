@@ -104,8 +104,8 @@ def preflight(path, timeout: float = DEFAULT_TIMEOUT) -> None:
 
     with tempfile.TemporaryFile() as msg:
         def work() -> int:
-            from wtransplant.reading.h5io import open_source
-            from wtransplant.reading.inspecting import load_source
+            from wtransplant.reading.loaded import load_source
+            from wtransplant.reading.sources import open_source
 
             try:
                 with open_source(path) as src:

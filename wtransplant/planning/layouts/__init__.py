@@ -3,12 +3,16 @@
 from wtransplant.planning.layouts.base import (
            CONVENTIONS,
            LayerLayout,
+           NotSupported,
            Proposal,
            TargetLayer,
            TargetVar,
            Unit,
 )
 from wtransplant.planning.layouts.layers import REGISTRY, layout_for, recognize, register
+from wtransplant.planning.layouts.onnxconv import register as _register_onnx
 
-__all__ = ["CONVENTIONS", "LayerLayout", "Proposal", "REGISTRY", "TargetLayer", "TargetVar",
+_register_onnx()  # the onnx convention (torch's methods + ONNX's recurrent ops)
+
+__all__ = ["CONVENTIONS", "LayerLayout", "NotSupported", "Proposal", "REGISTRY", "TargetLayer", "TargetVar",
            "Unit", "layout_for", "recognize", "register"]

@@ -12,7 +12,16 @@ Rules follow ``LAYOUTS.md`` (checked against keras-hub, transformers, nobuco, on
   are out-by-in; a flatten is column-major.
 * plain: orientation from shape; a square matrix is an error without an explicit transpose.
 
-Adding a layer type: write one class here and decorate it with ``@register``.
+Each entry holds one method per (aspect, convention): ``recipe_torch``,
+``checks_torch``, ``recognize_keras``... (signatures: the dispatchers in
+:class:`~wtransplant.planning.layouts.base.LayerLayout`); ``<aspect>_any`` serves every
+convention, and a convention without a method of its own uses its parent's (see
+:mod:`wtransplant.planning.layouts.conventions`). A convention with no method at all for an
+entry's recipe is "not supported" for that layer type, said in one line.
+
+Adding a layer type: write one class here, decorate it with ``@register`` and give it a
+method per convention it supports. Adding a convention: register it in ``conventions.py``
+and write its methods where it differs from its parent.
 """
 
 from __future__ import annotations
@@ -21,6 +30,7 @@ import math
 
 from wtransplant.errors import MappingError
 from wtransplant.planning.layouts.base import (
+    DraftGuess,
     LayerLayout,
     Proposal,
     TargetLayer,
@@ -56,6 +66,14 @@ def layout_for(class_name: str) -> LayerLayout | None:
 
 # --------------------------------------------------------------------------------------
 # shared small recipes
+
+
+def undecided(candidates: list, why: str | None = None) -> dict:
+    """A guess, as a spec writes it: ``{undecided: [...], why: ...}``."""
+    d: dict = {"undecided": list(candidates)}
+    if why:
+        d["why"] = why
+    return d
 
 
 def vector(shapes: list[Shape], target: TargetVar) -> list[Op]:
@@ -151,29 +169,44 @@ class DenseLayout(LayerLayout):
     roles = {"keras": {"kernel": ("kernel",), "bias": ("bias",)},
              "*": {"kernel": ("weight",), "bias": ("bias",)}}
 
-    def recipe(self, var, convention, shapes, layer, target):
+    def recipe_keras(self, var, convention, shapes, layer, target):
+        if var == "bias":
+            return vector(shapes, target)
+        single(shapes, target)
+        return _check([], shapes, target)
+
+    def _out_in(self, src: str, shapes, layer, target):
+        single(shapes, target)
+        n_in, n_out = target.shape
+        ops = [Transpose((1, 0), why=f"{src} weight is (out,in); Keras kernel is (in,out)")]
+        ops += flatten_rows(layer, n_in, n_out)
+        return _check(ops, shapes, target)
+
+    def recipe_torch(self, var, convention, shapes, layer, target):
+        if var == "bias":
+            return vector(shapes, target)
+        return self._out_in("PyTorch Linear", shapes, layer, target)
+
+    def recipe_matlab(self, var, convention, shapes, layer, target):
+        if var == "bias":
+            return vector(shapes, target)
+        return self._out_in("MATLAB dense", shapes, layer, target)
+
+    def recipe_plain(self, var, convention, shapes, layer, target):
         if var == "bias":
             return vector(shapes, target)
         single(shapes, target)
         n_in, n_out = target.shape
-        if convention == "keras":
-            return _check([], shapes, target)
-        if convention in ("torch", "matlab"):
-            src = "PyTorch Linear" if convention == "torch" else "MATLAB dense"
-            ops = [Transpose((1, 0), why=f"{src} weight is (out,in); Keras kernel is (in,out)")]
-            ops += flatten_rows(layer, n_in, n_out)
-            return _check(ops, shapes, target)
         return plain_orientation(shapes, target, (n_out, n_in),
                                  [Transpose((1, 0), why="stored (out,in)")], "dense kernel")
 
-    def recognize(self, unit, convention):
-        role = "kernel" if convention == "keras" else "weight"
+    def _recognize(self, unit, role: str, what: str, out_in: bool, torch: bool = False):
         t = unit.tensors.get(role)
-        if t is None or len(t.shape) != 2 or convention == "plain" or any(
+        if t is None or len(t.shape) != 2 or any(
                 r not in ("weight", "bias", "kernel") for r in unit.tensors):
-            return None  # plain: orientation is decided by the chain (hints)
+            return None
         w = t.shape
-        n_in, n_out = w if convention == "keras" else (w[1], w[0])
+        n_in, n_out = (w[1], w[0]) if out_in else w
         b = unit.shape("bias")
         slots = {"kernel": [t.name]}
         if b is not None:
@@ -181,13 +214,24 @@ class DenseLayout(LayerLayout):
         args = {"units": n_out}
         if b is None:
             args["use_bias"] = False
-        what = {"torch": "Linear", "matlab": "dense (out-by-in)"}.get(convention, "Dense")
         decide = ["activation"]
-        if b is None and convention == "torch":
+        if b is None and torch:
             decide.append(f"no bias: this may be an Embedding({n_out}, {n_in}) rather than a "
                           f"Linear without bias")
         return Proposal("Dense", args, slots, f"{what} {n_in} -> {n_out}", n_in, n_out,
                         decide=decide, kind="dense")
+
+    def recognize_keras(self, unit, convention):
+        return self._recognize(unit, "kernel", "Dense", out_in=False)
+
+    def recognize_torch(self, unit, convention):
+        return self._recognize(unit, "weight", "Linear", out_in=True, torch=True)
+
+    def recognize_matlab(self, unit, convention):
+        return self._recognize(unit, "weight", "dense (out-by-in)", out_in=True)
+
+    #: plain: the orientation is decided by the chain (hints), not by one unit
+    recognize_plain = None
 
 
 # --------------------------------------------------------------------------------------
@@ -202,17 +246,28 @@ class ConvLayout(LayerLayout):
     #: the same axis move serves ConvTranspose, whose PyTorch weight is (in,out/groups,k...)
     torch_why = "PyTorch (out,in/groups,k...) -> Keras (k...,in/groups,out)"
 
-    def recipe(self, var, convention, shapes, layer, target):
+    def recipe_torch(self, var, convention, shapes, layer, target):
         if var == "bias":
             return vector(shapes, target)
         single(shapes, target)
         rank = len(target.shape)
-        if convention == "torch":
-            return _check([Transpose(conv_from_torch_axes(rank), why=self.torch_why)], shapes,
-                          target)
-        if convention in ("keras", "matlab"):
-            # MATLAB's own view of a conv weight is (k..., in, out): Keras' order already
-            return _check([], shapes, target)
+        return _check([Transpose(conv_from_torch_axes(rank), why=self.torch_why)], shapes,
+                      target)
+
+    def recipe_keras(self, var, convention, shapes, layer, target):
+        if var == "bias":
+            return vector(shapes, target)
+        single(shapes, target)
+        return _check([], shapes, target)
+
+    #: MATLAB's own view of a conv weight is (k..., in, out): Keras' order already
+    recipe_matlab = recipe_keras
+
+    def recipe_plain(self, var, convention, shapes, layer, target):
+        if var == "bias":
+            return vector(shapes, target)
+        single(shapes, target)
+        rank = len(target.shape)
         axes = conv_from_torch_axes(rank)
         inv = tuple(sorted(range(rank), key=lambda i: axes[i]))
         alt = tuple(target.shape[i] for i in inv)
@@ -220,24 +275,23 @@ class ConvLayout(LayerLayout):
                                                                  "(out,in,k...)")],
                                  "conv kernel")
 
-    def checks(self, layer, convention):
+    def checks_torch(self, layer, convention):
         out = []
         cfg = layer.config
         strides = cfg.get("strides", 1)
         strides = strides if isinstance(strides, list | tuple) else [strides]
-        if convention == "torch" and cfg.get("padding") == "same" and max(strides) > 1:
+        if cfg.get("padding") == "same" and max(strides) > 1:
             out.append(f"{layer.name}: padding='same' with strides {tuple(strides)}: Keras pads "
                        f"bottom/right only, PyTorch's padding=k//2 pads both sides; use "
                        f"ZeroPadding before the conv and padding='valid' to match PyTorch")
         return out
 
-    def recognize(self, unit, convention):
-        role = "kernel" if convention == "keras" else "weight"
+    def _recognize(self, unit, role: str, torch: bool):
         w = unit.shape(role)
         if w is None or not 3 <= len(w) <= 5 or set(unit.tensors) - {role, "bias"}:
             return None
         nd = len(w) - 2
-        if convention == "torch":
+        if torch:
             out_c, in_g, *k = w
         else:  # keras / MATLAB view: (k..., in, out)
             *k, in_g, out_c = w
@@ -250,14 +304,49 @@ class ConvLayout(LayerLayout):
             args["use_bias"] = False
         decide = ["padding", "strides", "activation"]
         summary = f"Conv{nd}d {in_g} -> {out_c}, kernel {'x'.join(map(str, k))}"
-        if convention == "torch" and in_g == 1 and nd == 2:
+        if torch and in_g == 1 and nd == 2:
             decide.append("groups: a (C*m,1,k,k) weight is also a depthwise conv "
                           "(DepthwiseConv2D) if the module had groups=C")
-        if convention == "torch":
+        if torch:
             decide.append("groups (in_channels = weight.shape[1] * groups) and whether "
                           "this is a ConvTranspose (its weight is (in,out,k...))")
         return Proposal(cls, args, slots, summary, in_g, out_c, decide=decide,
                         kind=f"conv{nd}d")
+
+    def recognize_torch(self, unit, convention):
+        return self._recognize(unit, "weight", torch=True)
+
+    def recognize_keras(self, unit, convention):
+        return self._recognize(unit, "kernel", torch=False)
+
+    def recognize_matlab(self, unit, convention):
+        return self._recognize(unit, "weight", torch=False)
+
+    recognize_plain = recognize_matlab
+
+    def draft_guesses_any(self, convention, p, args, *, int_padding: bool = False):
+        """padding, strides and activation: the weights fix none of them."""
+        out: dict = {}
+        if "padding" not in args:
+            ks = args.get("kernel_size")
+            kk = ks if isinstance(ks, int) else (
+                ks[0] if isinstance(ks, list | tuple) and len(set(ks)) == 1 else None)
+            odd = int_padding and isinstance(kk, int) and kk > 1 and kk % 2
+            out["padding"] = undecided(["same", "valid"] + ([kk // 2] if odd else []),
+                                       "the weights do not fix it")
+        if "strides" not in args:
+            out["strides"] = undecided([1, 2], "the weights do not fix it; a pooling layer "
+                                               "after this one, if the source has one, must "
+                                               "be added by hand")
+        if "activation" not in args:
+            out["activation"] = undecided(["relu", "linear"], "the weights do not record "
+                                          "activations; after a BatchNormalization it "
+                                          "belongs in an Activation layer after that")
+        return DraftGuess(out, f"{', '.join(out)}; pooling after it?" if out else "")
+
+    def draft_guesses_torch(self, convention, p, args):
+        # PyTorch's integer padding (both sides) is not Keras' same at stride 2
+        return self.draft_guesses_any(convention, p, args, int_padding=True)
 
 
 @register
@@ -265,8 +354,8 @@ class ConvTransposeLayout(ConvLayout):
     classes = ("Conv1DTranspose", "Conv2DTranspose", "Conv3DTranspose")
     torch_why = "PyTorch ConvTranspose (in,out/groups,k...) -> Keras (k...,out,in)"
 
-    def checks(self, layer, convention):
-        if convention == "torch" and layer.config.get("padding") == "same":
+    def checks_torch(self, layer, convention):
+        if layer.config.get("padding") == "same":
             return [f"{layer.name}: PyTorch ConvTranspose padding p is Keras padding='valid' "
                     f"followed by Cropping(p), not padding='same'"]
         return []
@@ -285,22 +374,28 @@ class DepthwiseConvLayout(LayerLayout):
                        "depthwise_kernel": ("depthwise_kernel|kernel",), "bias": ("bias",)},
              "*": {"kernel": ("weight",), "depthwise_kernel": ("weight",), "bias": ("bias",)}}
 
-    def recipe(self, var, convention, shapes, layer, target):
+    def recipe_torch(self, var, convention, shapes, layer, target):
         if var == "bias":
             return vector(shapes, target)
         single(shapes, target)
         *k, c, m = target.shape
-        if convention == "torch":
-            nk = len(k)
-            return _check([Reshape((c, m, *k), why=f"PyTorch depthwise (C*m,1,k...) with "
-                                                   f"groups=C={c}, multiplier m={m}"),
-                           Transpose(tuple(range(2, 2 + nk)) + (0, 1),
-                                     why="-> Keras (k...,C,m)")], shapes, target)
+        nk = len(k)
+        return _check([Reshape((c, m, *k), why=f"PyTorch depthwise (C*m,1,k...) with "
+                                               f"groups=C={c}, multiplier m={m}"),
+                       Transpose(tuple(range(2, 2 + nk)) + (0, 1),
+                                 why="-> Keras (k...,C,m)")], shapes, target)
+
+    def recipe_keras(self, var, convention, shapes, layer, target):
+        if var == "bias":
+            return vector(shapes, target)
+        single(shapes, target)
         return _check([], shapes, target)
 
-    def recognize(self, unit, convention):
+    recipe_matlab = recipe_plain = recipe_keras
+
+    def recognize_keras(self, unit, convention):
         role = "depthwise_kernel" if "depthwise_kernel" in unit.tensors else None
-        if convention != "keras" or role is None or "pointwise_kernel" in unit.tensors:
+        if role is None or "pointwise_kernel" in unit.tensors:
             return None
         *k, c, m = unit.shape(role)
         slots = {"kernel": [unit.tensors[role].name]}
@@ -323,16 +418,16 @@ class SeparableConvLayout(DepthwiseConvLayout):
              "*": {"depthwise_kernel": ("depthwise.weight",),
                    "pointwise_kernel": ("pointwise.weight",), "bias": ("pointwise.bias",)}}
 
-    def recipe(self, var, convention, shapes, layer, target):
+    def recipe_torch(self, var, convention, shapes, layer, target):
         if var == "pointwise_kernel":
             single(shapes, target)
-            if convention == "torch":
-                rank = len(target.shape)
-                return _check([Transpose(conv_from_torch_axes(rank),
-                                         why="PyTorch 1x1 conv (out,C*m,1,1) -> Keras "
-                                             "(1,1,C*m,out)")], shapes, target)
-            return _check([], shapes, target)
-        return super().recipe(var, convention, shapes, layer, target)
+            rank = len(target.shape)
+            return _check([Transpose(conv_from_torch_axes(rank),
+                                     why="PyTorch 1x1 conv (out,C*m,1,1) -> Keras "
+                                         "(1,1,C*m,out)")], shapes, target)
+        return super().recipe_torch(var, convention, shapes, layer, target)
+
+    # keras, matlab, plain: DepthwiseConvLayout's (every variable already in Keras' order)
 
     def recognize(self, unit, convention):
         return None
@@ -354,26 +449,26 @@ class BatchNormLayout(LayerLayout):
                    "moving_variance": ("trainedvariance|variance|moving_variance",)}}
     ignored_roles = {"torch": ("num_batches_tracked",)}
 
-    def recipe(self, var, convention, shapes, layer, target):
+    def recipe_any(self, var, convention, shapes, layer, target):
         return vector(shapes, target)
 
-    def checks(self, layer, convention):
+    def checks_torch(self, layer, convention):
         out = []
         eps = layer.config.get("epsilon")
         mom = layer.config.get("momentum")
-        if convention == "torch" and eps is not None and abs(eps - 1e-3) < 1e-12:
+        if eps is not None and abs(eps - 1e-3) < 1e-12:
             out.append(f"{layer.name}: epsilon is Keras' default 0.001 but PyTorch BatchNorm's "
                        f"default is 1e-5; set epsilon: 1.0e-5 in the spec unless the source "
                        f"model used another value")
-        if convention == "torch" and mom is not None and abs(mom - 0.99) < 1e-12:
+        if mom is not None and abs(mom - 0.99) < 1e-12:
             out.append(f"{layer.name}: momentum 0.99 (Keras' default) equals PyTorch momentum "
                        f"0.01; PyTorch's default 0.1 is Keras momentum 0.9 (matters only for "
                        f"fine-tuning)")
         return out
 
-    def recognize(self, unit, convention):
+    def recognize_torch(self, unit, convention):
         t = unit.tensors
-        if convention == "torch" and {"running_mean", "running_var"} <= set(t):
+        if {"running_mean", "running_var"} <= set(t):
             n = unit.shape("running_mean")[0]
             slots = {"moving_mean": [t["running_mean"].name],
                      "moving_variance": [t["running_var"].name]}
@@ -389,13 +484,24 @@ class BatchNormLayout(LayerLayout):
             return Proposal("BatchNormalization", args, _order(slots, self), f"BatchNorm({n})",
                             n, n, decide=["epsilon (PyTorch default 1e-5 assumed)"],
                             kind="batchnorm")
-        if convention == "keras" and {"moving_mean", "moving_variance"} <= set(t):
+        return None
+
+    def recognize_keras(self, unit, convention):
+        t = unit.tensors
+        if {"moving_mean", "moving_variance"} <= set(t):
             n = unit.shape("moving_mean")[0]
             slots = {v: [t[v].name] for v in ("gamma", "beta", "moving_mean",
                                               "moving_variance") if v in t}
             return Proposal("BatchNormalization", {}, slots, f"BatchNormalization({n})", n, n,
                             decide=["epsilon"], kind="batchnorm")
         return None
+
+    def draft_guesses_torch(self, convention, p, args):
+        if "epsilon" not in args:
+            return DraftGuess()
+        return DraftGuess({"epsilon": undecided([args["epsilon"]], "PyTorch's default eps; "
+                                                "the weights do not record the source "
+                                                "model's")}, "epsilon")
 
 
 def _order(slots: dict, layout: LayerLayout) -> dict:
@@ -409,19 +515,19 @@ class LayerNormLayout(LayerLayout):
     roles = {"keras": {"gamma": ("gamma",), "beta": ("beta",), "scale": ("scale",)},
              "*": {"gamma": ("weight",), "beta": ("bias",), "scale": ("weight",)}}
 
-    def recipe(self, var, convention, shapes, layer, target):
+    def recipe_any(self, var, convention, shapes, layer, target):
         return vector(shapes, target)
 
-    def checks(self, layer, convention):
+    def checks_torch(self, layer, convention):
         eps = layer.config.get("epsilon")
-        if convention == "torch" and eps is not None and abs(eps - 1e-3) < 1e-12:
+        if eps is not None and abs(eps - 1e-3) < 1e-12:
             return [f"{layer.name}: epsilon is Keras' default 0.001 but PyTorch LayerNorm's "
                     f"default is 1e-5; set epsilon: 1.0e-5 in the spec"]
         return []
 
-    def recognize(self, unit, convention):
+    def recognize_torch(self, unit, convention):
         t = unit.tensors
-        if convention == "torch" and set(t) == {"weight", "bias"} \
+        if set(t) == {"weight", "bias"} \
                 and len(unit.shape("weight")) == 1 and unit.shape("weight") == unit.shape(
                     "bias"):
             n = unit.shape("weight")[0]
@@ -438,17 +544,23 @@ class EmbeddingLayout(LayerLayout):
     classes = ("Embedding",)
     roles = {"keras": {"embeddings": ("embeddings",)}, "*": {"embeddings": ("weight",)}}
 
-    def recipe(self, var, convention, shapes, layer, target):
+    def recipe_keras(self, var, convention, shapes, layer, target):
         single(shapes, target)
-        if convention in ("keras", "torch"):
-            return _check([], shapes, target)
+        return _check([], shapes, target)
+
+    recipe_torch = recipe_keras  # PyTorch's weight is (num, dim) too
+
+    def recipe_plain(self, var, convention, shapes, layer, target):
+        single(shapes, target)
         v, d = target.shape
         return plain_orientation(shapes, target, (d, v), [Transpose((1, 0), why="stored "
                                                                     "(dim, vocabulary)")],
                                  "embedding matrix")
 
-    def recognize(self, unit, convention):
-        if convention == "keras" and set(unit.tensors) == {"embeddings"}:
+    recipe_matlab = recipe_plain
+
+    def recognize_keras(self, unit, convention):
+        if set(unit.tensors) == {"embeddings"}:
             v, d = unit.shape("embeddings")
             return Proposal("Embedding", {"input_dim": v, "output_dim": d},
                             {"embeddings": [unit.tensors["embeddings"].name]},
@@ -473,16 +585,21 @@ class PReLULayout(LayerLayout):
     roles = {"keras": {"alpha": ("alpha",)}, "torch": {"alpha": ("weight",)},
              "*": {"alpha": ("alpha|weight|scale",)}}
 
-    def recipe(self, var, convention, shapes, layer, target):
+    def recipe_keras(self, var, convention, shapes, layer, target):
+        single(shapes, target)
+        s, t = tuple(shapes[0]), tuple(target.shape)
+        if s != t and math.prod(s) == math.prod(t):
+            return _check([Reshape(t, why="Keras alpha stored with another shape")], shapes,
+                          target)
+        return self.recipe_any(var, convention, shapes, layer, target)
+
+    def recipe_any(self, var, convention, shapes, layer, target):
         single(shapes, target)
         s = tuple(shapes[0])
         t = tuple(target.shape)
         n = math.prod(s)
         if s == t:
             return []
-        if convention == "keras" and n == math.prod(t):
-            return _check([Reshape(t, why="Keras alpha stored with another shape")], shapes,
-                          target)
         if n == math.prod(t) and (max(s, default=1) == n or n == 1):
             return _check([Reshape(t, why=f"{n} slopes")], shapes, target)
         if n == 1:
@@ -497,13 +614,18 @@ class PReLULayout(LayerLayout):
         raise mismatch(target, shapes, f"PReLU slopes: expected {t[-1]} (one per channel) or "
                                        f"1 value")
 
-    def recognize(self, unit, convention):
+    def recognize_keras(self, unit, convention):
+        return self._recognize(unit, "alpha")
+
+    def recognize_any(self, unit, convention):
+        if "relu" not in unit.key.lower():
+            return None  # a lone vector: only a name says it is a PReLU
+        return self._recognize(unit, "weight")
+
+    def _recognize(self, unit, role: str):
         t = unit.tensors
-        role = {"keras": "alpha", "torch": "weight"}.get(convention, "weight")
         if set(t) != {role} or len(unit.shape(role) or ()) != 1:
             return None
-        if convention != "keras" and "relu" not in unit.key.lower():
-            return None  # a lone vector: only a name says it is a PReLU
         n = unit.shape(role)[0]
         args = {} if n == 1 else {"shared_axes": [1, 2]}
         decide = ["shared_axes (conv map: [1, 2]; after a Dense: none)"] if n > 1 else \
@@ -539,18 +661,22 @@ class RecurrentLayout(LayerLayout):
                    "recurrent_kernel": ("recurrentweights|recurrent_weights|recurrent_kernel",),
                    "bias": ("bias",)}}
 
-    def recipe(self, var, convention, shapes, layer, target):
+    def recipe_keras(self, var, convention, shapes, layer, target):
+        base = var.rsplit("/", 1)[-1]
+        if len(shapes) == 2 and base == "bias":
+            if len(target.shape) == 2:  # GRU reset_after=True keeps both
+                return _check([Stack(why="[input bias; recurrent bias] -> Keras bias "
+                                         "(2, 3H)")], shapes, target)
+            return _check([Sum(why="input bias + recurrent bias")], shapes, target)
+        return _check([], shapes, target)
+
+    recipe_matlab = recipe_plain = recipe_keras
+
+    def recipe_torch(self, var, convention, shapes, layer, target):
         cls = layer.inner_class if layer.class_name == "Bidirectional" else layer.class_name
         cfg = (layer.inner_config or {}) if layer.class_name == "Bidirectional" else \
             layer.config
         base = var.rsplit("/", 1)[-1]
-        if convention != "torch":
-            if len(shapes) == 2 and base == "bias":
-                if len(target.shape) == 2:  # GRU reset_after=True keeps both
-                    return _check([Stack(why="[input bias; recurrent bias] -> Keras bias "
-                                             "(2, 3H)")], shapes, target)
-                return _check([Sum(why="input bias + recurrent bias")], shapes, target)
-            return _check([], shapes, target)
         gru = cls == "GRU"
         reorder = [GateReorder(0, (1, 0, 2), "r,z,n (PyTorch)", "z,r,h (Keras)")] if gru \
             else []
@@ -580,9 +706,9 @@ class RecurrentLayout(LayerLayout):
                           shapes, target)
         return _check([], shapes, target)
 
-    def recognize(self, unit, convention):
+    def recognize_torch(self, unit, convention):
         t = unit.tensors
-        if convention == "torch" and "weight_ih" in t and "weight_hh" in t:
+        if "weight_ih" in t and "weight_hh" in t:
             gh, n_in = unit.shape("weight_ih")
             ghh, h = unit.shape("weight_hh")
             found = _rnn_class(gh, h) if ghh == gh else None
@@ -616,7 +742,11 @@ class RecurrentLayout(LayerLayout):
                                 kind=cls.lower())
             return Proposal(cls, args, slots(), summary, n_in, h, decide=decide,
                             kind=cls.lower())
-        if convention == "keras" and {"kernel", "recurrent_kernel"} <= set(t):
+        return None
+
+    def recognize_keras(self, unit, convention):
+        t = unit.tensors
+        if {"kernel", "recurrent_kernel"} <= set(t):
             n_in, gh = unit.shape("kernel")
             found = _rnn_class(gh, unit.shape("recurrent_kernel")[0])
             if found is None:
@@ -635,23 +765,29 @@ class RecurrentLayout(LayerLayout):
 class BidirectionalLayout(RecurrentLayout):
     classes = ("Bidirectional",)
 
-    def source_roles(self, var, convention, layer):
-        direction, _, base = var.partition("/")
-        roles = super().source_roles(base, convention, layer)
-        if convention == "torch":
-            sfx = "_reverse" if direction == "backward" else ""
-            return tuple("|".join(a + sfx for a in r.split("|")) for r in roles)
-        if convention == "keras":
-            return tuple("|".join(f"{direction}/{a}" for a in r.split("|")) for r in roles)
-        return roles
+    def source_roles_any(self, var, convention, layer):
+        return self.roles_for(var.partition("/")[2], convention)
 
-    def recognize(self, unit, convention):
-        # torch: RecurrentLayout proposes Bidirectional when it sees *_reverse roles.
-        if convention != "keras" or not any(r.startswith("forward/") for r in unit.tensors):
+    def source_roles_torch(self, var, convention, layer):
+        direction, _, base = var.partition("/")
+        sfx = "_reverse" if direction == "backward" else ""
+        return tuple("|".join(a + sfx for a in r.split("|"))
+                     for r in self.roles_for(base, convention))
+
+    def source_roles_keras(self, var, convention, layer):
+        direction, _, base = var.partition("/")
+        return tuple("|".join(f"{direction}/{a}" for a in r.split("|"))
+                     for r in self.roles_for(base, convention))
+
+    #: torch: RecurrentLayout proposes Bidirectional when it sees *_reverse roles
+    recognize_torch = None
+
+    def recognize_keras(self, unit, convention):
+        if not any(r.startswith("forward/") for r in unit.tensors):
             return None
         fwd = Unit(unit.key, {r.split("/", 1)[1]: t for r, t in unit.tensors.items()
                               if r.startswith("forward/")})
-        p = super().recognize(fwd, convention)
+        p = super().recognize_keras(fwd, convention)
         if p is None:
             return None
         inner = {"class": p.keras_class, **p.args}
