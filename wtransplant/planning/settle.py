@@ -473,19 +473,19 @@ def _fast_conv(ref, lay, act) -> Act:
     """The reference's convolution (same padding rule and equations) as one matrix product
     of the unfolded windows: the settler runs thousands of them."""
 
-    from wtransplant.checking.reference import _act_fn, _conv_weight, _pads, _to_map
+    from wtransplant.checking.reference import act_fn, conv_pads, conv_weight, to_map
 
     if int_padding(lay.config.get("padding")):
-        def _pads(cfg, spatial, _k, _s, _d):  # noqa: F811 -- PyTorch's: both sides
+        def conv_pads(cfg, spatial, _k, _s, _d):  # noqa: F811 -- PyTorch's: both sides
             return [(p, p) for p in per_axis(cfg["padding"], len(spatial))]
 
     cfg = lay.config
     nd = int(lay.class_name[4])
-    act = _to_map(lay, act, nd)
-    w = _conv_weight(ref, lay)  # (O, I, k...)
-    s = F._tup(cfg.get("strides", 1), nd)
-    d = F._tup(cfg.get("dilation_rate", 1), nd)
-    x = F.pad_spatial(act.a, _pads(cfg, act.a.shape[2:], w.shape[2:], s, d))
+    act = to_map(lay, act, nd)
+    w = conv_weight(ref, lay)  # (O, I, k...)
+    s = F.ntuple(cfg.get("strides", 1), nd)
+    d = F.ntuple(cfg.get("dilation_rate", 1), nd)
+    x = F.pad_spatial(act.a, conv_pads(cfg, act.a.shape[2:], w.shape[2:], s, d))
     win = F.conv_windows(x, w.shape[2:], s, d)  # (N, C, *S', *K)
     y = np.tensordot(win, w, axes=([1, *range(2 + nd, 2 + 2 * nd)],
                                    [1, *range(2, 2 + nd)]))  # (N, *S', O)
@@ -493,7 +493,7 @@ def _fast_conv(ref, lay, act) -> Act:
     b = _w_of(lay, "bias")
     if b is not None:
         y = y + b.reshape((1, -1) + (1,) * nd)
-    return Act(_act_fn(cfg)(y), "map")
+    return Act(act_fn(cfg)(y), "map")
 
 
 def _w_of(lay, var):
