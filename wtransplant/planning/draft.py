@@ -197,12 +197,37 @@ def _draft_layers(w, loaded: LoadedSource, hints: Hints, src) -> Draft:
     if first.keras_class == "Embedding":
         w.kv("  input_dtype", "int32")
     w.line("  layers:")
+    entries = _write_layers(w, known, reads, fmt, acts, conv, facts, todo)
+    if head_outs:
+        stacked = _stacked(known)
+        outs = [_name_for(known[j], j, fmt, stacked) for j in head_outs]
+        w.kv("  outputs", outs, "parallel heads (widths: each reads what the layer before "
+                                "it reads)")
+        notes.append("parallel heads became outputs in file order; a Softmax a head applies "
+                     "has no weights, so it is not in the draft: add it if the source has one")
+    # weights
+    w.line("weights:")
+    _write_weights(w, entries, hints.orientation, facts, todo)
+    _write_tail(w, hints, facts, in_shape, first, notes, unmapped, todo)
+    rebuildable = not todo and facts.fact("drafts_rebuild_as_is")
+    return Draft(w.text(), rebuildable, todo=todo, notes=notes)
+
+
+def _stacked(known: list[LayerHint]) -> set[str]:
+    """Unit names shared by several layers (a PyTorch RNN's layers: ``rnn#0``, ``rnn#1``)."""
+    bases = [lh.unit.split("#", 1)[0] for lh in known if "#" in lh.unit]
+    return {b for b in bases if bases.count(b) > 1}
+
+
+def _write_layers(w, known: list[LayerHint], reads: dict, fmt: str, acts, conv: str, facts,
+                  todo: list[str]) -> list[tuple[str, list, LayerHint]]:
+    """The ``model.layers`` lines, one per recognised layer (a Flatten where a dense layer
+    follows a convolution); returns (name, slots, hint) per layer for the weights."""
     entries: list[tuple[str, list[str], LayerHint]] = []
     prev_kind = ""
     n_dense = sum(1 for lh in known if lh.proposal.keras_class == "Dense")
     dense_i = 0
-    bases = [lh.unit.split("#", 1)[0] for lh in known if "#" in lh.unit]
-    stacked = {b for b in bases if bases.count(b) > 1}
+    stacked = _stacked(known)
     for i, lh in enumerate(known):
         p = lh.proposal
         name = _name_for(lh, i, fmt, stacked)
@@ -245,15 +270,12 @@ def _draft_layers(w, loaded: LoadedSource, hints: Hints, src) -> Draft:
         entries.append((name, list(p.slots.items()), lh))
         if p.kind not in ("batchnorm", "layernorm", "prelu"):
             prev_kind = p.kind or prev_kind
-    if head_outs:
-        outs = [_name_for(known[j], j, fmt, stacked) for j in head_outs]
-        w.kv("  outputs", outs, "parallel heads (widths: each reads what the layer before "
-                                "it reads)")
-        notes.append("parallel heads became outputs in file order; a Softmax a head applies "
-                     "has no weights, so it is not in the draft: add it if the source has one")
-    # weights
-    w.line("weights:")
-    square_note = hints.orientation
+    return entries
+
+
+def _write_weights(w, entries, square_note: str | None, facts, todo: list[str]) -> None:
+    """The ``weights`` lines: target -> source (a square kernel's orientation undecided
+    unless the chain of shapes tells it)."""
     for name, slots, lh in entries:
         for var, srcs in slots:
             target = f"{name}/{var}"
@@ -274,6 +296,12 @@ def _draft_layers(w, loaded: LoadedSource, hints: Hints, src) -> Draft:
                 continue
             val = _scalar(srcs[0]) if len(srcs) == 1 else _flow(srcs)
             w.line(f"  {target}: {val}")
+
+
+def _write_tail(w, hints: Hints, facts, in_shape, first, notes: list[str], unmapped,
+                todo: list[str]) -> None:
+    """``verify`` (from the file's reference data, or a commented example), then the notes,
+    the tensors no layer rule took, and the guesses left undecided, as comments."""
     if hints.io:
         w.line("verify:")
         w.kv("  inputs", hints.io["inputs"], "reference data found in the file")
@@ -295,8 +323,6 @@ def _draft_layers(w, loaded: LoadedSource, hints: Hints, src) -> Draft:
         w.comment("spec until each holds one value (or --force, and the result is unverified)")
     for t in todo:
         w.comment(f"undecided: {t}")
-    rebuildable = not todo and facts.fact("drafts_rebuild_as_is")
-    return Draft(w.text(), rebuildable, todo=todo, notes=notes)
 
 
 def _draft_unnamed(w, weights, notes) -> Draft:
