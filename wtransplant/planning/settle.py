@@ -1228,42 +1228,20 @@ def draft_settled(path, *, spec_dir=None, inputs, expected, input_layout=None,
     import os
     from pathlib import Path
 
-    import yaml
-
-    from wtransplant.checking.data import load_array, to_channels_last
-    from wtransplant.planning.draft import Draft, draft_spec
+    from wtransplant.planning.draft import Draft
     from wtransplant.planning.spec import load_spec
     from wtransplant.planning.unnamed import draft_unnamed, is_unnamed
     from wtransplant.reading.hints import split_io
     from wtransplant.reading.loaded import load_source
     from wtransplant.reading.sources import open_source
 
-    if isinstance(expected, list | tuple):
-        if len(expected) != 1:
-            raise InputError(f"{len(expected)} expected outputs: settling covers models with "
-                             f"one output so far; give one")
-        expected = expected[0]
-    if isinstance(inputs, dict):
-        if len(inputs) != 1:
-            raise InputError("several named inputs: settling covers models with one input "
-                             "so far")
-        inputs = next(iter(inputs.values()))
-    if inputs is None or expected is None:
-        raise InputError("settling needs both inputs and expected outputs")
+    inputs, expected = _one_pair(inputs, expected)
     base = Path(spec_dir) if spec_dir is not None else Path.cwd()
     path = Path(path)
     t0 = time.perf_counter()
     with open_source(path) as src:
         loaded = load_source(src)
-        x = load_array(str(inputs), loaded=loaded, src=src)
-        y = load_array(str(expected), loaded=loaded, src=src)
-        if x.shape[:1] != y.shape[:1]:
-            raise InputError(f"inputs {inputs} {x.shape} and expected {expected} {y.shape} "
-                             f"hold different numbers of samples")
-        x = to_channels_last(x, input_layout, f"inputs {inputs}")
-        n_all = x.shape[0]
-        if n_all > MAX_SETTLE_SAMPLES:
-            x, y = x[:MAX_SETTLE_SAMPLES], y[:MAX_SETTLE_SAMPLES]
+        x, y, n_all = _settling_data(src, loaded, inputs, expected, input_layout)
         weights, _io = split_io(loaded.tensors)
         refs = {str(inputs), str(expected)}
         weights = [t for t in weights if t.name not in refs]
@@ -1276,41 +1254,11 @@ def draft_settled(path, *, spec_dir=None, inputs, expected, input_layout=None,
                 raise InputError(f"unnamed tensors: {e}", path=str(path)) from None
             header.append("# the tensors are an unnamed list: layers read by order and shape")
         else:
-            d0 = draft_spec(path, spec_dir=spec_dir)
-            # the header and whole-line comments hold names from the file (unescaped in
-            # the plain draft); the settled draft writes its own
-            body = d0.text.splitlines()
-            start = next((i for i, x in enumerate(body) if x.startswith("version:")), 0)
-            doc = yaml.safe_load("\n".join(x for x in body[start:]
-                                           if not x.lstrip().startswith("#")))
-            notes = list(d0.notes)
-            conv = loaded.detection.convention if doc.get("convention", "auto") == "auto" \
-                else doc["convention"]
-            layers = (doc.get("model") or {}).get("layers")
-            numbered = _numbered_view(weights)
-            if not layers and numbered is not None:
-                # numbered layers whose orientation the shapes cannot tell (all square):
-                # read them in order, every orientation a choice
-                try:
-                    doc2, conv, more = draft_unnamed(numbered[0], tuple(x.shape[1:]),
-                                                     owner=numbered[1])
-                except ValueError:
-                    doc2 = None
-                if doc2 is not None:
-                    conv = loaded.detection.convention
-                    doc2["convention"] = conv
-                    more = ["every numbered weight is square: the layers are read in their "
-                            "numbered order and each orientation is settled by the data"]
-                    doc, notes, layers = doc2, notes + more, doc2["model"]["layers"]
-            if not layers:
-                d0.notes.append("nothing to settle: the draft has no layer list")
-                if "verify" not in (doc or {}):
-                    v = {"inputs": _rel_ref(inputs, base), "expected": _rel_ref(expected, base)}
-                    if input_layout and input_layout != "none":
-                        v["input_layout"] = input_layout
-                    d0.text += "verify:  # the data given to `wtransplant spec`\n" + "".join(
-                        f"  {k}: {flow_yaml(x)}\n" for k, x in v.items())
-                return d0
+            got = _named_doc(path, spec_dir, loaded, weights, x, _verify_entry(
+                inputs, expected, base, input_layout))
+            if isinstance(got, Draft):
+                return got  # nothing to settle
+            doc, conv, notes = got
         doc["source"] = os.path.relpath(path.resolve(), base.resolve())
         try:
             res = settle(doc, loaded, src, x, y, convention=conv, progress=progress,
@@ -1320,10 +1268,7 @@ def draft_settled(path, *, spec_dir=None, inputs, expected, input_layout=None,
                              path=str(path)) from None
     out = res.doc
     out["source"] = doc["source"]
-    v = {"inputs": _rel_ref(inputs, base), "expected": _rel_ref(expected, base)}
-    if input_layout and input_layout != "none":
-        v["input_layout"] = input_layout
-    out["verify"] = v
+    out["verify"] = _verify_entry(inputs, expected, base, input_layout)
     used = f"{x.shape[0]} samples" if x.shape[0] == n_all else \
         f"the first {x.shape[0]} of {n_all} samples"
     data_note = (f"settled against {inputs} -> {expected} ({used}) in "
@@ -1339,3 +1284,89 @@ def draft_settled(path, *, spec_dir=None, inputs, expected, input_layout=None,
     d.choices = report["choices"]
     d.report = report
     return d
+
+
+def _one_pair(inputs, expected):
+    """The one input and one expected output settling takes (a one-item list or mapping is
+    taken apart)."""
+    if isinstance(expected, list | tuple):
+        if len(expected) != 1:
+            raise InputError(f"{len(expected)} expected outputs: settling covers models with "
+                             f"one output so far; give one")
+        expected = expected[0]
+    if isinstance(inputs, dict):
+        if len(inputs) != 1:
+            raise InputError("several named inputs: settling covers models with one input "
+                             "so far")
+        inputs = next(iter(inputs.values()))
+    if inputs is None or expected is None:
+        raise InputError("settling needs both inputs and expected outputs")
+    return inputs, expected
+
+
+def _settling_data(src, loaded, inputs, expected, input_layout):
+    """(x channels last, y, samples given): at most MAX_SETTLE_SAMPLES are kept."""
+    from wtransplant.checking.data import load_array, to_channels_last
+
+    x = load_array(str(inputs), loaded=loaded, src=src)
+    y = load_array(str(expected), loaded=loaded, src=src)
+    if x.shape[:1] != y.shape[:1]:
+        raise InputError(f"inputs {inputs} {x.shape} and expected {expected} {y.shape} "
+                         f"hold different numbers of samples")
+    x = to_channels_last(x, input_layout, f"inputs {inputs}")
+    n_all = x.shape[0]
+    if n_all > MAX_SETTLE_SAMPLES:
+        x, y = x[:MAX_SETTLE_SAMPLES], y[:MAX_SETTLE_SAMPLES]
+    return x, y, n_all
+
+
+def _verify_entry(inputs, expected, base, input_layout) -> dict:
+    """The settled spec's ``verify``: the data given to ``wtransplant spec``."""
+    v = {"inputs": _rel_ref(inputs, base), "expected": _rel_ref(expected, base)}
+    if input_layout and input_layout != "none":
+        v["input_layout"] = input_layout
+    return v
+
+
+def _named_doc(path, spec_dir, loaded, weights, x, verify: dict):
+    """(document, convention, notes) of the plain draft of a file whose tensors have names,
+    to settle; the plain draft itself (with ``verify``) when it has no layer list."""
+    import yaml
+
+    from wtransplant.planning.draft import draft_spec
+
+    d0 = draft_spec(path, spec_dir=spec_dir)
+    # the header and whole-line comments hold names from the file (unescaped in the plain
+    # draft); the settled draft writes its own
+    body = d0.text.splitlines()
+    start = next((i for i, x in enumerate(body) if x.startswith("version:")), 0)
+    doc = yaml.safe_load("\n".join(x for x in body[start:]
+                                   if not x.lstrip().startswith("#")))
+    notes = list(d0.notes)
+    conv = loaded.detection.convention if doc.get("convention", "auto") == "auto" \
+        else doc["convention"]
+    layers = (doc.get("model") or {}).get("layers")
+    numbered = _numbered_view(weights)
+    if not layers and numbered is not None:
+        from wtransplant.planning.unnamed import draft_unnamed
+
+        # numbered layers whose orientation the shapes cannot tell (all square): read them
+        # in order, every orientation a choice
+        try:
+            doc2, conv, more = draft_unnamed(numbered[0], tuple(x.shape[1:]),
+                                             owner=numbered[1])
+        except ValueError:
+            doc2 = None
+        if doc2 is not None:
+            conv = loaded.detection.convention
+            doc2["convention"] = conv
+            more = ["every numbered weight is square: the layers are read in their "
+                    "numbered order and each orientation is settled by the data"]
+            doc, notes, layers = doc2, notes + more, doc2["model"]["layers"]
+    if not layers:
+        d0.notes.append("nothing to settle: the draft has no layer list")
+        if "verify" not in (doc or {}):
+            d0.text += "verify:  # the data given to `wtransplant spec`\n" + "".join(
+                f"  {k}: {flow_yaml(x)}\n" for k, x in verify.items())
+        return d0
+    return doc, conv, notes
