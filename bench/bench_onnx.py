@@ -39,8 +39,8 @@ def main(argv=None) -> dict:
     import numpy as np
 
     from wtransplant.building.transplanting import rebuild
-    from wtransplant.checking.artifacts import load_artifact
     from wtransplant.exporting.export import export_model
+    from wtransplant.runtimes import load_artifact
 
     results = []
     with tempfile.TemporaryDirectory() as d:

@@ -400,17 +400,13 @@ def _rebuild_layer_classes(s, file):
         return spec_layer_classes(s)
     from pathlib import Path
 
-    from wtransplant.checking.artifacts import artifact_kind, keras_archive_config, legacy_h5_config
+    from wtransplant import runtimes
 
     try:
-        kind = artifact_kind(Path(file))
-        if kind == "keras":
-            return config_layer_classes(keras_archive_config(Path(file)))
-        if kind == "h5":
-            return config_layer_classes(legacy_h5_config(Path(file)))
+        cfg = runtimes.get(runtimes.artifact_kind(Path(file))).stored_config(Path(file))
     except WTError:  # rebuild itself says what is wrong with FILE
         return None
-    return None
+    return config_layer_classes(cfg) if cfg is not None else None
 
 
 def _verify_backend_hints(model, other, kinds):
@@ -418,17 +414,17 @@ def _verify_backend_hints(model, other, kinds):
     starts: the stored configs of .keras/.h5 models; TensorFlow for SavedModel/LiteRT."""
     from pathlib import Path
 
+    from wtransplant import runtimes
     from wtransplant.backend import config_layer_classes
-    from wtransplant.checking.artifacts import keras_archive_config, legacy_h5_config
 
-    tf_kinds = sorted({k for k in kinds if k in ("savedmodel", "tflite")})
+    tf_kinds = sorted({k for k in kinds if runtimes.get(k).needs_tensorflow})
     if tf_kinds:
         return None, f"a {' and a '.join(tf_kinds)} artifact is loaded with TensorFlow"
     classes: list | None = []
     for p, kind in zip([p for p in (model, other) if p], kinds):
-        if kind not in ("keras", "h5"):
+        cfg = runtimes.get(kind).stored_config(Path(p))
+        if cfg is None:
             continue
-        cfg = keras_archive_config(Path(p)) if kind == "keras" else legacy_h5_config(Path(p))
         got = config_layer_classes(cfg)
         if got is None:
             return None, None
@@ -581,8 +577,8 @@ def verify(model, other, inputs, expected, spec_path, activations, input_layout,
     --expected, or against OTHER (another artifact of the same model: .keras, .h5,
     SavedModel folder, .onnx, .tflite) on the same inputs, or against the NumPy reference of
     the source in --spec. Exit 0 within tolerance, 1 outside it, 2 on bad input."""
-    from wtransplant.checking.artifacts import precheck
     from wtransplant.errors import InputError, ParityError
+    from wtransplant.runtimes import precheck
 
     if expected and not inputs:
         raise InputError("--expected needs --inputs (the inputs that produced it)")
@@ -730,8 +726,8 @@ def finetune(model, data, output, cpu_devices, metrics, no_plot, provenance, rep
         if p and os.path.isfile(p) and _is_hdf5(p, HDF5_SIGNATURE):
             preflight(p)
     if cpu_devices or kw.get("strategy") == "multiworker":
-        from wtransplant.checking.artifacts import quiet_stderr
         from wtransplant.finetuning.tfextras import get_strategy, split_cpu
+        from wtransplant.quiet_tf import quiet_stderr
 
         with quiet_stderr(replay=True):  # TensorFlow's start-up chatter
             if cpu_devices:  # before TensorFlow starts its devices

@@ -33,7 +33,7 @@ def choose_backend(command: str, layer_classes=None, *, needs_tensorflow=None):
 def import_keras():
     if "keras" in sys.modules and getattr(import_keras, "_done", False):
         return sys.modules["keras"]
-    from wtransplant.checking.artifacts import quiet_stderr
+    from wtransplant.quiet_tf import quiet_stderr
 
     # Keras imports matplotlib.pyplot at start-up only for keras.visualization, which the
     # CLI never calls: under the light backends, skip it (our own plots import pyplot when

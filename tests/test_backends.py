@@ -192,17 +192,18 @@ def test_export_writer_per_backend():
     """TensorFlow writes SavedModel/ONNX/LiteRT in process under TensorFlow, Keras'
     jax2tf export writes SavedModel/LiteRT under JAX, and everything else TensorFlow
     can only write from a .keras in a child process."""
-    from wtransplant.exporting.export import FORMATS, WRITERS, writer_for
+    from wtransplant.exporting.export import FORMATS, writer_for
+    from wtransplant.runtimes import get
 
     for fmt in FORMATS:
-        assert writer_for(fmt, "tensorflow") is WRITERS[fmt]
+        assert writer_for(fmt, "tensorflow") == get(fmt).write
     for fmt in ("keras", "h5"):
-        assert writer_for(fmt, "jax") is WRITERS[fmt]
-    assert writer_for("onnx", "jax") is not WRITERS["onnx"]
+        assert writer_for(fmt, "jax") == get(fmt).write
+    assert writer_for("onnx", "jax") != get("onnx").write
     for fmt in ("savedmodel", "onnx", "tflite"):
-        assert writer_for(fmt, "torch") is not WRITERS[fmt]
+        assert writer_for(fmt, "torch") != get(fmt).write
     for fmt in ("keras", "h5"):
-        assert writer_for(fmt, "torch") is WRITERS[fmt]
+        assert writer_for(fmt, "torch") == get(fmt).write
 
 
 @pytest.mark.slow
@@ -230,6 +231,8 @@ def test_jax_native_export_falls_back_to_the_tensorflow_child(tmp_path, monkeypa
     LiteRT refusal is final (the child's converter would say the same)."""
     from wtransplant.errors import InputError
     from wtransplant.exporting import export
+    from wtransplant.runtimes import get
+    from wtransplant.runtimes.litert import LiteRTUnsupported
 
     calls = []
 
@@ -241,7 +244,7 @@ def test_jax_native_export_falls_back_to_the_tensorflow_child(tmp_path, monkeypa
         calls.append((fmt, sorted(p.name for p in tmp.iterdir())))
         return {"notes": ["written by the child"]}
 
-    monkeypatch.setitem(export.WRITERS, "savedmodel", native_fails)
+    monkeypatch.setattr(get("savedmodel"), "write", native_fails)
     monkeypatch.setattr(export, "_write_in_tensorflow", child)
     monkeypatch.setattr(export, "keras_backend", lambda: "jax")
     tmp = tmp_path / "sm"
@@ -252,9 +255,9 @@ def test_jax_native_export_falls_back_to_the_tensorflow_child(tmp_path, monkeypa
     assert info["notes"][1] == "written by the child"
 
     def litert_refuses(src, tmp, prov, **kw):
-        raise export.LiteRTUnsupported("needs Flex ops")
+        raise LiteRTUnsupported("needs Flex ops")
 
-    monkeypatch.setitem(export.WRITERS, "tflite", litert_refuses)
-    with pytest.raises(export.LiteRTUnsupported):
+    monkeypatch.setattr(get("tflite"), "write", litert_refuses)
+    with pytest.raises(LiteRTUnsupported):
         export.writer_for("tflite", "jax")(None, tmp_path / "m.tflite", {})
     assert len(calls) == 1

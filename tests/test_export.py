@@ -38,7 +38,7 @@ def max_rel(a, e) -> float:
 
 
 def keras_outputs(model, xs):
-    from wtransplant.checking.artifacts import from_model
+    from wtransplant.runtimes import from_model
 
     return from_model(model).predict(xs)
 
@@ -110,7 +110,7 @@ def _build(name: str, d: Path, keras_file: Path, done: Path) -> None:
 @pytest.mark.parametrize("fmt", FORMATS)
 @pytest.mark.parametrize("name", list(MODELS))
 def test_every_format_matches_in_its_own_runtime(exported, name, fmt):
-    from wtransplant.checking.artifacts import load_artifact, random_inputs
+    from wtransplant.runtimes import load_artifact, random_inputs
 
     model, _, out, report = exported(name)
     res = {r["format"]: r for r in report["results"]}[fmt]
@@ -221,8 +221,8 @@ def _gelu_norm_model():
 def test_exact_gelu_and_normalization_to_onnx(tmp_path):
     import onnx
 
-    from wtransplant.checking.artifacts import load_artifact, random_inputs
     from wtransplant.exporting.export import export_model
+    from wtransplant.runtimes import load_artifact, random_inputs
 
     model = _gelu_norm_model()
     norm = model.get_layer("norm")
@@ -256,8 +256,8 @@ def _multi_io_model():
 @pytest.mark.slow
 @pytest.mark.parametrize("fmt", ["onnx", "savedmodel", "tflite"])
 def test_multi_input_multi_output(tmp_path, fmt):
-    from wtransplant.checking.artifacts import load_artifact, random_inputs
     from wtransplant.exporting.export import export_model
+    from wtransplant.runtimes import load_artifact, random_inputs
 
     model = _multi_io_model()
     out = tmp_path / ("m" if fmt == "savedmodel" else f"m.{fmt}")
@@ -302,9 +302,9 @@ def test_parity_failure_exits_1_and_writes_nothing(tmp_path, monkeypatch):
     from conftest import fx
     from wtransplant_cli.main import main
 
-    from wtransplant.checking.artifacts import OnnxArtifact
     from wtransplant.errors import ParityError
     from wtransplant.exporting.export import export_model
+    from wtransplant.runtimes.onnx import OnnxArtifact
 
     real = OnnxArtifact._run
 
@@ -356,6 +356,8 @@ def test_silently_wrong_conversion_is_caught_exit_1(tmp_path):
 def test_litert_without_builtin_op_is_refused_or_skipped(tmp_path, monkeypatch):
     import wtransplant.exporting.export as ex
     from wtransplant.errors import InputError
+    from wtransplant.runtimes import get
+    from wtransplant.runtimes.litert import LiteRTUnsupported
 
     model = _area_resize_model()  # ResizeArea has no LiteRT built-in
     with pytest.raises(InputError, match="ResizeArea"):
@@ -365,9 +367,9 @@ def test_litert_without_builtin_op_is_refused_or_skipped(tmp_path, monkeypatch):
     # with --format all, a format LiteRT cannot take is skipped and reported; the others
     # are written (the MLP converts everywhere, so the refusal is simulated here)
     def refuse(src, tmp, prov, **_):
-        raise ex.LiteRTUnsupported("simulated: op Foo has no LiteRT built-in")
+        raise LiteRTUnsupported("simulated: op Foo has no LiteRT built-in")
 
-    monkeypatch.setitem(ex.WRITERS, "tflite", refuse)
+    monkeypatch.setattr(get("tflite"), "write", refuse)
     rep = ex.export_model(FIX / "specs" / "octave_mlp.yaml", "all", tmp_path / "all",
                           progress=False, repeats=3)
     assert [r.format for r in rep.results] == ["keras", "h5", "savedmodel", "onnx"]
@@ -439,7 +441,7 @@ def test_lambda_model_is_refused(tmp_path):
 
 
 def test_random_inputs_are_seeded_and_realistic():
-    from wtransplant.checking.artifacts import Artifact, TensorInfo, random_inputs
+    from wtransplant.runtimes import Artifact, TensorInfo, random_inputs
 
     art = Artifact(None, [TensorInfo("x", (None, 50, 4), "float32"),
                           TensorInfo("ids", (None, None), "int64", high=7),
@@ -457,9 +459,38 @@ def test_random_inputs_are_seeded_and_realistic():
     assert mask.dtype == bool and 0 < mask.mean() < 1
 
 
-def test_artifact_errors_name_the_file(tmp_path):
-    from wtransplant.checking.artifacts import Artifact, TensorInfo, artifact_kind
+def test_a_format_is_one_registry_entry(tmp_path, monkeypatch):
+    """A format added to the registry is sniffed, named and planned by export (its own
+    suffix, its place in --format all) with no other change."""
+    from wtransplant import runtimes
     from wtransplant.errors import InputError
+    from wtransplant.exporting.export import plan_outputs
+
+    class Toy(runtimes.Format):
+        name, runtime, text = "toy", "toyrt", "a toy model"
+        suffixes, all_name = (".toy",), "model.toy"
+
+        def sniff(self, path, head):
+            return runtimes.base.BY_CONTENT if head.startswith(b"TOY1") else 0
+
+    monkeypatch.setattr(runtimes, "_FORMATS", runtimes.formats() + (Toy(),))
+    f = tmp_path / "m.bin"
+    f.write_bytes(b"TOY1" + bytes(60))
+    assert runtimes.artifact_kind(f) == "toy"
+    spec = FIX / "specs" / "octave_mlp.yaml"
+    assert plan_outputs(spec, "toy", tmp_path / "o.toy")[1] == [("toy", tmp_path / "o.toy")]
+    with pytest.raises(InputError, match=r"the toy format needs a file name ending in \.toy"):
+        plan_outputs(spec, "toy", tmp_path / "o.onnx")
+    _, targets = plan_outputs(spec, "all", tmp_path / "all")
+    assert [t for t, _ in targets] == ["keras", "h5", "savedmodel", "onnx", "tflite", "toy"]
+    assert targets[-1][1] == tmp_path / "all" / "model.toy"
+    with pytest.raises(InputError, match="a toy model: export needs a Keras model"):
+        plan_outputs(f, "onnx", tmp_path / "o.onnx")
+
+
+def test_artifact_errors_name_the_file(tmp_path):
+    from wtransplant.errors import InputError
+    from wtransplant.runtimes import Artifact, TensorInfo, artifact_kind
 
     (tmp_path / "d").mkdir()
     with pytest.raises(InputError, match="not a SavedModel"):
@@ -475,8 +506,14 @@ def test_artifact_errors_name_the_file(tmp_path):
 
 
 def test_export_modules_do_not_import_tensorflow():
-    code = ("import sys, wtransplant.exporting.export, wtransplant.checking.artifacts; "
-            "bad = [m for m in ('tensorflow', 'keras', 'tf2onnx', 'onnxruntime') "
+    """Importing export and the runtime registry, listing its formats and sniffing a file
+    start no framework: each runtime imports its own only when it loads or writes."""
+    code = ("import sys, wtransplant.exporting.export, wtransplant.runtimes as r; "
+            "assert [f.name for f in r.formats()] == ['keras', 'h5', 'spec', 'savedmodel', "
+            "'onnx', 'tflite']; "
+            f"assert r.artifact_kind({str(FIX / 'specs' / 'octave_mlp.yaml')!r}) == 'spec'; "
+            "bad = [m for m in ('tensorflow', 'keras', 'tf2onnx', 'onnxruntime', 'onnx', "
+            "'jax', 'torch') "
             "if m in sys.modules]; print(bad); sys.exit(1 if bad else 0)")
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert r.returncode == 0, r.stdout + r.stderr

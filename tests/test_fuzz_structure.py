@@ -320,8 +320,8 @@ def zip_layouts(draw):
 @SETTINGS
 @given(data=zip_layouts())
 def test_fuzz_zip_layouts(data, tmp_path_factory):
-    from wtransplant.checking.artifacts import keras_archive_config
     from wtransplant.reading.inspecting import inspect_file
+    from wtransplant.runtimes.keras import keras_archive_config
     from wtransplant.safety.configs import check_config
 
     d = tmp_path_factory.mktemp("zip")

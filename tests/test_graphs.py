@@ -371,8 +371,8 @@ def test_rebuild_cli_named_inputs_and_several_expected(tmp_path):
 @pytest.mark.parametrize("fmt", ["onnx", "savedmodel"])
 def test_export_two_io_checks_every_output(fmt, tmp_path):
     from wtransplant import rebuild
-    from wtransplant.checking.artifacts import load_artifact
     from wtransplant.exporting.export import export_model
+    from wtransplant.runtimes import load_artifact
 
     model, _ = rebuild(SPECS / "g_two_io.yaml")
     out = tmp_path / ("m.onnx" if fmt == "onnx" else "m_sm")

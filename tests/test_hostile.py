@@ -26,8 +26,8 @@ CONFIG_FILES = {
 def test_config_naming_files_or_code_refused_by_every_loader(rel):
     """In-process, fast: the artifact loader (verify/export) and rebuild_file (rebuild,
     finetune's .h5 path) both refuse before Keras sees the config."""
-    from wtransplant.checking.artifacts import load_artifact
     from wtransplant.finetuning.train import load_model
+    from wtransplant.runtimes import load_artifact
 
     path = fx(rel)
     before = sha256(path)
@@ -223,7 +223,7 @@ def test_graph_check_reads_ops_as_data(tmp_path):
 
     import keras
 
-    from wtransplant.checking.artifacts import load_artifact
+    from wtransplant.runtimes import load_artifact
     from wtransplant.safety.graphs import check_savedmodel, graph_ops
 
     with pytest.raises(UnsafeInputError, match="WriteFile"):
@@ -247,7 +247,7 @@ def test_graph_check_reads_ops_as_data(tmp_path):
 def test_tflite_with_file_writing_flex_op_refused(tmp_path):
     """LiteRT: the Flex (TensorFlow) ops a .tflite asks for are listed from its bytes;
     FlexWriteFile is refused before an interpreter is created."""
-    from wtransplant.checking.artifacts import load_artifact, precheck
+    from wtransplant.runtimes import load_artifact, precheck
     from wtransplant.safety.graphs import tflite_flex_ops
 
     f = fx("hostile/flex_write_file.tflite")
@@ -274,9 +274,9 @@ def test_zip_and_hdf5_polyglot_refused_everywhere(rel, where, tmp_path):
     assert "config.json" in zipfile.ZipFile(path).namelist()
     before = sha256(path)
     assert_one_line_error(run_cli("inspect", path), 2, "polyglot", where)
-    from wtransplant.checking.artifacts import load_artifact
     from wtransplant.finetuning.train import load_model
     from wtransplant.reading.h5io import open_source
+    from wtransplant.runtimes import load_artifact
 
     for call in (lambda: open_source(path), lambda: load_artifact(path),
                  lambda: load_model(path)):
@@ -290,7 +290,7 @@ def test_format_and_suffix_must_agree(tmp_path):
     would be checked as one format and loaded as another; refused."""
     import shutil
 
-    from wtransplant.checking.artifacts import artifact_kind
+    from wtransplant.runtimes import artifact_kind
 
     z = tmp_path / "m.h5"
     shutil.copy(fx("keras3/k3_mlp.keras"), z)

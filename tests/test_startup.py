@@ -84,7 +84,7 @@ def test_library_keeps_the_callers_backend(monkeypatch):
 
 
 def test_config_layer_classes_of_a_stored_model():
-    from wtransplant.checking.artifacts import keras_archive_config, legacy_h5_config
+    from wtransplant.runtimes.keras import keras_archive_config, legacy_h5_config
 
     assert runtime.config_layer_classes(keras_archive_config(fx("keras3/k3_mlp.keras"))) \
         and set(runtime.config_layer_classes(

@@ -11,12 +11,17 @@ import of ``tensorflow``, from any module, run with file descriptor 2 sent to a 
 file (replayed only if the import fails, or with ``WTRANSPLANT_DEBUG`` set), and sets the
 environment variables and Python loggers that keep TensorFlow quiet afterwards.
 
+:func:`quiet_stderr` (C++ logging of TensorFlow, LiteRT and onnxruntime, captured around
+one block) and :func:`quiet_logs` (Python warnings and loggers, around one block) are the
+one copy the library and the CLI use.
+
 Imports neither TensorFlow nor Keras (safe in layer 1). Set ``WTRANSPLANT_TF_LOGS=1`` to
 see TensorFlow's own lines.
 """
 
 from __future__ import annotations
 
+import contextlib
 import importlib.abc
 import importlib.machinery
 import logging
@@ -43,8 +48,6 @@ class _QuietLoader(importlib.abc.Loader):
         return self._loader.create_module(spec)
 
     def exec_module(self, module):
-        from wtransplant.checking.artifacts import quiet_stderr
-
         _remove_finder()  # once: its submodules load inside this import
         with quiet_stderr():  # replayed if the import fails (or under WTRANSPLANT_DEBUG)
             self._loader.exec_module(module)
@@ -93,4 +96,54 @@ def install() -> None:
         sys.meta_path.insert(0, _QuietTensorFlowFinder())
 
 
-__all__ = ["install", "TF_ENV"]
+@contextlib.contextmanager
+def quiet_stderr(replay: bool | None = None):
+    """Send file descriptor 2 to a temporary file while the block runs (TensorFlow,
+    LiteRT and onnxruntime log from C++ straight to it). What was captured is replayed if
+    the block raises something other than a WTError (which says its own one line) and
+    ``replay`` is true (default: if WTRANSPLANT_DEBUG is set)."""
+    import tempfile
+
+    from wtransplant.errors import WTError
+
+    sys.stderr.flush()
+    saved = os.dup(2)
+    with tempfile.TemporaryFile() as cap:
+        os.dup2(cap.fileno(), 2)
+        try:
+            yield
+        except WTError:
+            os.dup2(saved, 2)
+            raise
+        except BaseException:
+            os.dup2(saved, 2)
+            if replay or (replay is None and os.environ.get("WTRANSPLANT_DEBUG")):
+                cap.seek(0)
+                sys.stderr.write(cap.read().decode("utf-8", "replace"))
+            raise
+        finally:
+            os.dup2(saved, 2)
+            os.close(saved)
+
+
+@contextlib.contextmanager
+def quiet_logs(*names: str, level: int | None = None):
+    """Python warnings off, and the named loggers (default: absl) raised to ``level``
+    (default ERROR) while the block runs: Keras, TensorFlow and tf2onnx log what the CLI
+    reports itself, in one line."""
+    import warnings
+
+    loggers = [logging.getLogger(n) for n in (names or ("absl",))]
+    levels = [lg.level for lg in loggers]
+    for lg in loggers:
+        lg.setLevel(logging.ERROR if level is None else level)
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            yield
+    finally:
+        for lg, lv in zip(loggers, levels):
+            lg.setLevel(lv)
+
+
+__all__ = ["install", "TF_ENV", "quiet_stderr", "quiet_logs"]

@@ -23,6 +23,7 @@ import numpy as np
 from wtransplant.errors import InputError, UnsafeInputError, one_line
 from wtransplant.planning.layouts import TargetLayer, TargetVar
 from wtransplant.planning.spec import ModelSpec
+from wtransplant.runtimes.keras import walk_layers
 
 #: classes whose config is code, or that load code/files
 FORBIDDEN = {"Lambda", "TFOpLambda", "SlicingOpLambda", "TFSMLayer", "TorchModuleWrapper",
@@ -309,16 +310,6 @@ def _rel_var_name(var, layer) -> str:
     return "/".join(out)
 
 
-def _walk_layers(model) -> list:
-    out = []
-    for lay in model.layers:
-        if isinstance(lay, keras.Model) and not isinstance(lay, keras.layers.Bidirectional):
-            out.extend(_walk_layers(lay))
-        else:
-            out.append(lay)
-    return out
-
-
 def _histories(obj, out: list) -> None:
     if isinstance(obj, dict):
         hist = (obj.get("config") or {}).get("keras_history") if \
@@ -420,10 +411,10 @@ def _origin(name: str, by_name, ins, depth: int) -> tuple[str, object]:
 def describe_targets(model: keras.Model) -> list[TargetLayer]:
     """Every layer that owns variables, as plain data, in model order."""
     ins = inbound(model)
-    by_name = {lay.name: lay for lay in _walk_layers(model)}
+    by_name = {lay.name: lay for lay in walk_layers(model)}
     out: list[TargetLayer] = []
     index = 0
-    for i, lay in enumerate(_walk_layers(model)):
+    for i, lay in enumerate(walk_layers(model)):
         if not lay.weights:
             continue
         try:
@@ -544,4 +535,4 @@ def layer_variables(layer) -> dict:
 
 
 def layers_by_name(model) -> dict:
-    return {lay.name: lay for lay in _walk_layers(model)}
+    return {lay.name: lay for lay in walk_layers(model)}

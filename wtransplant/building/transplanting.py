@@ -550,7 +550,10 @@ def check_parity(report: RebuildReport, model, spec: Spec, src, loaded, plan) ->
     if mode == "numpy" or (mode == "auto" and not has_data):
         ref = reference()
         if ref is not None:
-            xr = reference_inputs(model, n_ref, seed=0)
+            from wtransplant.runtimes import random_inputs
+
+            xr = random_inputs(model, n_ref, seed=0)
+            xr = xr if len(xr) > 1 else xr[0]
             want, _ = ref.forward(xr, keep=False)
             res = compare(predict(model, xr), want, atol=v.atol if v else None,
                           rtol=v.rtol if v else None, what="NumPy reference",
@@ -580,23 +583,6 @@ def check_parity(report: RebuildReport, model, spec: Spec, src, loaded, plan) ->
             report.diagnosis = diagnose(model, acts, xd, method="numpy reference")
         elif state.get("why"):
             report.diagnosis = Diagnosis.unavailable(state["why"])
-
-
-def reference_inputs(model, n: int, seed: int = 0):
-    """Seeded inputs of realistic scale for the model's inputs (one array, or a list for
-    several): standard normal floats; integer ids in the first Embedding's range."""
-    rng = np.random.default_rng(seed)
-    out = []
-    for inp in model.inputs:
-        shape = (n,) + tuple(8 if d is None else int(d) for d in inp.shape[1:])
-        if "int" in str(inp.dtype):
-            emb = next((lay for lay in model.layers if type(lay).__name__ == "Embedding"),
-                       None)
-            high = int(emb.input_dim) if emb is not None else 10
-            out.append(rng.integers(0, high, size=shape).astype(str(inp.dtype)))
-        else:
-            out.append(rng.standard_normal(shape).astype(str(inp.dtype)))
-    return out if len(out) > 1 else out[0]
 
 
 def _progress(n: int, what: str, progress: bool | None):
@@ -798,27 +784,12 @@ def save_model(model, output: str | os.PathLike) -> dict:
     if suffix not in (".keras", ".h5", ".hdf5"):
         raise InputError(f"output {out}: use a .keras (Keras 3 archive) or .h5 (legacy HDF5) "
                          f"file name; for SavedModel or ONNX use `wtransplant export`")
+    from wtransplant.runtimes.keras import save_model_file
+
     with atomic_path(out) as tmp:
-        _quiet_save(model, tmp)
+        save_model_file(model, tmp)
     return {"path": str(out), "format": "keras" if suffix == ".keras" else "h5",
             "size": out.stat().st_size, "size_text": fmt_bytes(out.stat().st_size)}
-
-
-def _quiet_save(model, path: Path) -> None:
-    import warnings
-
-    with warnings.catch_warnings():
-        # Keras warns that HDF5 is a legacy format: the user asked for it by name
-        warnings.simplefilter("ignore")
-        import logging
-
-        logger = logging.getLogger("absl")
-        level = logger.level
-        logger.setLevel(logging.ERROR)
-        try:
-            model.save(str(path))
-        finally:
-            logger.setLevel(level)
 
 
 __all__ = ["RebuildReport", "UndecidedError", "check_decided", "rebuild", "rebuild_file",

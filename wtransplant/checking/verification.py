@@ -59,7 +59,7 @@ class VerifyReport:
 
 
 def _load(obj, trust_graph: bool = False):
-    from wtransplant.checking.artifacts import Artifact, from_model, load_artifact
+    from wtransplant.runtimes import Artifact, from_model, load_artifact
 
     if isinstance(obj, Artifact):
         return obj
@@ -122,7 +122,7 @@ def verify(model, *, other=None, inputs=None, expected=None, spec=None, activati
             compare with (exit 2).
         ParityError: outside the tolerance, after the report and plot are written (exit 1).
     """
-    from wtransplant.checking.artifacts import random_inputs
+    from wtransplant.runtimes import random_inputs
 
     art = _load(model, trust_graph)
     named = named_refs(inputs)

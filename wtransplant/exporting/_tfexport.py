@@ -7,7 +7,7 @@ A ``.keras`` archive is backend-independent, so the parent saves the model as on
     KERAS_BACKEND=tensorflow python -m wtransplant.exporting._tfexport JOB.json
 
 which loads the archive under TensorFlow (with the same safety checks as any input) and
-runs the same writer the TensorFlow backend uses. It prints one JSON line on stdout:
+runs the same writer the TensorFlow backend uses (the format's ``write``). It prints one JSON line on stdout:
 ``{"ok": true, "info": {...}}`` or ``{"ok": false, "class": ..., "error": ...}``. The parent
 reloads the written file in its own runtime and checks it against the model as it runs
 under the parent's backend.
@@ -22,8 +22,10 @@ from pathlib import Path
 
 
 def run_job(job: dict) -> dict:
-    from wtransplant.checking.artifacts import KerasArtifact, load_keras_archive, quiet_logs
     from wtransplant.errors import WTError
+    from wtransplant.quiet_tf import quiet_logs
+    from wtransplant.runtimes import Unsupported, get
+    from wtransplant.runtimes.keras import KerasArtifact, load_keras_archive
 
     try:
         import keras
@@ -31,18 +33,16 @@ def run_job(job: dict) -> dict:
         if keras.backend.backend() != "tensorflow":
             raise RuntimeError(f"the export child runs under {keras.backend.backend()}, "
                                f"not tensorflow")
-        from wtransplant.exporting import export
-
         model = load_keras_archive(Path(job["model"]))
         src = KerasArtifact(model, Path(job["display"]), job.get("kind") or "model")
         fmt = job["format"]
         with quiet_logs("tf2onnx", "tensorflow", "absl"):
-            info = export.WRITERS[fmt](src, Path(job["output"]), job["provenance"],
-                                       opset=job.get("opset"))
+            info = get(fmt).write(src, Path(job["output"]), job["provenance"],
+                                  opset=job.get("opset"))
         return {"ok": True, "info": info or {}}
     except WTError as e:
         return {"ok": False, "class": type(e).__name__, "error": str(e),
-                "exit": e.exit_code}
+                "exit": e.exit_code, "unsupported": isinstance(e, Unsupported)}
     except Exception as e:  # reported by the parent in one line
         text = " ".join(str(e).split())[:400]
         return {"ok": False, "class": "internal", "error": f"{type(e).__name__}: {text}"}

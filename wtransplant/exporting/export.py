@@ -13,19 +13,13 @@ name only if it passes: a parity failure raises :class:`ParityError` (exit 1) an
 nothing new under the final name. A model that a converter cannot express raises
 :class:`InputError` (exit 2) naming the layer.
 
-Routes (see docs/export.md for why):
+The formats, their writers and loaders are the registry's (:mod:`wtransplant.runtimes`,
+one module per runtime; see docs/export.md for the routes); this module loops over them.
+Under a Keras backend other than TensorFlow, formats that TensorFlow traces are written by
+TensorFlow in a child process (:mod:`._tfexport`).
 
-* SavedModel: Keras' ``ExportArchive`` (what ``model.export`` uses), endpoint ``serve`` and
-  signature ``serving_default`` with the Keras input names and output names, batch ``None``.
-* ONNX: a ``tf.function`` calling the model, frozen with
-  ``convert_variables_to_constants_v2``, converted by ``tf2onnx.convert.from_graph_def``
-  with ``Erfc(x)`` rewritten as ``1 - Erf(x)`` (exact GELU); inputs and outputs renamed to
-  the Keras names, batch dimension ``batch``; provenance in ``metadata_props``.
-* LiteRT: the SavedModel above through ``tf.lite.TFLiteConverter`` with built-in ops only
-  (the interpreter shipped with TensorFlow has no Flex delegate); recurrent layers with a
-  fixed number of steps are unrolled first.
-
-Layer 3: TensorFlow, tf2onnx, onnx and onnxruntime are imported inside the functions here.
+Layer 3 through the runtimes: TensorFlow, tf2onnx, onnx and onnxruntime are imported inside
+their functions.
 """
 
 from __future__ import annotations
@@ -33,7 +27,6 @@ from __future__ import annotations
 import json
 import logging
 import os
-import re
 import statistics
 import sys
 import tempfile
@@ -44,35 +37,29 @@ from pathlib import Path
 import numpy as np
 
 from wtransplant.atomic import atomic_path, write_json
-from wtransplant.checking.artifacts import (
-    SAVEDMODEL_SIDECAR,
-    Artifact,
-    KerasArtifact,
-    load_artifact,
-    one_line,
-    quiet_logs,
-    quiet_stderr,
-    random_inputs,
-    sidecar_path,
-)
 from wtransplant.checking.parity import compare
-from wtransplant.errors import InputError, ParityError
+from wtransplant.errors import InputError, ParityError, one_line
 from wtransplant.quiet_tf import install as _quiet_tf
+from wtransplant.quiet_tf import quiet_logs, quiet_stderr
 from wtransplant.reading.h5io import fmt_bytes
+from wtransplant.runtimes import (
+    Artifact,
+    Format,
+    Unsupported,
+    export_formats,
+    get,
+    load_artifact,
+    random_inputs,
+)
+from wtransplant.runtimes.keras import KerasArtifact
 
 _quiet_tf()  # before TensorFlow or tf2onnx is imported: no TensorFlow log lines on stderr
 
-FORMATS = ("keras", "h5", "savedmodel", "onnx", "tflite")
+#: the formats export writes, in the order ``--format all`` writes them (the registry's)
+FORMATS = export_formats()
 #: file names inside the folder of ``--format all``
-ALL_NAMES = {"keras": "model.keras", "h5": "model.h5", "savedmodel": "saved_model",
-             "onnx": "model.onnx", "tflite": "model.tflite"}
+ALL_NAMES = {f: get(f).all_name for f in FORMATS}
 ALL_REPORT = "export-report.json"
-SUFFIXES = {"keras": (".keras",), "h5": (".h5", ".hdf5"), "onnx": (".onnx",),
-            "tflite": (".tflite",)}
-RUNTIMES = {"keras": "keras", "h5": "keras", "savedmodel": "tf.saved_model",
-            "onnx": "onnxruntime", "tflite": "litert"}
-KIND_TEXT = {"savedmodel": "a SavedModel", "onnx": "an ONNX model", "tflite": "a LiteRT model"}
-#: max |a - e| / max |e| allowed per output (float32 rounding)
 #: default tolerances of the export check (NumPy's allclose rule, elementwise:
 #: |exported - keras| <= atol + rtol * |keras|); atol None means DEFAULT_ATOL_SCALE times the
 #: output's largest magnitude (at least DEFAULT_ATOL_SCALE): random inputs of unit scale
@@ -207,7 +194,10 @@ def export_model(model, fmt: str, output: str | os.PathLike, *, verify: bool = T
         ParityError: a written file computes something else; it is not kept (exit 1).
     """
     fmt, targets = plan_outputs(model, fmt, output)
-    opset = check_opset(opset) if fmt in ("onnx", "all") else opset
+    options = {"opset": opset}
+    for f, _ in targets:
+        get(f).check_options(options)
+    taken = {o for f, _ in targets for o in get(f).options}
     if batch_size < 1 or second_batch < 1:
         raise InputError(f"batch_size and second_batch must be at least 1, got {batch_size} "
                          f"and {second_batch}")
@@ -222,7 +212,7 @@ def export_model(model, fmt: str, output: str | os.PathLike, *, verify: bool = T
                 "seed": seed, "atol": atol, "rtol": rtol,
                 "atol_rule": ("given" if atol is not None else
                               f"{DEFAULT_ATOL_SCALE:g} x max |keras output|"),
-                "repeats": repeats, "opset": opset if fmt in ("onnx", "all") else None}
+                "repeats": repeats, "opset": options["opset"] if "opset" in taken else None}
     report = ExportReport(model=prov["model"], provenance=prov, settings=settings,
                           notes=list(src.notes))
     out = Path(output)
@@ -236,8 +226,8 @@ def export_model(model, fmt: str, output: str | os.PathLike, *, verify: bool = T
             if bar is not None:
                 bar.set_description(f"exporting {f}")
             try:
-                res = export_one(src, f, path, prov, check, opset=opset)
-            except LiteRTUnsupported as e:
+                res = export_one(src, f, path, prov, check, **options)
+            except Unsupported as e:
                 if fmt != "all":
                     raise
                 reason = str(e)
@@ -272,24 +262,25 @@ def plan_outputs(model, fmt: str, output) -> tuple[str, list[tuple[str, Path]]]:
     and (for a path) that MODEL is something export can read. Returns the normalised format
     and the (format, path) pairs to write."""
     fmt = str(fmt).lower()
-    if fmt != "all" and fmt not in FORMATS:
-        raise InputError(f"unknown export format {fmt!r}: use one of {', '.join(FORMATS)} "
+    names = export_formats()
+    if fmt != "all" and fmt not in names:
+        raise InputError(f"unknown export format {fmt!r}: use one of {', '.join(names)} "
                          f"or all")
     if isinstance(model, str | os.PathLike):
-        from wtransplant.checking.artifacts import precheck
+        from wtransplant.runtimes import precheck
 
-        kind = precheck(model)
-        if kind not in ("keras", "h5", "spec"):
-            raise InputError(f"{KIND_TEXT.get(kind, kind)}: export needs a Keras model "
+        kind = get(precheck(model))
+        if not kind.keras_source:
+            raise InputError(f"{kind.text}: export needs a Keras model "
                              f"(.keras, .h5 or a spec); compare it with `wtransplant verify` "
                              f"instead", path=str(model))
     out = Path(output)
     if fmt == "all":
         if out.exists() and not out.is_dir():
             raise InputError("format all writes a folder, but this is a file", path=str(out))
-        targets = [(f, out / ALL_NAMES[f]) for f in FORMATS]
+        targets = [(f, out / get(f).all_name) for f in names]
     else:
-        check_output_name(fmt, out)
+        get(fmt).check_output_name(out)
         targets = [(fmt, out)]
     from wtransplant.safety.paths import check_targets
 
@@ -298,37 +289,8 @@ def plan_outputs(model, fmt: str, output) -> tuple[str, list[tuple[str, Path]]]:
 
 
 def check_output_name(fmt: str, out: Path) -> None:
-    if fmt == "savedmodel":
-        if out.suffix.lower() in (".keras", ".h5", ".onnx", ".tflite", ".pb"):
-            raise InputError(f"a SavedModel is a folder; give a folder name, not a "
-                             f"{out.suffix} file", path=str(out))
-        if out.exists() and not out.is_dir():
-            raise InputError("a file of this name exists; a SavedModel is a folder",
-                             path=str(out))
-        if out.is_dir() and any(out.iterdir()) and not (out / "saved_model.pb").exists():
-            raise InputError("a folder that is not a SavedModel is in the way; it would be "
-                             "replaced: give a new folder name", path=str(out))
-        return
-    if out.suffix.lower() not in SUFFIXES[fmt]:
-        raise InputError(f"the {fmt} format needs a file name ending in "
-                         f"{' or '.join(SUFFIXES[fmt])}", path=str(out))
-    if out.is_dir():
-        raise InputError("is a directory; give a file name", path=str(out))
-
-
-def check_opset(opset: int | None) -> int:
-    """The ONNX opset: default the highest tf2onnx writes (and onnxruntime runs)."""
-    import onnx
-    from tf2onnx import constants
-
-    top = min(max(constants.OPSET_TO_IR_VERSION), onnx.defs.onnx_opset_version())
-    if opset is None:
-        return top
-    low = 13  # tf2onnx's converters for Keras' ops (e.g. Split, Squeeze as inputs) need 13
-    if not low <= int(opset) <= top:
-        raise InputError(f"opset {opset}: tf2onnx {_version('tf2onnx')} writes opsets "
-                         f"{low} to {top}")
-    return int(opset)
+    """Refuse an output name ``fmt`` cannot be written under."""
+    get(fmt).check_output_name(out)
 
 
 def source_artifact(model) -> KerasArtifact:
@@ -337,14 +299,21 @@ def source_artifact(model) -> KerasArtifact:
     if isinstance(model, KerasArtifact):
         return model
     if isinstance(model, Artifact):
-        raise InputError(f"{model.display} is {KIND_TEXT.get(model.kind, model.kind)}: export "
+        raise InputError(f"{model.display} is {_text(model.kind)}: export "
                          f"needs a Keras model (.keras, .h5 or a spec)")
     if isinstance(model, str | os.PathLike):
         plan_outputs(model, "keras", "x.keras")  # refuses SavedModel, ONNX, LiteRT
         return load_artifact(model)
-    from wtransplant.checking.artifacts import from_model
+    from wtransplant.runtimes.keras import from_model
 
     return from_model(model)
+
+
+def _text(kind: str) -> str:
+    try:
+        return get(kind).text
+    except InputError:
+        return kind
 
 
 # --------------------------------------------------------------------------------------
@@ -353,20 +322,12 @@ def source_artifact(model) -> KerasArtifact:
 
 def export_versions() -> dict:
     from wtransplant.building.transplanting import versions
+    from wtransplant.runtimes.onnx import version
 
     v = versions()
     for pkg in ("tf2onnx", "onnx", "onnxruntime"):
-        v[pkg] = _version(pkg)
+        v[pkg] = version(pkg)
     return v
-
-
-def _version(pkg: str) -> str | None:
-    from importlib.metadata import PackageNotFoundError, version
-
-    try:
-        return version(pkg)
-    except PackageNotFoundError:
-        return None
 
 
 def build_provenance(src: KerasArtifact, report=None) -> dict:
@@ -430,71 +391,62 @@ def read_rebuild_report(path) -> dict:
     return read_report(path)
 
 
-def onnx_metadata(prov: dict) -> dict[str, str]:
-    """``metadata_props`` of an exported ONNX file (strings only)."""
-    src = prov.get("source") or {}
-    return {"wtransplant.version": prov["versions"]["wtransplant"],
-            "wtransplant.model_sha256": prov["model"].get("sha256") or "",
-            "wtransplant.source_sha256": src.get("sha256") or "",
-            "wtransplant.source_path": src.get("path") or "",
-            "wtransplant.planning.spec": json.dumps(prov.get("spec"), sort_keys=True, default=str),
-            "wtransplant.versions": json.dumps(prov["versions"], sort_keys=True),
-            "wtransplant.provenance": json.dumps(prov, sort_keys=True, default=str)}
-
-
 # --------------------------------------------------------------------------------------
 # one format
 
 
 def export_one(src: KerasArtifact, fmt: str, out: Path, prov: dict, check,
-               *, opset: int | None = None) -> FormatResult:
+               **options) -> FormatResult:
+    """Write one format under a temporary name, reload and check it (``check``: a
+    :class:`_Reference`, or None), give it its final name, place its provenance."""
     t0 = time.perf_counter()
-    res = FormatResult(format=fmt, path=str(out), runtime=RUNTIMES[fmt])
-    is_dir = fmt == "savedmodel"
+    f = get(fmt)
+    res = FormatResult(format=fmt, path=str(out), runtime=f.runtime)
     existed = out.exists()
     try:
-        with atomic_path(out, directory=is_dir) as tmp:
-            if is_dir:
+        with atomic_path(out, directory=f.folder) as tmp:
+            if f.folder:
                 tmp.mkdir()
-            info = writer_for(fmt)(src, tmp, prov, opset=opset)
+            info = writer_for(fmt)(src, tmp, prov, **options)
             res.opset = info.get("opset")
             res.notes += info.get("notes", [])
             res.size = _size(tmp)
             if check is not None:
-                try:
-                    art = reload(fmt, tmp)
-                except InputError as e:
-                    why = str(e).replace(f"{tmp}: ", "").replace(str(tmp), str(out))
-                    full = e.detail.get("error", why)
-                    where = _onnx_culprits(tmp, full, src) if fmt == "onnx" else ""
-                    raise InputError(f"{src.display}: the {fmt} file converted for {out} does "
-                                     f"not load in {res.runtime}{where}, so it was not "
-                                     f"written: {why}") from None
-                check.verify(art, res)
-                if not res.passed:
-                    worst = max(res.parity, key=lambda p: p.max_rel)
-                    keep = (f"; the earlier {out} is left as it was" if existed else "")
-                    raise ParityError(
-                        f"{fmt} export of {src.display}: parity failed in {res.runtime}: "
-                        f"{worst.summary()} (allowed {check.allowed()}); "
-                        f"{out} was not written{keep}", report=res)
-                res.latency = check.latency(art)
-                art.close()
-            if is_dir:
-                write_json(tmp / SAVEDMODEL_SIDECAR, _sidecar(prov, fmt, out, res))
-                res.provenance_file = str(out / SAVEDMODEL_SIDECAR)
+                _check_written(f, src, tmp, out, res, check, existed)
+            where = f.place_provenance(tmp, out, _sidecar(prov, fmt, out, res), renamed=False)
     except ParityError:
         res.seconds = time.perf_counter() - t0
         raise
-    if fmt in ("keras", "h5", "tflite"):
-        side = sidecar_path(out)
-        write_json(side, _sidecar(prov, fmt, out, res))
-        res.provenance_file = str(side)
-    elif fmt == "onnx":
-        res.provenance_file = f"{out} (metadata_props)"
+    where = f.place_provenance(out, out, _sidecar(prov, fmt, out, res), renamed=True) or where
+    res.provenance_file = where
     res.verified = check is not None
     res.seconds = time.perf_counter() - t0
     return res
+
+
+def _check_written(f: Format, src: KerasArtifact, tmp: Path, out: Path, res: FormatResult,
+                   check, existed: bool) -> None:
+    """Reload the file written at ``tmp`` in its runtime, compare it with the model and
+    time it; InputError if it does not load, ParityError if it computes something else."""
+    try:
+        art = f.reload(tmp)
+    except InputError as e:
+        why = str(e).replace(f"{tmp}: ", "").replace(str(tmp), str(out))
+        full = e.detail.get("error", why)
+        where = f.load_failure_detail(tmp, full, src)
+        raise InputError(f"{src.display}: the {f.name} file converted for {out} does "
+                         f"not load in {res.runtime}{where}, so it was not "
+                         f"written: {why}") from None
+    check.verify(art, res)
+    if not res.passed:
+        worst = max(res.parity, key=lambda p: p.max_rel)
+        keep = (f"; the earlier {out} is left as it was" if existed else "")
+        raise ParityError(
+            f"{f.name} export of {src.display}: parity failed in {res.runtime}: "
+            f"{worst.summary()} (allowed {check.allowed()}); "
+            f"{out} was not written{keep}", report=res)
+    res.latency = check.latency(art)
+    art.close()
 
 
 def _sidecar(prov: dict, fmt: str, out: Path, res: FormatResult) -> dict:
@@ -515,23 +467,7 @@ def _size(p: Path) -> int:
 
 def reload(fmt: str, path: Path) -> Artifact:
     """Load a written file in the runtime its format is for (no fallbacks)."""
-    from wtransplant.checking.artifacts import (
-        LiteRTArtifact,
-        OnnxArtifact,
-        SavedModelArtifact,
-        load_keras_archive,
-        load_keras_h5,
-    )
-
-    if fmt == "keras":
-        return KerasArtifact(load_keras_archive(path), path, "keras")
-    if fmt == "h5":
-        return KerasArtifact(load_keras_h5(path, rebuild_fallback=False)[0], path, "h5")
-    if fmt == "savedmodel":
-        return SavedModelArtifact(path)
-    if fmt == "onnx":
-        return OnnxArtifact(path)
-    return LiteRTArtifact(path)
+    return get(fmt).reload(path)
 
 
 # --------------------------------------------------------------------------------------
@@ -626,292 +562,12 @@ def median_ms(fn, repeats: int, budget_s: float = LATENCY_BUDGET_S) -> tuple[flo
     return float(statistics.median(times)), len(times)
 
 
-# --------------------------------------------------------------------------------------
-# writers: each writes ``tmp`` and returns {"opset": ..., "notes": [...]}
-
-
-def _write_keras(src: KerasArtifact, tmp: Path, prov: dict, **_) -> dict:
-    from wtransplant.building.transplanting import _quiet_save
-
-    try:
-        _quiet_save(src.keras_model, tmp)
-    except Exception as e:  # e.g. a layer the legacy HDF5 format cannot describe
-        raise InputError(f"{src.display}: Keras could not save the model as "
-                         f"{tmp.suffix}: {one_line(e)}") from None
-    return {}
-
-
-def _tf_specs(src: KerasArtifact):
-    import tensorflow as tf
-
-    return [tf.TensorSpec(t.shape, tf.as_dtype(t.dtype), name=t.name) for t in src.inputs]
-
-
-def serving_function(src: KerasArtifact, model=None):
-    """``fn(*inputs) -> {output name: tensor}`` calling the model in inference mode."""
-    model = model if model is not None else src.keras_model
-    names = src.output_names
-
-    def serve(*args):
-        from wtransplant.checking.artifacts import flatten_outputs
-
-        y = model(src.call_arg(list(args)), training=False)
-        return dict(zip(names, flatten_outputs(y)))
-
-    return serve
-
-
-def _write_savedmodel(src: KerasArtifact, tmp: Path, prov: dict, *, model=None, **_) -> dict:
-    import keras
-
-    model = model if model is not None else src.keras_model
-    archive = keras.export.ExportArchive()
-    archive.track(model)
-    archive.add_endpoint("serve", serving_function(src, model), input_signature=_tf_specs(src))
-    try:
-        with quiet_stderr():
-            archive.write_out(str(tmp), verbose=False)
-    except Exception as e:
-        raise InputError(f"TensorFlow could not write a SavedModel of {src.display}: "
-                         f"{one_line(e)}") from None
-    return {}
-
-
-# -- ONNX --------------------------------------------------------------------------------
-
-
-def _erfc_handler(ctx, node, name, args):
-    """tf2onnx has no converter for ``Erfc`` (exact GELU traces to it): 1 - Erf(x)."""
-    import tf2onnx
-
-    dtype = ctx.get_dtype(node.input[0])
-    np_dtype = tf2onnx.utils.map_onnx_to_numpy_type(dtype)
-    erf = ctx.make_node("Erf", [node.input[0]], op_name_scope=node.name)
-    one = ctx.make_const(tf2onnx.utils.make_name(f"{node.name}/one"),
-                         np.array(1, dtype=np_dtype))
-    node.type = "Sub"
-    ctx.replace_inputs(node, [one.output[0], erf.output[0]])
-    return node
-
-
-def to_onnx(src: KerasArtifact, opset: int):
-    """The model as an ONNX ModelProto (not yet checked), through a frozen graph."""
-    import tensorflow as tf
-    import tf2onnx
-    from tensorflow.python.framework.convert_to_constants import (
-        convert_variables_to_constants_v2,
-    )
-
-    model = src.keras_model
-    names = src.output_names
-
-    def call(*args):
-        from wtransplant.checking.artifacts import flatten_outputs
-
-        return flatten_outputs(model(src.call_arg(list(args)), training=False))
-
-    fn = tf.function(call, input_signature=_tf_specs(src))
-    try:
-        with quiet_stderr():
-            # keep While loops as functions: tf2onnx turns them into ONNX Loop; lowered
-            # (v1 Enter/Exit) RNN loops leave TensorList ops it cannot convert
-            frozen = convert_variables_to_constants_v2(fn.get_concrete_function(),
-                                                       lower_control_flow=False)
-    except Exception as e:
-        raise InputError(f"{src.display}: TensorFlow could not trace the model for ONNX: "
-                         f"{one_line(e)}") from None
-    in_names = [t.name for t in frozen.inputs if t.dtype != tf.resource]
-    out_names = [t.name for t in frozen.outputs]
-    rename = dict(zip(in_names, src.input_names))
-    rename.update(zip(out_names, names))
-    graph_def = frozen.graph.as_graph_def()
-    with quiet_stderr():
-        proto, _ = tf2onnx.convert.from_graph_def(
-            graph_def, name=model.name, input_names=in_names, output_names=out_names,
-            opset=opset, custom_op_handlers={"Erfc": (_erfc_handler, [])},
-            tensors_to_rename=rename)
-    return proto
-
-
-def unconverted_nodes(proto) -> list[tuple[str, str]]:
-    """(op type, node name) of nodes, in the graph and its subgraphs, that are not ONNX
-    operators: what tf2onnx left as TensorFlow ops because it could not convert them."""
-    import onnx
-
-    bad = []
-
-    def walk(graph):
-        for node in graph.node:
-            if node.domain in ("", "ai.onnx", "ai.onnx.ml") and \
-                    not onnx.defs.has(node.op_type, node.domain or ""):
-                bad.append((node.op_type, node.name))
-            for attr in node.attribute:
-                if attr.type == onnx.AttributeProto.GRAPH:
-                    walk(attr.g)
-                for g in attr.graphs:
-                    walk(g)
-
-    walk(proto.graph)
-    return bad
-
-
-def layer_of(node_name: str, layer_names: set[str]) -> str | None:
-    """The Keras layer a TF op belongs to, from its name scope
-    (``functional_1/resize_1/resize/ScaleAndTranslate`` -> ``resize``): the deepest scope
-    that is a layer name, as is or without the ``_N`` suffix TF adds to reused scopes."""
-    parts = node_name.split("/")[:-1]
-    for part in reversed(parts):
-        if part in layer_names:
-            return part
-        base = re.sub(r"_\d+$", "", part)
-        if base in layer_names:
-            return base
-    return None
-
-
-def _layer_names(model) -> set[str]:
-    from wtransplant.checking.artifacts import _all_layers
-
-    return {lay.name for lay in _all_layers(model)}
-
-
-def _onnx_culprits(path: Path, message: str, src: KerasArtifact) -> str:
-    """' (layer 'x', ONNX Resize)' when onnxruntime's message names an operator type and
-    the nodes of that type carry a layer's name scope; ' (ONNX Resize node 'Resize__10')'
-    when tf2onnx gave the node a name of its own (it does for the nodes it creates)."""
-    import onnx
-
-    types = set(re.findall(r"in the (\w+) operator|Op \((\w+)\)", message))
-    types = {t for pair in types for t in pair if t}
-    if not types:
-        return ""
-    names = _layer_names(src.keras_model)
-    found = []
-    for node in onnx.load(str(path)).graph.node:
-        if node.op_type in types:
-            lay = layer_of(node.name, names)
-            found.append(f"layer {lay!r}, ONNX {node.op_type}" if lay else
-                         f"ONNX {node.op_type} node {node.name!r}")
-    return "".join(f" ({x})" for x in dict.fromkeys(found))
-
-
-def _write_onnx(src: KerasArtifact, tmp: Path, prov: dict, *, opset: int | None = None,
-                **_) -> dict:
-    import onnx
-
-    opset = check_opset(opset)
-    proto = to_onnx(src, opset)
-    bad = unconverted_nodes(proto)
-    if bad:
-        names = _layer_names(src.keras_model)
-        items = []
-        for op, node in bad:
-            lay = layer_of(node, names)
-            items.append(f"layer {lay!r} ({op})" if lay else f"op {node!r} ({op})")
-        items = list(dict.fromkeys(items))
-        raise InputError(f"{src.display}: tf2onnx {_version('tf2onnx')} cannot convert "
-                         f"{'; '.join(items)} to ONNX opset {opset}: tf2onnx has no "
-                         f"converter for that TensorFlow op")
-    for vi in list(proto.graph.input) + list(proto.graph.output):
-        dims = vi.type.tensor_type.shape.dim
-        if dims and not dims[0].HasField("dim_value"):
-            dims[0].dim_param = "batch"
-    proto.doc_string = f"{src.keras_model.name}: exported by wtransplant from {src.display}"
-    onnx.helper.set_model_props(proto, onnx_metadata(prov))
-    try:
-        onnx.checker.check_model(proto, full_check=True)
-    except Exception as e:  # onnx.checker.ValidationError, shape inference errors
-        raise InputError(f"{src.display}: the ONNX file tf2onnx wrote is not valid: "
-                         f"{one_line(e)}") from None
-    onnx.save(proto, str(tmp))
-    return {"opset": opset}
-
-
-# -- LiteRT ------------------------------------------------------------------------------
-
-
-class LiteRTUnsupported(InputError):
-    """The model needs ops the LiteRT interpreter of this TensorFlow cannot run."""
-
-
-def unrolled_copy(model):
-    """A copy of ``model`` with every recurrent layer unrolled (LiteRT's built-in ops have
-    no loops over TensorList); None if the model has no recurrent layer or one with an open
-    number of steps."""
-    import keras
-
-    from wtransplant.checking.artifacts import _all_layers
-
-    rnns = [lay for lay in _all_layers(model) if isinstance(lay, keras.layers.RNN |
-                                                            keras.layers.Bidirectional)]
-    if not rnns:
-        return None
-    for lay in rnns:
-        try:
-            steps = lay.input.shape[1]
-        except (AttributeError, ValueError):
-            return None
-        if steps is None:
-            return None
-
-    def clone(layer):
-        cfg = layer.get_config()
-        if isinstance(layer, keras.layers.RNN):
-            cfg["unroll"] = True
-        elif isinstance(layer, keras.layers.Bidirectional):
-            for side in ("layer", "backward_layer"):
-                if isinstance(cfg.get(side), dict):
-                    cfg[side]["config"]["unroll"] = True
-        return layer.__class__.from_config(cfg)
-
-    copy = keras.models.clone_model(model, clone_function=clone)
-    copy.set_weights(model.get_weights())
-    return copy
-
-
-def _write_tflite(src: KerasArtifact, tmp: Path, prov: dict, **_) -> dict:
-    import tensorflow as tf
-
-    notes = []
-    model = unrolled_copy(src.keras_model)
-    if model is not None:
-        notes.append("recurrent layers unrolled for LiteRT's built-in ops")
-    with tempfile.TemporaryDirectory(prefix=".wt-litert-", dir=tmp.parent) as d:
-        sm = Path(d) / "saved_model"
-        sm.mkdir()
-        _write_savedmodel(src, sm, prov, model=model)
-        try:
-            with quiet_stderr():
-                conv = tf.lite.TFLiteConverter.from_saved_model(str(sm))
-                conv.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS]
-                data = conv.convert()
-        except Exception as e:
-            raise LiteRTUnsupported(f"{src.display}: cannot convert to LiteRT with built-in "
-                                    f"ops: {_litert_reason(e)}") from None
-    tmp.write_bytes(data)
-    return {"notes": notes}
-
-
-def _litert_reason(e: Exception) -> str:
-    text = str(e)
-    ops = re.findall(r"'(?:tf|tfl)\.(\w+)' op is neither a custom op nor a flex op", text)
-    if ops:
-        return (f"TensorFlow op(s) {', '.join(sorted(set(ops)))} have no LiteRT built-in "
-                f"and the installed interpreter has no Flex delegate")
-    return one_line(e)[:300]
-
-
-WRITERS = {"keras": _write_keras, "h5": _write_keras, "savedmodel": _write_savedmodel,
-           "onnx": _write_onnx, "tflite": _write_tflite}
-
 # -- other Keras backends ------------------------------------------------------------------
 
-#: formats that TensorFlow writes (it traces the model's call as a tf.function)
-TF_FORMATS = ("savedmodel", "onnx", "tflite")
-#: (backend, format) that Keras writes itself under a backend other than TensorFlow
-#: (``keras.export.ExportArchive`` converts a JAX model with jax2tf); every other TF_FORMATS
-#: pair is written by TensorFlow in a child process from the model saved as ``.keras``
-NATIVE = {("jax", "savedmodel"), ("jax", "tflite")}
+# Formats that TensorFlow writes (``traced_by_tensorflow``: it traces the model's call as
+# a tf.function) are written under another backend by TensorFlow in a child process from
+# the model saved as ``.keras``, except under a format's ``native_backends``, whose Keras
+# writes it itself (``keras.export.ExportArchive`` converts a JAX model with jax2tf).
 #: seconds the child may take to start TensorFlow, load and write (a hang is a bug)
 CHILD_TIMEOUT_S = 1800
 
@@ -927,9 +583,10 @@ def writer_for(fmt: str, backend: str | None = None):
     this process under TensorFlow (and where Keras converts the model itself), else
     :func:`_write_in_tensorflow`."""
     backend = backend or keras_backend()
-    if backend == "tensorflow" or fmt not in TF_FORMATS:
-        return WRITERS[fmt]
-    if (backend, fmt) in NATIVE:
+    f = get(fmt)
+    if backend == "tensorflow" or not f.traced_by_tensorflow:
+        return f.write
+    if backend in f.native_backends:
         return lambda src, tmp, prov, **kw: _native_then_child(fmt, src, tmp, prov, **kw)
     return lambda src, tmp, prov, **kw: _write_in_tensorflow(fmt, src, tmp, prov, **kw)
 
@@ -940,9 +597,9 @@ def _native_then_child(fmt: str, src: KerasArtifact, tmp: Path, prov: dict, **kw
     import shutil
 
     try:
-        return WRITERS[fmt](src, tmp, prov, **kw)
-    except LiteRTUnsupported:
-        raise  # the LiteRT converter's verdict: the same in a child
+        return get(fmt).write(src, tmp, prov, **kw)
+    except Unsupported:
+        raise  # the converter's verdict: the same in a child
     except InputError as e:
         first = str(e)
     if tmp.is_dir():  # a SavedModel folder, maybe half written: start it again empty
@@ -962,14 +619,14 @@ def _write_in_tensorflow(fmt: str, src: KerasArtifact, tmp: Path, prov: dict, *,
     the model saved as a ``.keras`` archive, which every backend reads alike."""
     import subprocess
 
-    from wtransplant.building.transplanting import _quiet_save
     from wtransplant.quiet_tf import TF_ENV
+    from wtransplant.runtimes.keras import save_model_file
 
     backend = keras_backend()
     with tempfile.TemporaryDirectory(prefix="wt-export-") as d:
         arch = Path(d) / "model.keras"
         try:
-            _quiet_save(src.keras_model, arch)
+            save_model_file(src.keras_model, arch)
         except Exception as e:
             raise InputError(f"{src.display}: Keras ({backend}) could not save the model as "
                              f".keras for TensorFlow to write {fmt}: {one_line(e)}; export "
@@ -999,8 +656,8 @@ def _write_in_tensorflow(fmt: str, src: KerasArtifact, tmp: Path, prov: dict, *,
                          f"KERAS_BACKEND=tensorflow") from None
     if not out.get("ok"):
         cls = out.get("class")
-        if cls == "LiteRTUnsupported":
-            raise LiteRTUnsupported(out["error"])
+        if out.get("unsupported"):
+            raise Unsupported(out["error"])
         if cls == "internal":
             raise InputError(f"{src.display}: TensorFlow could not write {fmt} from the "
                              f"{backend} model ({out['error']}); export it under "
@@ -1027,5 +684,4 @@ def _bar(n: int, progress: bool | None):
 
 
 __all__ = ["export_model", "ExportReport", "FormatResult", "BatchParity", "FORMATS",
-           "to_onnx", "unconverted_nodes", "layer_of", "check_opset", "reload",
-           "build_provenance", "onnx_metadata", "median_ms", "batch_parity"]
+           "reload", "build_provenance", "median_ms", "batch_parity", "writer_for"]

@@ -38,7 +38,6 @@ from pathlib import Path
 import keras
 import numpy as np
 
-from wtransplant.building.keras_model import _walk_layers, check_config_safe
 from wtransplant.errors import InputError, TrainingError
 from wtransplant.finetuning import records
 from wtransplant.finetuning.data import (
@@ -52,7 +51,8 @@ from wtransplant.finetuning.data import (
     load_data,
 )
 from wtransplant.finetuning.options import FinetuneOptions, make_options
-from wtransplant.reading.h5io import check_readable_file, open_source
+from wtransplant.reading.h5io import check_readable_file
+from wtransplant.runtimes.keras import walk_layers
 
 #: test hook: exit abruptly (as a killed process would) after this many epochs are
 #: checkpointed
@@ -131,16 +131,9 @@ def load_model(model) -> tuple[keras.Model, dict]:
         return model, {"source": "keras.Model object", "name": model.name}
     p = check_readable_file(model)
     if p.suffix.lower() == ".keras":
-        with open_source(p) as src:
-            config = src.archive.config if src.archive else None
-        if not config:
-            raise InputError(f"{p}: a .keras archive without config.json")
-        check_config_safe(config, str(p))
-        try:
-            m = keras.models.load_model(p, compile=False, safe_mode=True)
-        except Exception as e:
-            raise InputError(f"{p}: Keras cannot load the model: "
-                             f"{' '.join(str(e).split())[:300]}") from None
+        from wtransplant.runtimes.keras import load_keras_archive
+
+        m = load_keras_archive(p)
         return m, {"source": str(p), "format": "keras3-archive", "name": m.name,
                    **_carried(p)}
     if p.suffix.lower() in (".h5", ".hdf5"):
@@ -174,7 +167,7 @@ def _carried(p: Path) -> dict:
 def compute_layers(model) -> list:
     """The model's leaf layers (nested models flattened), input layers left out: what
     ``--trainable-from`` indexes."""
-    return [lay for lay in _walk_layers(model) if not isinstance(lay, keras.layers.InputLayer)]
+    return [lay for lay in walk_layers(model) if not isinstance(lay, keras.layers.InputLayer)]
 
 
 def _output_activation(model) -> str:
@@ -201,7 +194,7 @@ def replace_head(model, units: int, activation: str) -> tuple[keras.Model, keras
         raise InputError(f"new_head: the last layer with weights, {top[k].name!r}, is a "
                          f"nested model; replace its head by hand")
     replaced = [lay.name for lay in top[k:]]
-    names = {lay.name for lay in _walk_layers(model)}
+    names = {lay.name for lay in walk_layers(model)}
     name = next(n for n in ("new_head", *(f"new_head_{i}" for i in range(1, 99)))
                 if n not in names)
     head = keras.layers.Dense(units, activation=activation, name=name, dtype="float32")
