@@ -9,6 +9,11 @@ every object; ``--sizes`` gives the curve of each against the number of datasets
 
     .venv/bin/python bench/bench_inspect.py [--datasets 20000] [--repeat 7]
         [--sizes 100,2000,20000,200000]
+    .venv/bin/python bench/bench_inspect.py --decide [--sizes 100,2000,5000,20000,200000]
+
+``--decide`` repeats the measurement that keeps ``wtransplant/reading/_fasth5.py``: the
+in-process walk of each file through h5py's public low-level API and through the ctypes
+probe, interleaved, the same tree from both (asserted), against HDF5's open/close floor.
 """
 
 from __future__ import annotations
@@ -101,6 +106,50 @@ def measure(path: Path, repeat: int, h5ls: str | None) -> dict:
     return out
 
 
+def decide(sizes: list[int], repeat: int) -> list[dict]:
+    """Walk time of h5py's public API path vs the ctypes probe (see ``--decide``)."""
+    from wtransplant.reading import _fasth5, tree
+    from wtransplant.reading.h5io import open_source
+
+    def walk(path, fast: bool):
+        _fasth5._lib, _fasth5._failed = None, not fast
+        min_ = _fasth5.FAST_MIN
+        _fasth5.FAST_MIN = 0 if fast else 1 << 62
+        try:
+            t = time.perf_counter()
+            with open_source(path, in_memory=True) as src:
+                d = tree.walk(src).to_dict()
+            return time.perf_counter() - t, d
+        finally:
+            _fasth5.FAST_MIN = min_
+            _fasth5._lib, _fasth5._failed = None, False
+
+    rows = []
+    with tempfile.TemporaryDirectory() as d:
+        for n in sizes:
+            path = Path(d) / f"many_{n}.h5"
+            make_file(path, n)
+            res = {"h5py": [], "ctypes": [], "floor": []}
+            walk(path, True)
+            walk(path, False)
+            for _ in range(repeat if n <= 20000 else 1):
+                a, ta = walk(path, False)
+                b, tb = walk(path, True)
+                assert ta == tb, "the two walks disagree"
+                res["h5py"].append(a)
+                res["ctypes"].append(b)
+                res["floor"].append(hdf5_open_close_floor(path) or float("nan"))
+            path.unlink()
+            med = {k: statistics.median(v) for k, v in res.items()}
+            row = {"datasets": n, **{f"{k}_s": v for k, v in med.items()},
+                   "ratio_ctypes_over_h5py": med["ctypes"] / med["h5py"]}
+            rows.append(row)
+            print(f"  {n:>7d} datasets: h5py API {med['h5py']:.3f} s, ctypes probe "
+                  f"{med['ctypes']:.3f} s ({row['ratio_ctypes_over_h5py']:.2f}x), HDF5 "
+                  f"open/close floor {med['floor']:.3f} s", file=sys.stderr)
+    return rows
+
+
 def main(argv=None) -> dict:
     ap = argparse.ArgumentParser(description=__doc__)
     ap.add_argument("--datasets", type=int, default=20000)
@@ -108,7 +157,15 @@ def main(argv=None) -> dict:
     ap.add_argument("--sizes", default="",
                     help="also measure these numbers of datasets (e.g. 100,2000,20000,200000)")
     ap.add_argument("--json", action="store_true")
+    ap.add_argument("--decide", action="store_true",
+                    help="compare the walk through h5py's API with the ctypes probe")
     args = ap.parse_args(argv)
+    if args.decide:
+        sizes = [int(x) for x in (args.sizes or "100,2000,5000,20000,200000").split(",")]
+        rows = decide(sizes, args.repeat)
+        if args.json:
+            print(json.dumps(rows))
+        return {"decide": rows}
     h5ls = shutil.which("h5ls")
     sizes = sorted({args.datasets, *(int(x) for x in args.sizes.split(",") if x)})
     scaling = []

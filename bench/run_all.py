@@ -242,12 +242,15 @@ def main(argv=None) -> int:
     curves["finetune"] = r.get("batch_scaling", [])
     thr = r["throughput_samples_per_s"]
     rr = r["round_ratios"]
+    ok = sum(x >= 0.9 for x in rr)
+    # issue 15: >= 0.9x in every paired round (five out of five), not only in the median
     row(f"fine-tuning throughput, HDF5-streamed ({r['base_samples']} samples, batch "
-        f"{r['batch_size']}; rounds {min(rr):.2f}-{max(rr):.2f}x)",
+        f"{r['batch_size']}; median of {len(rr)} paired rounds, rounds "
+        f"{min(rr):.2f}-{max(rr):.2f}x, {ok}/{len(rr)} at >= 0.9x)",
         "`model.fit` on in-memory arrays",
         f"{thr['memory']:.0f} samples/s", f"{thr['stream']:.0f} samples/s",
-        r["throughput_ratio_stream_over_memory"], ">= 0.9x",
-        r["throughput_ratio_stream_over_memory"] >= 0.9)
+        r["throughput_ratio_stream_over_memory"], f">= 0.9x in {len(rr)}/{len(rr)} rounds",
+        ok == len(rr))
     g = r["rss_growth_mib"]
     row(f"fine-tuning peak RSS growth as data grow {r['grow']}x "
         f"(+{r['data_growth_mib']:.0f} MiB on disk)", "in-memory `model.fit`",

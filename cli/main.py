@@ -377,7 +377,7 @@ def rebuild(file, spec_path, output, report_path, inputs, expected, input_layout
     # a damaged file that makes the HDF5 library loop or crash is refused before TF starts
     preflight(s.source, DEFAULT_TIMEOUT if timeout is None else timeout)
     choose_backend("rebuild", _rebuild_layer_classes(s, file))
-    import_keras()
+    import_keras(plain_dtypes=_plain_dtypes(s, file))
     from wtransplant.building.transplanting import RebuildReport
     from wtransplant.building.transplanting import rebuild as do_rebuild
 
@@ -389,6 +389,21 @@ def rebuild(file, spec_path, output, report_path, inputs, expected, input_layout
             _print_rebuild(e.report, as_json, show_plan, quiet)
         raise
     _print_rebuild(report, as_json, show_plan, quiet)
+
+
+def _plain_dtypes(s, file) -> bool:
+    """Whether a rebuild from spec ``s`` is known to use no ml_dtypes type (bfloat16,
+    float8, ...): the spec lists the layers itself and names none of them."""
+    import json
+
+    from wtransplant.backend import ML_DTYPE_NAMES, spec_layer_classes
+
+    if file or spec_layer_classes(s) is None:
+        return False
+    try:
+        return not ML_DTYPE_NAMES.search(json.dumps(s.to_dict(), default=str))
+    except Exception:
+        return False
 
 
 def _rebuild_layer_classes(s, file):

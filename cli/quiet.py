@@ -30,26 +30,37 @@ def choose_backend(command: str, layer_classes=None, *, needs_tensorflow=None):
     return name, why
 
 
-def import_keras():
+def import_keras(*, plain_dtypes: bool = False):
+    """Import Keras quietly. ``plain_dtypes``: the model is known to use none of
+    ml_dtypes' types (bfloat16, float8, ...): on the numpy backend ml_dtypes is then
+    imported only if something asks for it (wtransplant.backend.defer_jax)."""
     if "keras" in sys.modules and getattr(import_keras, "_done", False):
         return sys.modules["keras"]
     from wtransplant.quiet_tf import quiet_stderr
 
-    # Keras imports matplotlib.pyplot at start-up only for keras.visualization, which the
-    # CLI never calls: under the light backends, skip it (our own plots import pyplot when
-    # asked, as usual)
-    block_pyplot = "matplotlib.pyplot" not in sys.modules and \
-        os.environ.get("KERAS_BACKEND") in ("numpy", "jax")
-    if block_pyplot:
-        sys.modules["matplotlib.pyplot"] = None  # `import` raises ImportError: Keras skips it
+    # Keras imports matplotlib (keras.visualization) and requests (RemoteMonitor) at
+    # start-up, which the CLI never uses: under the light backends they are skipped
+    # (`import` raises ImportError, which Keras tolerates; our own plots import matplotlib
+    # when asked, as usual), and on the numpy backend JAX waits for its first use
+    # (wtransplant.backend.defer_jax): Keras starts in about half the time
+    light = os.environ.get("KERAS_BACKEND") in ("numpy", "jax")
+    blocked = [m for m in ("matplotlib", "matplotlib.pyplot", "requests")
+               if light and m not in sys.modules]
+    for m in blocked:
+        sys.modules[m] = None
+    if os.environ.get("KERAS_BACKEND") == "numpy":
+        from wtransplant.backend import defer_jax
+
+        defer_jax(ml_dtypes=plain_dtypes)
     try:
         with quiet_stderr(replay=True):  # what TF said is shown only if the import fails
             import keras
 
             keras.ops.convert_to_numpy(keras.ops.zeros((1,)))  # device start-up logs too
     finally:
-        if block_pyplot and sys.modules.get("matplotlib.pyplot", 0) is None:
-            del sys.modules["matplotlib.pyplot"]
+        for m in blocked:
+            if m in sys.modules and sys.modules[m] is None:
+                del sys.modules[m]
     from wtransplant.backend import keep_tensorflow_unloaded
 
     keep_tensorflow_unloaded()  # saving under numpy/jax need not start TensorFlow

@@ -321,70 +321,47 @@ def test_fast_probe_and_h5py_walk_agree(rel, monkeypatch):
     assert fast == slow
 
 
-@pytest.mark.parametrize("rel", ["torch/torch_cnn.h5", "matlab/matlab73_mlp.mat",
-                                 "keras2/k2_mobilenetv2_weights.h5"])
-def test_two_process_probe_gives_the_same_tree(rel, monkeypatch):
-    """Large files are probed by a forked helper and the walk together; the tree must be
-    the one a single process finds, also when the helper fails."""
+def test_fast_probe_uses_the_library_h5py_loaded():
+    """The probe calls the HDF5 library already in the process (h5py's), never a second
+    copy: no new libhdf5 mapping appears when it loads; its version is h5py's."""
+    import ctypes
+
+    from wtransplant.reading import _fasth5
+
+    if not sys.platform.startswith("linux"):
+        pytest.skip("reads /proc/self/maps")
+
+    def mapped():
+        with open("/proc/self/maps") as f:
+            return {ln.split(None, 5)[5].strip() for ln in f if len(ln.split(None, 5)) == 6
+                    and _fasth5._LIBNAME.match(os.path.basename(ln.split(None, 5)[5].strip()))}
+
+    before = mapped()
+    assert before, "h5py's HDF5 library is not mapped"
+    _fasth5._lib, _fasth5._failed = None, False
+    lib = _fasth5._load()
+    assert lib is not None
+    assert mapped() == before
+    maj, mnr, rel = ctypes.c_uint(), ctypes.c_uint(), ctypes.c_uint()
+    h5lib = ctypes.CDLL(sorted(before)[0], mode=os.RTLD_NOLOAD)
+    h5lib.H5get_libversion(ctypes.byref(maj), ctypes.byref(mnr), ctypes.byref(rel))
+    assert (maj.value, mnr.value, rel.value) == h5py.version.hdf5_version_tuple[:3]
+
+
+def test_fast_probe_off_without_h5py_lock(monkeypatch):
+    """No h5py global lock to hold (a future h5py): the walk uses h5py alone, same tree."""
     from wtransplant.reading import _fasth5
     from wtransplant.reading.tree import walk
 
-    if not hasattr(os, "fork") or not sys.platform.startswith("linux"):
-        pytest.skip("the two-process probe is Linux-only")
-    monkeypatch.setattr(_fasth5, "PARALLEL_MIN", 10**9)
+    with open_source(fx("torch/torch_cnn.h5")) as src:
+        want = walk(src).to_dict()
+    monkeypatch.setattr(_fasth5, "_lib", None)
+    monkeypatch.setattr(_fasth5, "_failed", False)
     monkeypatch.setattr(_fasth5, "FAST_MIN", 0)
-    with open_source(fx(rel)) as src:
-        serial = walk(src).to_dict()
-    monkeypatch.setattr(_fasth5, "_parallel_ok", lambda n: n >= 2)
-    forks = []
-    real_fork = os.fork
-    monkeypatch.setattr(os, "fork", lambda: forks.append(1) or real_fork())
-    with open_source(fx(rel)) as src:
-        parallel = walk(src).to_dict()
-    assert forks, "the helper was not used"
-    assert parallel == serial
-
-    def broken(_):  # the helper dies before answering: the parent does its half
-        raise RuntimeError("helper failure")
-
-    monkeypatch.setattr(_fasth5.marshal, "dumps", broken)
-    with open_source(fx(rel)) as src:
-        assert walk(src).to_dict() == serial
-
-
-def test_interrupted_walk_leaves_no_helper(monkeypatch):
-    """An interrupt while the parent probes its half kills and reaps the helper."""
-    from wtransplant.reading import _fasth5
-    from wtransplant.reading.tree import walk
-
-    if not hasattr(os, "fork") or not sys.platform.startswith("linux"):
-        pytest.skip("the two-process probe is Linux-only")
-    monkeypatch.setattr(_fasth5, "_parallel_ok", lambda n: n >= 2)
-    monkeypatch.setattr(_fasth5, "FAST_MIN", 0)
-    me = os.getpid()
-    real_probe = _fasth5.Prober.probe
-
-    def probe(self, name):
-        if os.getpid() == me:
-            raise KeyboardInterrupt
-        return real_probe(self, name)
-
-    monkeypatch.setattr(_fasth5.Prober, "probe", probe)
-    pids = []
-    real_fork = os.fork
-
-    def fork():
-        pid = real_fork()
-        if pid:
-            pids.append(pid)
-        return pid
-
-    monkeypatch.setattr(os, "fork", fork)
-    with open_source(fx("torch/torch_cnn.h5")) as src, pytest.raises(KeyboardInterrupt):
-        walk(src)
-    assert len(pids) == 1
-    with pytest.raises(ChildProcessError):  # already reaped
-        os.waitpid(pids[0], os.WNOHANG)
+    monkeypatch.setattr(_fasth5, "_phil", lambda: None)
+    assert _fasth5._load() is None
+    with open_source(fx("torch/torch_cnn.h5")) as src:
+        assert walk(src).to_dict() == want
 
 
 def test_inspect_into_a_closed_pipe_stops_quietly(tmp_path):

@@ -24,8 +24,10 @@ SEEDS = "layered/seeds_mlp"
 WRAPPER = r"""
 import atexit, json, os, sys
 def _modules():
+    from wtransplant.backend import jax_loaded
     with open(os.environ["WT_MODULES_OUT"], "w") as fh:
-        json.dump({m: m in sys.modules for m in ("keras", "tensorflow", "jax")}, fh)
+        json.dump({m: m in sys.modules for m in ("keras", "tensorflow")}
+                  | {"jax": jax_loaded()}, fh)
 atexit.register(_modules)
 from wtransplant_cli.main import main
 sys.argv = ["wtransplant"] + sys.argv[1:]
@@ -153,7 +155,9 @@ def test_auto_rebuild_without_tensorflow_loads_under_tensorflow(tmp_path):
                            "-q")
     assert r.returncode == 0, r.stderr[-2000:]
     assert r.stderr == ""  # no TensorFlow or JAX log lines
-    assert mods == {"keras": True, "tensorflow": False, "jax": True}, mods
+    # no TensorFlow; JAX, which Keras' numpy backend imports for convolutions, waits for
+    # its first use (an MLP never uses it: half of Keras' start-up saved)
+    assert mods == {"keras": True, "tensorflow": False, "jax": False}, mods
     report = json.loads(rep.read_text())
     assert report["backend"]["backend"] == "numpy", report["backend"]
     assert "numpy" in report["backend"]["why"]
@@ -216,6 +220,9 @@ def test_light_backend_results_match_tensorflow(tmp_path):
                            env=_auto_env(WT_MODULES_OUT=str(tmp_path / "m.json")))
         assert r.returncode == 0, r.stderr[-2000:]
         outs[label] = m
+    # the convolutions loaded JAX on their first use (Keras' numpy backend runs them on it)
+    mods = json.loads((tmp_path / "m.json").read_text())
+    assert mods == {"keras": True, "tensorflow": False, "jax": True}, mods
     check = r"""
 import sys, numpy as np, keras
 a = keras.models.load_model(sys.argv[1]); b = keras.models.load_model(sys.argv[2])
@@ -228,3 +235,52 @@ print(float(np.max(np.abs(np.asarray(a.predict(x, verbose=0)) - np.asarray(b.pre
     assert t.returncode == 0, t.stderr[-2000:]
     assert float(t.stdout.strip().splitlines()[-1]) < 1e-5
     assert np.isfinite(float(t.stdout.strip().splitlines()[-1]))
+
+
+def test_deferred_jax_loads_on_first_use():
+    """defer_jax: Keras' numpy backend starts without JAX and ml_dtypes; the first use of
+    JAX (a convolution through keras.ops, an FFT) imports the real modules, every stand-in
+    leaves sys.modules, bfloat16 works again; results match NumPy's."""
+    script = r"""
+import sys, numpy as np
+from wtransplant.backend import defer_jax, jax_loaded
+assert defer_jax(ml_dtypes=True)
+import keras
+assert keras.backend.backend() == "numpy" and not jax_loaded()
+from wtransplant.backend import _Deferred
+assert isinstance(sys.modules["ml_dtypes"], _Deferred)  # Keras started without it
+x = np.random.default_rng(0).normal(size=(1, 5, 5, 2)).astype("float32")
+k = np.random.default_rng(1).normal(size=(3, 3, 2, 4)).astype("float32")
+y = keras.ops.convert_to_numpy(keras.ops.conv(x, k, padding="valid"))
+assert jax_loaded()
+assert not any(isinstance(m, _Deferred) for m in sys.modules.values())
+b = keras.ops.convert_to_numpy(keras.ops.cast(np.ones((2,), "float32"), "bfloat16"))
+assert str(b.dtype) == "bfloat16" and float(b.astype("float32").sum()) == 2.0
+ref = np.zeros((1, 3, 3, 4), np.float32)
+for i in range(3):
+    for j in range(3):
+        ref[0, i, j] = np.tensordot(x[0, i:i + 3, j:j + 3], k, axes=3)
+re_, im = keras.ops.fft((np.ones((4,), "float32"), np.zeros((4,), "float32")))
+assert abs(float(np.asarray(re_)[0]) - 4.0) < 1e-6
+print(float(np.max(np.abs(y - ref))))
+"""
+    r = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
+                       env=_auto_env(KERAS_BACKEND="numpy"), timeout=600)
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert float(r.stdout.strip().splitlines()[-1]) < 1e-4
+
+
+def test_ml_dtypes_deferred_only_for_plain_specs():
+    """NumPy knows 'bfloat16' only once ml_dtypes is loaded: a rebuild defers ml_dtypes
+    only for a spec that lists its layers and names none of its types."""
+    from wtransplant_cli.main import _plain_dtypes
+
+    from wtransplant.planning.spec import load_spec
+
+    plain = load_spec(fx("specs/layered_mlp.yaml"))
+    assert _plain_dtypes(plain, None) is True
+    assert _plain_dtypes(plain, fx("keras2/k2_cnn_model.h5")) is False
+    d = plain.to_dict()
+    d["model"]["layers"][-1]["dtype"] = "bfloat16"
+    named = load_spec(data=d, base_dir=fx("specs"))
+    assert _plain_dtypes(named, None) is False

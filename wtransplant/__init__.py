@@ -81,10 +81,11 @@ def _register_own_layers() -> None:
         except Exception:  # a broken Keras install must not break `import wtransplant`
             pass
         return
-    from importlib import abc as _abc
     from importlib import util as _util
 
-    class _Loader(_abc.Loader):
+    # plain classes: importlib.abc's import (importlib.resources, tempfile, ...) would cost
+    # every command's start-up
+    class _Loader:
         def __init__(self, inner):
             self.inner = inner
 
@@ -98,7 +99,7 @@ def _register_own_layers() -> None:
             except Exception:
                 pass
 
-    class _Finder(_abc.MetaPathFinder):
+    class _Finder:
         def find_spec(self, name, path=None, target=None):
             if name != "keras":
                 return None

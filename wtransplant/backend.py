@@ -26,7 +26,9 @@ from __future__ import annotations
 
 import importlib.util
 import os
+import re
 import sys
+import types
 
 #: layer classes Keras' numpy backend builds and runs (forward pass) like TensorFlow does:
 #: every fixture spec using them rebuilds to parity on it (tests/test_startup.py); any other
@@ -210,3 +212,90 @@ def keep_tensorflow_unloaded() -> bool:
 
 __all__ = ["choose_backend", "apply_backend", "spec_layer_classes", "config_layer_classes", "chosen", "keep_tensorflow_unloaded",
            "light_backends", "NUMPY_LAYERS", "TF_COMMANDS"]
+
+
+# --------------------------------------------------------------------------------------
+# Keras' numpy backend without JAX until JAX is used
+
+
+class _Deferred(types.ModuleType):
+    """Stands in ``sys.modules`` for a module that is imported on first real use: Keras'
+    numpy backend imports ``jax`` and ``jax.lax`` (for convolutions) and the jax backend's
+    FFT at import time, half of Keras' start-up, which a model without convolutions never
+    uses. Attribute names known to be read at import time answer without loading
+    (``subs``: submodules, themselves deferred; ``funcs``: functions, as wrappers that load
+    on call); any other attribute loads the real module (all deferred modules leave
+    ``sys.modules`` first) and is taken from it, so every use gets real JAX."""
+
+    def __init__(self, name: str, subs: dict | None = None, funcs=()):
+        super().__init__(name)
+        d = self.__dict__
+        d["_wt_subs"] = {k: _Deferred(f"{name}.{k}", funcs=v) for k, v in (subs or {}).items()}
+        d["_wt_funcs"] = frozenset(funcs)
+        d["_wt_real"] = None
+
+    def _wt_load(self):
+        d = self.__dict__
+        if d["_wt_real"] is None:
+            for k in [k for k, v in list(sys.modules.items()) if isinstance(v, _Deferred)]:
+                del sys.modules[k]
+            import importlib
+
+            d["_wt_real"] = importlib.import_module(self.__name__)
+        return d["_wt_real"]
+
+    def __getattr__(self, attr):
+        d = self.__dict__
+        if d["_wt_real"] is None:
+            if attr in d["_wt_subs"]:
+                return d["_wt_subs"][attr]
+            if attr in d["_wt_funcs"]:
+                def call(*args, **kwargs):
+                    return getattr(self._wt_load(), attr)(*args, **kwargs)
+
+                call.__name__ = attr
+                return call
+            if attr.startswith("__") and attr.endswith("__"):
+                raise AttributeError(attr)
+        return getattr(self._wt_load(), attr)
+
+
+#: what Keras 3's numpy backend reads of JAX while it is imported (keras/src/backend/numpy
+#: nn.py and math.py, callbacks/orbax_checkpoint.py)
+_JAX_AT_IMPORT = {"lax": (), "monitoring": ("record_scalar",)}
+_KERAS_JAX_MATH = ("keras.src.backend.jax.math", ("fft", "fft2"))
+
+
+#: the dtype names only ml_dtypes gives NumPy: a model that names one needs it loaded
+ML_DTYPE_NAMES = re.compile(r"bfloat16|float8|float6|float4|u?int4|u?int2\b")
+
+
+def defer_jax(*, ml_dtypes: bool = False) -> bool:
+    """Before ``import keras`` on the numpy backend: JAX is imported only when first used
+    (a convolution, an FFT), not by Keras' start-up. With ``ml_dtypes``, so is ml_dtypes
+    (its extension registers bfloat16, float8, ... with NumPy, about 0.6 s of Keras'
+    start-up): only for a model known to name none of those types (:data:`ML_DTYPE_NAMES`),
+    because Keras' numpy backend then asks NumPy for them by name, which only works once
+    ml_dtypes is loaded. Returns whether JAX is deferred; a no-op when Keras or JAX is
+    already imported or JAX is not installed."""
+    if "keras" in sys.modules or "jax" in sys.modules or not _installed("jax"):
+        return False
+    if ml_dtypes and "ml_dtypes" not in sys.modules and _installed("ml_dtypes"):
+        ml = _Deferred("ml_dtypes")
+        ml.__spec__ = importlib.util.find_spec("ml_dtypes")
+        sys.modules["ml_dtypes"] = ml
+    spec = importlib.util.find_spec("jax")
+    jax = _Deferred("jax", subs=_JAX_AT_IMPORT)
+    jax.__spec__ = spec
+    sys.modules["jax"] = jax
+    for k, sub in jax._wt_subs.items():
+        sys.modules[f"jax.{k}"] = sub
+    name, funcs = _KERAS_JAX_MATH
+    sys.modules[name] = _Deferred(name, funcs=funcs)
+    return True
+
+
+def jax_loaded() -> bool:
+    """Whether the real JAX is imported (not a :func:`defer_jax` stand-in)."""
+    m = sys.modules.get("jax")
+    return m is not None and not isinstance(m, _Deferred)

@@ -22,7 +22,6 @@ see TensorFlow's own lines.
 from __future__ import annotations
 
 import contextlib
-import importlib.abc
 import importlib.machinery
 import logging
 import os
@@ -38,7 +37,7 @@ def _quiet_wanted() -> bool:
     return not os.environ.get("WTRANSPLANT_TF_LOGS")
 
 
-class _QuietLoader(importlib.abc.Loader):
+class _QuietLoader:  # an importlib Loader (importlib.abc's import costs start-up)
     """Delegates to TensorFlow's own loader, with fd 2 captured while its module runs."""
 
     def __init__(self, loader):
@@ -57,7 +56,7 @@ class _QuietLoader(importlib.abc.Loader):
         return getattr(self._loader, name)
 
 
-class _QuietTensorFlowFinder(importlib.abc.MetaPathFinder):
+class _QuietTensorFlowFinder:  # an importlib MetaPathFinder
     def find_spec(self, name, path=None, target=None):
         if name != "tensorflow" or name in sys.modules:
             return None

@@ -1,43 +1,50 @@
 """A fast metadata probe for the tree walk: direct calls into the HDF5 library h5py loaded.
 
-Walking a file with tens of thousands of datasets through h5py's object wrappers costs
-about three times what the HDF5 calls themselves cost (each wrapper is created, locked and
-garbage-collected). For the few facts the walk needs per object (type, shape, datatype
-class and size, contiguous offset, stored bytes, attribute count) this module calls the
-same library through ctypes, holding h5py's global lock, and closes every id it opens.
+Walking a file with thousands of datasets through h5py's object wrappers costs about 1.5x
+what the same HDF5 calls cost directly (each wrapper is created, registered, locked and
+freed). For the few facts the walk needs per object (type, shape, datatype class and size,
+contiguous offset, stored bytes, attribute count) this module calls the same library
+through ctypes, holding h5py's global lock, and closes every id it opens.
 
 It is an optimisation only: :func:`probe` returns None for anything unusual and the walk
 then uses h5py. ``WTRANSPLANT_NO_FASTH5=1`` turns it off; tests check both paths give
-identical trees.
+identical trees on every fixture.
 
-Kept by measurement (issue 15; ``bench/bench_inspect.py --decide`` repeats it): the same
-facts through h5py's public low-level API (``h5o.open``, ``get_space``, ``get_type`` with
-one ``TypeID ==`` against the previous type, ``get_offset``, ``get_storage_size``,
-``h5a.get_num_attrs``) cost 1.5x what these calls cost at 2,000 and at 20,000 datasets
-(0.119 s vs 0.072 s; 1.37 s vs 0.92 s; HDF5's own open/close of every object: 0.05 s and
-0.60 s), on a 2-core machine shared with other work. Below :data:`FAST_MIN` objects the
-walk uses h5py only: loading the library here (about 10 ms) costs more than it saves.
-It is safe in the ways that matter: the library is the one h5py loaded (same version, or
-nothing), every id opened is closed, h5py's global lock is held throughout, and anything
-but a plain float/integer dataset or a group goes through h5py.
+Decided by measurement (issue 15, round two; ``bench/bench_inspect.py --decide`` repeats
+it: in-process walks of that benchmark's files, h5py's public low-level API path of
+tree.py vs this probe, interleaved, the same tree asserted, medians, on a 2-core machine
+shared with other work):
 
-:func:`probe_many` probes a very large file's objects in two processes at once on Linux (a
-forked helper takes the second half and sends its tuples back through a pipe); the HDF5
-library holds one global lock, so threads cannot share this work. Measured: 17.6 s vs
-24.1 s serial at 200,000 datasets, but no gain (2.25 s vs 2.0 s) at 20,000 on a busy
-2-core machine, hence :data:`PARALLEL_MIN`.
+=========  ===========  ===========  =====  ===========================
+datasets   h5py API     this probe   ratio  HDF5 open/close of each one
+=========  ===========  ===========  =====  ===========================
+100        7.5 ms       7.1 ms       0.95x  0.7 ms
+2,000      190 ms       131 ms       0.69x  53 ms
+5,000      568 ms       384 ms       0.68x  148 ms
+20,000     2.29 s       2.16 s*      0.94x  0.64 s
+200,000    34.9 s       23.4 s       0.67x  6.1 s
+=========  ===========  ===========  =====  ===========================
+
+(* 3 repeats on a busy machine; the other 20,000 run gave 0.67x.) It wins by about 1.5x
+from 2,000 datasets up, so it stays there; below :data:`FAST_MIN` objects the walk uses
+h5py only (loading the library here costs more than it saves). The two-process split of
+the first round (a forked helper probing half the objects) was removed: measured 25.4 s vs
+23.4 s serial at 200,000 datasets, no gain on a shared 2-core machine, for a fork of a
+process holding an open HDF5 file.
+
+Safe in the ways that matter: the library is the one already mapped into this process
+(found in ``/proc/self/maps`` and opened with ``RTLD_NOLOAD``, so a second copy is never
+loaded; elsewhere h5py's bundled library, and only if its version is h5py's), h5py's global
+lock is held throughout (no lock found: no fast path), every id opened is closed, and
+anything but a plain float/integer dataset or a group goes through h5py.
 """
 
 from __future__ import annotations
 
 import ctypes
 import glob
-import marshal
 import os
-import signal
-import sys
-import threading
-import warnings
+import re
 
 import h5py
 
@@ -85,33 +92,56 @@ class _Lib:
         self.SGN_NONE = h5t.SGN_NONE
 
 
+#: the HDF5 library's file name (h5py's wheels add a hash: libhdf5-8c29085d.so.310.5.1)
+_LIBNAME = re.compile(r"libhdf5(-[0-9a-f]+)?\.(so|dylib)")
+
+
+def _candidates() -> list[str]:
+    """Paths of the HDF5 library: those mapped into this process first (Linux), then the
+    one h5py's wheel bundles."""
+    out: list[str] = []
+    try:
+        with open("/proc/self/maps") as f:
+            for line in f:
+                parts = line.split(None, 5)
+                if len(parts) == 6 and _LIBNAME.match(os.path.basename(parts[5].strip())):
+                    p = parts[5].strip()
+                    if p not in out:
+                        out.append(p)
+    except OSError:
+        pass
+    libdir = os.path.join(os.path.dirname(h5py.__file__), os.pardir, "h5py.libs")
+    out += [p for p in sorted(glob.glob(os.path.join(libdir, "libhdf5*")))
+            if _LIBNAME.match(os.path.basename(p)) and p not in out]
+    return out
+
+
 def _load() -> _Lib | None:
     global _lib, _failed
     if _lib is not None or _failed:
         return _lib
-    if os.environ.get("WTRANSPLANT_NO_FASTH5"):
+    if os.environ.get("WTRANSPLANT_NO_FASTH5") or _phil() is None:
         _failed = True
         return None
-    try:
-        libdir = os.path.join(os.path.dirname(h5py.__file__), os.pardir, "h5py.libs")
-        cands = sorted(glob.glob(os.path.join(libdir, "libhdf5-*.so*")))
-        if cands:
-            lib = ctypes.CDLL(cands[0])
-        else:  # h5py built against a system libhdf5: it is already in the process
-            lib = ctypes.CDLL(None)
-            lib.H5Oopen  # noqa: B018  (raises AttributeError if not loaded)
-        # the library must be the one h5py uses: compare versions
-        maj, mnr, rel = ctypes.c_uint(), ctypes.c_uint(), ctypes.c_uint()
-        lib.H5get_libversion(ctypes.byref(maj), ctypes.byref(mnr), ctypes.byref(rel))
-        if (maj.value, mnr.value, rel.value) != tuple(h5py.version.hdf5_version_tuple[:3]):
-            raise OSError("HDF5 version mismatch")
-        if maj.value < 1 or (maj.value == 1 and mnr.value < 10):
-            raise OSError("HDF5 < 1.10: hid_t is not 64-bit")
-        _lib = _Lib(lib)
-    except Exception:
-        _failed = True
-        _lib = None
-    return _lib
+    # RTLD_NOLOAD: only a library already in the process (the one h5py's modules use);
+    # never a second copy with its own global state
+    mode = getattr(os, "RTLD_NOLOAD", 0) | getattr(os, "RTLD_LOCAL", 0)
+    for path in _candidates():
+        try:
+            lib = ctypes.CDLL(path, mode=mode)
+            # the library must be the one h5py uses: compare versions
+            maj, mnr, rel = ctypes.c_uint(), ctypes.c_uint(), ctypes.c_uint()
+            lib.H5get_libversion(ctypes.byref(maj), ctypes.byref(mnr), ctypes.byref(rel))
+            if (maj.value, mnr.value, rel.value) != tuple(h5py.version.hdf5_version_tuple[:3]):
+                continue
+            if maj.value < 1 or (maj.value == 1 and mnr.value < 10):
+                continue  # HDF5 < 1.10: hid_t is not 64-bit
+            _lib = _Lib(lib)
+            return _lib
+        except (OSError, AttributeError, TypeError, ValueError):
+            continue
+    _failed = True
+    return None
 
 
 def _phil():
@@ -212,32 +242,6 @@ class Prober:
 
 #: files with fewer objects than this are walked through h5py alone
 FAST_MIN = 1000
-#: files with at least this many objects are probed by two processes at once
-PARALLEL_MIN = 50000
-#: libraries whose threads make forking unsafe once they are loaded
-_THREADED = ("tensorflow", "jax", "torch")
-
-
-def _parallel_ok(n: int) -> bool:
-    if n < PARALLEL_MIN or not sys.platform.startswith("linux") or not hasattr(os, "fork"):
-        return False
-    if any(m in sys.modules for m in _THREADED) or threading.active_count() > 1:
-        return False  # another thread could hold a lock the helper needs
-    try:
-        return len(os.sched_getaffinity(0)) >= 2
-    except (AttributeError, OSError):
-        return (os.cpu_count() or 1) >= 2
-
-
-def _die_with_parent(parent: int) -> None:
-    """The helper must not outlive the walk: if the parent is killed (a time limit), the
-    kernel kills the helper too (PR_SET_PDEATHSIG)."""
-    try:
-        ctypes.CDLL(None, use_errno=True).prctl(1, 9, 0, 0, 0)  # PR_SET_PDEATHSIG, SIGKILL
-    except Exception:
-        pass
-    if os.getppid() != parent:  # the parent died before prctl took effect
-        os._exit(1)
 
 
 def probe_many(h5file: h5py.File, names: list[bytes]) -> list:
@@ -247,66 +251,4 @@ def probe_many(h5file: h5py.File, names: list[bytes]) -> list:
     prober = Prober(h5file)
     if not prober.ok:
         return [None] * len(names)
-    if not _parallel_ok(len(names)):
-        return prober.probe_all(names)
-    half = len(names) // 2
-    theirs = _probe_in_helper(prober, names[half:])
-    try:
-        mine = prober.probe_all(names[:half])
-    except BaseException:  # interrupted: the helper must not linger
-        theirs(kill=True)
-        raise
-    rest = theirs()
-    if rest is None:  # the helper failed: do its half here
-        rest = prober.probe_all(names[half:])
-    return mine + rest
-
-
-def _probe_in_helper(prober: Prober, names: list[bytes]):
-    """Fork a helper that probes ``names``; return a function that collects its answer
-    (None if it failed). Called without h5py's lock held, so the helper starts unlocked."""
-    parent = os.getpid()
-    r, w = os.pipe()
-    sys.stdout.flush()
-    sys.stderr.flush()
-    with warnings.catch_warnings():
-        # Python 3.12+ warns about forking with native threads (OpenBLAS' idle workers):
-        # the helper only calls HDF5 and writes to a pipe
-        warnings.simplefilter("ignore", DeprecationWarning)
-        pid = os.fork()
-    if pid == 0:  # the helper: no Python cleanup, no buffered output of the parent
-        try:
-            os.close(r)
-            _die_with_parent(parent)
-            data = marshal.dumps(prober.probe_all(names))
-            view = memoryview(data)
-            while view:
-                view = view[os.write(w, view):]
-            os._exit(0)
-        except BaseException:
-            os._exit(1)
-    os.close(w)
-
-    def collect(kill: bool = False):
-        chunks = []
-        try:
-            if kill:
-                os.kill(pid, signal.SIGKILL)
-            while not kill:
-                b = os.read(r, 1 << 20)
-                if not b:
-                    break
-                chunks.append(b)
-        finally:
-            os.close(r)
-            _, status = os.waitpid(pid, 0)
-        if kill or os.waitstatus_to_exitcode(status) != 0:
-            return None
-        try:
-            # our own helper's tuples of ints, bools and None (marshal runs no code)
-            out = marshal.loads(b"".join(chunks))
-        except (EOFError, ValueError, TypeError):
-            return None
-        return out if isinstance(out, list) and len(out) == len(names) else None
-
-    return collect
+    return prober.probe_all(names)

@@ -20,16 +20,18 @@ import io
 import math
 import os
 import stat
-import tempfile
-import zipfile
 import zlib
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import h5py
 import numpy as np
 
 from wtransplant.errors import InputError, UnsafeInputError
+
+if TYPE_CHECKING:
+    import zipfile
 
 #: A dataset declaring more than this many bytes and more than MAX_EXPANSION times what it
 #: stores on disk is refused (same rule as Keras 3.15's ``safe_get_h5_dataset``).
@@ -217,6 +219,8 @@ def _safe_member(name: str) -> bool:
 
 def read_archive_info(zf: zipfile.ZipFile, display: str) -> ArchiveInfo:
     """Validate a ``.keras`` zip's member list and read its JSON config and metadata."""
+    import zipfile
+
     try:
         return _read_archive_info(zf, display)
     except (zipfile.BadZipFile, zlib.error, EOFError, OSError, NotImplementedError) as e:
@@ -253,6 +257,8 @@ def _read_archive_info(zf: zipfile.ZipFile, display: str) -> ArchiveInfo:
 
 
 def _open_keras_archive(p: Path, size: int, *, follow_links: bool) -> OpenedSource:
+    import zipfile  # here: an HDF5 inspect does not pay its import
+
     display = str(p)
     try:
         zf = zipfile.ZipFile(p, "r")
@@ -285,6 +291,8 @@ def _open_inner(zf, p: Path, size: int, display: str, follow_links: bool) -> Ope
         if zi.file_size <= _INMEMORY_LIMIT:
             target = io.BytesIO(zf.read(KERAS_ARCHIVE_WEIGHTS))
         else:
+            import tempfile
+
             tmpdir = tempfile.mkdtemp(prefix="wtransplant-")
             tmp = os.path.join(tmpdir, "model.weights.h5")
             with zf.open(KERAS_ARCHIVE_WEIGHTS) as src, open(tmp, "wb") as dst:
