@@ -378,13 +378,14 @@ def rebuild(file, spec_path, output, report_path, inputs, expected, input_layout
     preflight(s.source, DEFAULT_TIMEOUT if timeout is None else timeout)
     choose_backend("rebuild", _rebuild_layer_classes(s, file))
     import_keras(plain_dtypes=_plain_dtypes(s, file))
+    from wtransplant.building.transplanting import RebuildReport
     from wtransplant.building.transplanting import rebuild as do_rebuild
 
     try:
         _model, report = do_rebuild(s, output=out, report_path=report_path, force=force,
                                     progress=False if quiet else None)
     except ParityError as e:
-        if e.report is not None:
+        if isinstance(e.report, RebuildReport):
             _print_rebuild(e.report, as_json, show_plan, quiet)
         raise
     _print_rebuild(report, as_json, show_plan, quiet)
@@ -465,7 +466,8 @@ def _print_report(report, as_json: bool, printer: str, quiet: bool = False, **kw
     if as_json:
         from wtransplant.atomic import dumps
 
-        click.echo(dumps(report.to_dict() if hasattr(report, "to_dict") else report))
+        # finetune's report is a plain dict; the others are report objects
+        click.echo(dumps(report if isinstance(report, dict) else report.to_dict()))
         return
     if quiet:
         return
@@ -515,7 +517,7 @@ def export(model, fmt, output, verify, opset, provenance, report_path, save_repo
     MODEL computes on seeded random inputs at two batch sizes, and report size and latency.
     A file that fails the check is not kept (exit 1)."""
     from wtransplant.errors import InputError, ParityError
-    from wtransplant.exporting.export import export_model, plan_outputs
+    from wtransplant.exporting.export import ExportReport, export_model, plan_outputs
 
     if save_report:
         _deprecated("--save-report", "--report")
@@ -536,7 +538,7 @@ def export(model, fmt, output, verify, opset, provenance, report_path, save_repo
                               repeats=repeats, report_path=report_path,
                               progress=False if quiet else None)
     except ParityError as e:
-        if e.report is not None and hasattr(e.report, "results"):
+        if isinstance(e.report, ExportReport):  # a parity failure with results to show
             _print_export(e.report, as_json, quiet)
         raise
     _print_export(report, as_json, quiet)
@@ -602,6 +604,7 @@ def verify(model, other, inputs, expected, spec_path, activations, input_layout,
     classes, needs_tf = _verify_backend_hints(model, other, kinds)
     choose_backend("verify", classes, needs_tensorflow=needs_tf)
     import_keras()
+    from wtransplant.checking.verification import VerifyReport
     from wtransplant.checking.verification import verify as do_verify
 
     try:
@@ -612,7 +615,7 @@ def verify(model, other, inputs, expected, spec_path, activations, input_layout,
                            seed=seed, n_random=n_random, plot=plot, report_path=report_path,
                            trust_graph=trust_graph)
     except ParityError as e:
-        if e.report is not None:
+        if isinstance(e.report, VerifyReport):
             _print_report(e.report, as_json, "print_verify", quiet=quiet)
         raise
     _print_report(report, as_json, "print_verify", quiet=quiet)

@@ -253,7 +253,7 @@ def _print_architecture(con, arch: dict) -> None:
 
 
 def _print_hints(con, report: InspectReport) -> None:
-    if getattr(report, "architecture", None):
+    if report.architecture:
         _print_architecture(con, report.architecture)
         return
     h = report.hints
@@ -351,12 +351,11 @@ def print_rebuild(report, show_plan: bool = False) -> None:
         # a check against the model's own architecture proves the conversion only: its
         # verdict says so, never "OK"
         style = ("bold red" if not par.passed else
-                 "yellow" if getattr(par, "kind", "data") == "self-reference" else "green")
+                 "yellow" if par.kind == "self-reference" else "green")
         con.print(f"parity ({par.method}): [{style}]{par.summary()}[/]")
     else:
         con.print(f"parity: {report.parity_note}", markup=False)
-    undecided = getattr(report, "undecided", None)
-    if undecided or (par is not None and par.passed and getattr(par, "kind", "data") != "data"):
+    if report.undecided or (par is not None and par.passed and par.kind != "data"):
         from rich.markup import escape
 
         con.print(f"[yellow]unverified:[/] {escape(report.unverified_reason or '')}")
@@ -370,26 +369,27 @@ def print_rebuild(report, show_plan: bool = False) -> None:
                       f"sha256 and the spec, for finetune and export)", markup=False)
 
 
-def print_diagnosis(con, d: dict) -> None:
-    """The per-layer comparison as a short table, the first diverging layer and its cause."""
-    layers = d.get("layers") or []
-    if d.get("note") and not layers:
-        con.print(f"diagnosis: {d['note']}", markup=False)
+def print_diagnosis(con, d) -> None:
+    """The per-layer comparison (a :class:`~wtransplant.checking.diagnose.Diagnosis`) as a
+    short table, the first diverging layer and its cause."""
+    layers = d.layers
+    if d.note and not layers:
+        con.print(f"diagnosis: {d.note}", markup=False)
         return
-    bad = d.get("first_diverging_layer")
-    con.print(f"per-layer comparison with the {d.get('method', 'reference')}:", markup=False)
+    bad = d.first_bad
+    con.print(f"per-layer comparison with the {d.method or 'reference'}:", markup=False)
     shown = layers
     if len(layers) > 14 and bad:
-        i = next((k for k, x in enumerate(layers) if x["name"] == bad), 0)
+        i = next((k for k, x in enumerate(layers) if x.name == bad), 0)
         shown = layers[max(0, i - 6):i + 4]
     for x in shown:
-        mark = "ok " if x["ok"] else "BAD"
-        arrow = "  <- first diverging layer" if x["name"] == bad else ""
-        con.print(f"  {mark} {x['name']:<24} {x['class_name']:<20} max rel err "
-                  f"{x['max_rel']:.2e}{arrow}", markup=False)
-    if bad and d.get("cause"):
-        con.print(f"  cause: {d['cause']}", markup=False)
-        con.print(f"  evidence: {d['evidence']}", markup=False)
+        mark = "ok " if x.ok else "BAD"
+        arrow = "  <- first diverging layer" if x.name == bad else ""
+        con.print(f"  {mark} {x.name:<24} {x.class_name:<20} max rel err "
+                  f"{x.max_rel:.2e}{arrow}", markup=False)
+    if bad and d.cause:
+        con.print(f"  cause: {d.cause}", markup=False)
+        con.print(f"  evidence: {d.evidence}", markup=False)
     elif bad:
         con.print("  cause: none of the classic mistakes (transposed square kernel, gate "
                   "order, flatten order, normalisation epsilon) explains it", markup=False)

@@ -109,7 +109,19 @@ def test_verify_with_stored_activations(tmp_path):
         verify(model, inputs=x, expected=y.astype(np.float32),
                activations=tmp_path / "acts.npz")
     d = e.value.report.diagnosis
+    assert d.first_bad == "fc2" and d.method == "stored activations"
+    # scripts that read the report's diagnosis by its JSON keys still can
     assert d["first_diverging_layer"] == "fc2" and d["method"] == "stored activations"
+    assert e.value.report.to_dict()["diagnosis"] == d.to_dict()
+
+
+def test_diagnosis_that_could_not_run_is_a_note_in_the_report():
+    from wtransplant.checking.diagnose import Diagnosis
+
+    d = Diagnosis.unavailable("a onnx artifact has no Keras layers")
+    assert not d.ran and d.where() == ""
+    assert d.to_dict() == {"note": "no per-layer diagnosis: a onnx artifact has no Keras "
+                                   "layers"}
 
 
 # --------------------------------------------------------------------------------------

@@ -28,7 +28,7 @@ import os
 import re
 from pathlib import Path
 
-from wtransplant.errors import InputError
+from wtransplant.errors import InputError, one_line
 
 SIDECAR_SUFFIX = ".wtransplant.json"
 MAX_REPORT_BYTES = 64 << 20
@@ -56,7 +56,7 @@ def _read_json(path: Path, what: str) -> dict:
     except FileNotFoundError:
         raise InputError(f"{what} not found", path=str(path)) from None
     except (OSError, ValueError, UnicodeDecodeError) as e:
-        raise InputError(f"not a JSON {what}: {' '.join(str(e).split())}",
+        raise InputError(f"not a JSON {what}: {one_line(e)}",
                          path=str(path)) from None
     if not isinstance(data, dict):
         raise InputError(f"not a wtransplant {what} (not a JSON object)", path=str(path))

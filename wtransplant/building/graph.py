@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import keras
 
-from wtransplant.errors import InputError
+from wtransplant.errors import InputError, one_line
 from wtransplant.planning.graphspec import (
     MERGE_CLASSES,
     check_graph,
@@ -49,7 +49,7 @@ def _nd(cls: str) -> int:
 
 def build_graph(ms: ModelSpec, name: str | None = None) -> tuple[keras.Model, list[str]]:
     """The Keras model of a ``layers`` spec and notes on translated items."""
-    from wtransplant.building.keras_model import _layer_from_dict
+    from wtransplant.building.keras_model import layer_from_dict
 
     order = check_graph(ms)
     notes: list[str] = []
@@ -73,7 +73,7 @@ def build_graph(ms: ModelSpec, name: str | None = None) -> tuple[keras.Model, li
             raise InputError(f"{where} ({cls} {label!r}): {e}") from None
         y = x
         for d in calls:
-            lay = _layer_from_dict(d, where)
+            lay = layer_from_dict(d, where)
             try:
                 y = lay(y)
             except Exception as e:
@@ -82,7 +82,7 @@ def build_graph(ms: ModelSpec, name: str | None = None) -> tuple[keras.Model, li
                 raise InputError(
                     f"{where} ({cls} {label!r}) does not accept input of shape {shapes}"
                     f"{' from ' + ', '.join(node.inputs) if node.item.get('inputs') else ''}"
-                    f": {' '.join(str(e).split())[:300]}") from None
+                    f": {one_line(e)}") from None
         tensors[label] = y
         if node.name is None:  # Keras chose a name: let later items use the index name
             tensors[label] = y
@@ -98,7 +98,7 @@ def build_graph(ms: ModelSpec, name: str | None = None) -> tuple[keras.Model, li
                             outs if len(outs) > 1 else outs[0],
                             name=ms.name or name or "transplanted")
     except ValueError as e:
-        raise InputError(f"{ms.display}: model: {' '.join(str(e).split())[:300]}") from None
+        raise InputError(f"{ms.display}: model: {one_line(e)}") from None
     return model, notes
 
 
@@ -134,16 +134,22 @@ def _translate(item: dict, cls: str, x, where: str, notes: list[str]) -> list[di
         if not any(p):
             return [conv]
         name = item.get("name")
-        zp = {"class": f"ZeroPadding{nd}D", "padding": [[v, v] for v in p] if nd > 1 else
-              [p[0], p[0]]}
-        if name:
-            zp["name"] = f"{name}_pad"
+        zp = _zero_padding(nd, p, name)
         notes.append(f"{name or cls}: PyTorch padding {list(p)} built as ZeroPadding{nd}D + "
                      f"{cls}(padding='valid') (stock Keras layers)")
         return [zp, conv]
     if cls in POOL_CLASSES:
         return _pool(item, cls, x, notes)
     return [item]
+
+
+def _zero_padding(nd: int, p, name: str | None) -> dict:
+    """The ZeroPaddingND item that pads ``p`` on both sides of each axis (PyTorch's)."""
+    zp = {"class": f"ZeroPadding{nd}D", "padding": [[v, v] for v in p] if nd > 1 else
+          [p[0], p[0]]}
+    if name:
+        zp["name"] = f"{name}_pad"
+    return zp
 
 
 def _pool(item: dict, cls: str, x, notes: list[str]) -> list[dict]:
@@ -186,10 +192,7 @@ def _pool(item: dict, cls: str, x, notes: list[str]) -> list[dict]:
                          f"{list(spatial)}: stock {cls}(padding='valid')")
         return [stock]
     if not any(extra) and mode == "avg" and cip:
-        zp = {"class": f"ZeroPadding{nd}D", "padding": [[v, v] for v in p] if nd > 1 else
-              [p[0], p[0]]}
-        if name:
-            zp["name"] = f"{name}_pad"
+        zp = _zero_padding(nd, p, name)
         notes.append(f"{name or cls}: PyTorch AvgPool padding {list(p)} "
                      f"(count_include_pad=True) built as ZeroPadding{nd}D + {cls}('valid') "
                      f"(stock Keras layers)")

@@ -20,7 +20,7 @@ from pathlib import Path
 import keras
 import numpy as np
 
-from wtransplant.errors import InputError, UnsafeInputError
+from wtransplant.errors import InputError, UnsafeInputError, one_line
 from wtransplant.planning.layouts import TargetLayer, TargetVar
 from wtransplant.planning.spec import ModelSpec
 from wtransplant.runtimes.keras import walk_layers
@@ -102,7 +102,9 @@ def build_model_notes(ms: ModelSpec, *, name: str | None = None
     return _application(ms), []
 
 
-def _layer_from_dict(d: dict, where: str):
+def layer_from_dict(d: dict, where: str):
+    """A Keras layer from a spec item (``{class: ..., **arguments}``), after the safety
+    checks on its class and arguments; nested items (``{class: ...}`` values) too."""
     d = dict(d)
     cls_name = d.pop("class")
     from wtransplant.safety.configs import check_layer_args
@@ -122,7 +124,7 @@ def _layer_from_dict(d: dict, where: str):
         raise InputError(f"{where}: {cls_name!r} is not a keras.layers class{hint}")
     for k, v in list(d.items()):
         if isinstance(v, dict) and "class" in v:
-            d[k] = _layer_from_dict(v, f"{where}.{k}")
+            d[k] = layer_from_dict(v, f"{where}.{k}")
     for k, v in list(d.items()):
         if isinstance(v, list) and k in ("kernel_size", "strides", "pool_size", "size",
                                          "dilation_rate", "padding", "cropping"):
@@ -132,7 +134,7 @@ def _layer_from_dict(d: dict, where: str):
     except (TypeError, ValueError) as e:
         name = d.get("name")
         label = f"{cls_name} {name!r}" if isinstance(name, str) else cls_name
-        raise InputError(f"{where} ({label}): {' '.join(str(e).split())}") from None
+        raise InputError(f"{where} ({label}): {one_line(e)}") from None
 
 
 def _application(ms: ModelSpec) -> keras.Model:
@@ -154,7 +156,7 @@ def _application(ms: ModelSpec) -> keras.Model:
     try:
         return fn(**args)
     except (TypeError, ValueError) as e:
-        raise InputError(f"model.application {app['name']}: {' '.join(str(e).split())}") \
+        raise InputError(f"model.application {app['name']}: {one_line(e)}") \
             from None
 
 
@@ -190,7 +192,7 @@ def model_from_config(config: dict, where: str) -> keras.Model:
                 return keras.models.model_from_json(json.dumps(config))
         except Exception as e:
             raise InputError(f"{where}: Keras could not build the model: "
-                             f"{' '.join(str(e).split())[:400]}") from None
+                             f"{one_line(e)}") from None
     model, _notes = model_from_keras2_config(config, where)
     return model
 
@@ -222,7 +224,7 @@ def model_from_keras2_config(config: dict, where: str) -> tuple[keras.Model, lis
         raise
     except Exception as e:
         raise InputError(f"{where}: the Keras 2 model config could not be rebuilt in Keras 3: "
-                         f"{' '.join(str(e).split())[:400]}") from None
+                         f"{one_line(e)}") from None
     if not isinstance(model, keras.Model):
         raise InputError(f"{where}: model_config does not describe a model")
     return model, notes
@@ -354,7 +356,7 @@ def input_layer_names(model) -> list[str]:
     return out
 
 
-def _parents(model) -> dict[str, str]:
+def parent_map(model) -> dict[str, str]:
     """layer name -> the name of the layer feeding it (single-input layers only)."""
     return {k: v[0] for k, v in inbound(model).items() if len(v) == 1}
 
@@ -525,15 +527,6 @@ def variable_sha256(v) -> str:
         h.update(memoryview(np.ascontiguousarray(rows.numpy())).cast("B"))
         del rows
     return h.hexdigest()
-
-
-def assign_layer(layer, values: dict[str, np.ndarray]) -> None:
-    """Set a layer's variables from NumPy arrays by their names relative to the layer
-    (variables not in ``values`` keep their current values)."""
-    for v in layer.weights:
-        rel = _rel_var_name(v, layer)
-        if rel in values:
-            assign_variable(v, values[rel], layer.name)
 
 
 def layer_variables(layer) -> dict:

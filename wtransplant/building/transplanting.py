@@ -21,7 +21,6 @@ the source model's: the report says so in ``unverified_reason``.
 
 from __future__ import annotations
 
-import hashlib
 import os
 import platform
 import sys
@@ -33,10 +32,12 @@ import numpy as np
 
 from wtransplant.atomic import atomic_path, write_json
 from wtransplant.checking.data import load_array, to_channels_last
+from wtransplant.checking.diagnose import Diagnosis
 from wtransplant.checking.parity import ParityResult, compare
 from wtransplant.errors import InputError, ParityError
 from wtransplant.planning.plan import Plan, make_plan, materialize
 from wtransplant.planning.spec import ModelSpec, Spec, VerifySpec, describe_undecided, load_spec
+from wtransplant.provenance import file_sha256
 from wtransplant.reading.h5io import fmt_bytes
 from wtransplant.reading.hints import split_io
 from wtransplant.reading.loaded import LoadedSource, load_source
@@ -97,7 +98,7 @@ class RebuildReport:
     checksums: list[dict] = field(default_factory=list)
     parity: ParityResult | None = None
     parity_note: str = ""
-    diagnosis: dict | None = None
+    diagnosis: Diagnosis | None = None
     output: dict | None = None
     notes: list[str] = field(default_factory=list)
     versions: dict = field(default_factory=dict)
@@ -154,7 +155,7 @@ class RebuildReport:
             "verified": self.verified,
             "unverified_reason": self.unverified_reason,
             "undecided": self.undecided,
-            "diagnosis": self.diagnosis,
+            "diagnosis": self.diagnosis.to_dict() if self.diagnosis else None,
             "output": self.output,
             "notes": self.notes,
             "backend": self.backend,
@@ -190,14 +191,6 @@ def _backend() -> dict:
     from wtransplant.backend import chosen
 
     return chosen()
-
-
-def file_sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        while chunk := fh.read(1 << 20):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 def file_sha256_async(path: Path):
@@ -375,33 +368,74 @@ def _model_for(spec: Spec, loaded: LoadedSource):
 
 def _transplant(spec: Spec, src: OpenedSource, loaded: LoadedSource, model, notes, *, output,
                 report_path, force, progress, checksums, t0, build_s=None, undecided=()):
-    from wtransplant.building.keras_model import (
-        assign_variable,
-        describe_targets,
-        layer_variables,
-        layers_by_name,
-    )
+    """Plan, assign, check parity, save and report: what :func:`rebuild` and
+    :func:`transplant` share once the model exists."""
+    from wtransplant.building.keras_model import describe_targets
 
     timings = {} if build_s is None else {"build_s": build_s}
     source_sha = file_sha256_async(spec.source)
     t = time.perf_counter()
     targets = describe_targets(model)
+    plan = _plan(spec, loaded, targets)
+    timings["plan_s"] = time.perf_counter() - t
+
+    t = time.perf_counter()
+    sums = _assign(model, plan, src, targets, progress=progress, checksums=checksums)
+    timings["assign_s"] = time.perf_counter() - t
+
+    report = RebuildReport(
+        source={"path": str(spec.source), "sha256": source_sha(),
+                "size": loaded.tree.file_size, "format": loaded.format,
+                "writer": loaded.detection.writer, "convention": plan.convention},
+        spec=spec.to_dict() if spec.model is not None or spec.weights else None,
+        model=_model_summary(model, targets), plan=plan, checksums=sums, notes=notes,
+        versions=versions(), backend=_backend(), undecided=list(undecided))
+
+    t = time.perf_counter()
+    check_parity(report, model, spec, src, loaded, plan)
+    timings["verify_s"] = time.perf_counter() - t
+
+    if output is not None and (report.ok or force):
+        t = time.perf_counter()
+        report.output = save_model(model, output)
+        timings["save_s"] = time.perf_counter() - t
+    timings["total_s"] = time.perf_counter() - t0
+    report.timings = timings
+    _write_outputs(report, report_path)
+    if not report.ok:
+        where = report.diagnosis.where() if report.diagnosis else ""
+        raise ParityError(
+            f"parity failed for {spec.source.name}: {report.parity.summary()}{where}"
+            + ("" if force else "; the model was not saved (force=True saves it anyway)"),
+            report=report)
+    return model, report
+
+
+def _plan(spec: Spec, loaded: LoadedSource, targets) -> Plan:
+    """The mapping plan; the spec's and the file's reference data are not weights."""
     refs = []
     if spec.verify is not None:
         refs += ref_names(spec.verify.inputs) + ref_names(spec.verify.expected)
     _, io = split_io(loaded.tensors)
     if io:
         refs += [io["inputs"], io["expected"]]
-    plan = make_plan(spec, loaded, targets, reference_names=tuple(refs))
-    timings["plan_s"] = time.perf_counter() - t
+    return make_plan(spec, loaded, targets, reference_names=tuple(refs))
 
-    t = time.perf_counter()
+
+def _assign(model, plan: Plan, src: OpenedSource, targets, *, progress,
+            checksums: bool) -> list[dict]:
+    """Read, convert and assign every planned tensor, layer by layer; the checksum rows."""
+    from wtransplant.building.keras_model import (
+        assign_variable,
+        layer_variables,
+        layers_by_name,
+    )
+
     layers = layers_by_name(model)
     sums = []
     groups = plan.by_layer()
-    it = groups.items()
     bar = _progress(len(groups), "assigning", progress)
-    for lname, assigns in it:
+    for lname, assigns in groups.items():
         # one tensor in flight: read, convert, assign, drop (a layer's variables are not
         # collected first)
         variables = layer_variables(layers[lname])
@@ -419,33 +453,22 @@ def _transplant(spec: Spec, src: OpenedSource, loaded: LoadedSource, model, note
         bar.close()
     if checksums:
         _assigned_checksums(model, targets, sums)
-    timings["assign_s"] = time.perf_counter() - t
+    return sums
 
+
+def _model_summary(model, targets) -> dict:
+    """The report's ``model``: name, class, sizes, inputs and outputs."""
     n_params = int(sum(int(np.prod(v.shape)) for v in model.weights))
-    report = RebuildReport(
-        source={"path": str(spec.source), "sha256": source_sha(),
-                "size": loaded.tree.file_size, "format": loaded.format,
-                "writer": loaded.detection.writer, "convention": plan.convention},
-        spec=spec.to_dict() if spec.model is not None or spec.weights else None,
-        model={"name": model.name, "class": type(model).__name__,
-               "layers_with_weights": len(targets),
-               "variables": sum(len(t.vars) for t in targets), "parameters": n_params,
-               "inputs": [list(x.shape) for x in model.inputs],
-               "outputs": [list(x.shape) for x in model.outputs],
-               "input_names": input_names(model), "output_names": output_names(model)},
-        plan=plan, checksums=sums, notes=notes, versions=versions(), backend=_backend(),
-        undecided=list(undecided))
+    return {"name": model.name, "class": type(model).__name__,
+            "layers_with_weights": len(targets),
+            "variables": sum(len(t.vars) for t in targets), "parameters": n_params,
+            "inputs": [list(x.shape) for x in model.inputs],
+            "outputs": [list(x.shape) for x in model.outputs],
+            "input_names": input_names(model), "output_names": output_names(model)}
 
-    t = time.perf_counter()
-    check_parity(report, model, spec, src, loaded, plan)
-    timings["verify_s"] = time.perf_counter() - t
 
-    if output is not None and (report.ok or force):
-        t = time.perf_counter()
-        report.output = save_model(model, output)
-        timings["save_s"] = time.perf_counter() - t
-    timings["total_s"] = time.perf_counter() - t0
-    report.timings = timings
+def _write_outputs(report: RebuildReport, report_path) -> None:
+    """The JSON report (if asked) and, beside a saved model, its provenance sidecar."""
     if report.output:
         from wtransplant.provenance import sidecar_of
 
@@ -454,18 +477,6 @@ def _transplant(spec: Spec, src: OpenedSource, loaded: LoadedSource, model, note
         write_json(report_path, report.to_dict())
     if report.output:
         _write_provenance(report, report_path)
-    if not report.ok:
-        where = ""
-        if report.diagnosis and report.diagnosis.get("first_diverging_layer"):
-            d = report.diagnosis
-            where = f"; first diverging layer {d['first_diverging_layer']}"
-            if d.get("cause"):
-                where += f" ({d['cause']})"
-        raise ParityError(
-            f"parity failed for {spec.source.name}: {report.parity.summary()}{where}"
-            + ("" if force else "; the model was not saved (force=True saves it anyway)"),
-            report=report)
-    return model, report
 
 
 #: samples of seeded random input for the NumPy reference check
@@ -569,9 +580,9 @@ def check_parity(report: RebuildReport, model, spec: Spec, src, loaded, plan) ->
             k = max(1, n_ref)
             xd = [a[:k] for a in x] if isinstance(x, list) else x[:k]
             _, acts = ref.forward(xd)
-            report.diagnosis = diagnose(model, acts, xd, method="numpy reference").to_dict()
+            report.diagnosis = diagnose(model, acts, xd, method="numpy reference")
         elif state.get("why"):
-            report.diagnosis = {"note": f"no per-layer diagnosis: {state['why']}"}
+            report.diagnosis = Diagnosis.unavailable(state["why"])
 
 
 def _progress(n: int, what: str, progress: bool | None):

@@ -40,19 +40,49 @@ class LayerDiff:
 
 @dataclass
 class Diagnosis:
-    method: str  # "numpy reference" | "stored activations"
+    """What the per-layer comparison found; ``method`` None: no comparison ran (``note``
+    says why). Reports hold this object; :meth:`to_dict` is their JSON ``diagnosis``."""
+
+    method: str | None  # "numpy reference" | "stored activations" | None (did not run)
     layers: list[LayerDiff] = field(default_factory=list)
     first_bad: str | None = None
     cause: str | None = None  # transposed square kernel | gate order | flatten order | ...
     evidence: str | None = None
     note: str = ""
 
+    @classmethod
+    def unavailable(cls, why: str) -> Diagnosis:
+        """No per-layer comparison could run; ``why`` says what was missing."""
+        return cls(None, note=f"no per-layer diagnosis: {why}")
+
+    @property
+    def ran(self) -> bool:
+        return self.method is not None
+
     def to_dict(self) -> dict:
+        if not self.ran:
+            return {"note": self.note}
         return {"method": self.method, "layers": [x.to_dict() for x in self.layers],
                 "first_diverging_layer": self.first_bad, "cause": self.cause,
                 "evidence": self.evidence, "note": self.note}
 
+    # scripts written when reports held the JSON dict read it by its keys
+    def __getitem__(self, key: str):
+        return self.to_dict()[key]
+
+    def get(self, key: str, default=None):
+        return self.to_dict().get(key, default)
+
+    def where(self) -> str:
+        """``; first diverging layer L (cause)`` for a one-line parity error, or ``""``."""
+        if self.first_bad is None:
+            return ""
+        return f"; first diverging layer {self.first_bad}" + (
+            f" ({self.cause})" if self.cause else "")
+
     def summary(self) -> str:
+        if not self.ran:
+            return self.note
         if self.first_bad is None:
             return f"every layer matches the {self.method}"
         d = next(x for x in self.layers if x.name == self.first_bad)
@@ -222,9 +252,9 @@ def _permute_gates(a: np.ndarray, perm, g: int) -> np.ndarray:
 
 def _flatten_map(model, layer):
     """The map shape (H, W, C) flattened right before ``layer``, if any."""
-    from wtransplant.building.keras_model import PASS_THROUGH, _parents
+    from wtransplant.building.keras_model import PASS_THROUGH, parent_map
 
-    parents = _parents(model)
+    parents = parent_map(model)
     p = parents.get(layer.name)
     hops = 0
     while p is not None and hops < 16:

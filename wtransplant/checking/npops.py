@@ -107,8 +107,8 @@ def conv_windows(x, k, stride, dilation):
 def conv(x, w, b=None, stride=(1,), dilation=(1,), groups: int = 1):
     """x (N, C, *S), w (O, C/groups, *K) -> (N, O, *S'). Padding is applied by the caller."""
     nd = x.ndim - 2
-    stride = _tup(stride, nd)
-    dilation = _tup(dilation, nd)
+    stride = ntuple(stride, nd)
+    dilation = ntuple(dilation, nd)
     n, c = x.shape[:2]
     o = w.shape[0]
     cg, og = c // groups, o // groups
@@ -129,7 +129,7 @@ def conv_transpose(x, w, b=None, stride=(1,), groups: int = 1):
     """x (N, I, *S), w (I, O/groups, *K) (PyTorch's layout) -> the full transposed
     convolution (N, O, (S-1)*s + K); cropping is the caller's."""
     nd = x.ndim - 2
-    stride = _tup(stride, nd)
+    stride = ntuple(stride, nd)
     n, ci = x.shape[:2]
     k = w.shape[2:]
     og = w.shape[1]
@@ -153,8 +153,8 @@ def pool(x, size, stride, mode: str, pads=None):
     """Max/average pooling over the spatial axes of (N, C, *S). Average pooling over padded
     windows averages only the real elements (Keras/TF 'same')."""
     nd = x.ndim - 2
-    size = _tup(size, nd)
-    stride = _tup(stride, nd)
+    size = ntuple(size, nd)
+    stride = ntuple(stride, nd)
     if pads and any(p != (0, 0) for p in pads):
         fill = -np.inf if mode == "max" else 0.0
         mask = pad_spatial(np.ones_like(x), pads, 0.0)
@@ -182,7 +182,7 @@ def torch_pool(x, size, stride, padding, mode: str, ceil_mode: bool = False,
     from wtransplant.planning.torchgeom import avg_correction, extra_right
 
     nd = x.ndim - 2
-    size, stride, padding = _tup(size, nd), _tup(stride, nd), _tup(padding, nd)
+    size, stride, padding = ntuple(size, nd), ntuple(stride, nd), ntuple(padding, nd)
     spatial = x.shape[2:]
     pads = [(p, p + extra_right(n, k, s, p, ceil_mode))
             for n, k, s, p in zip(spatial, size, stride, padding)]
@@ -196,7 +196,9 @@ def torch_pool(x, size, stride, padding, mode: str, ceil_mode: bool = False,
     return mean * f
 
 
-def _tup(v, n):
+def ntuple(v, n):
+    """A size for each of ``n`` axes: an int repeated, a list of ``n`` as is (another
+    length: its first value repeated)."""
     if isinstance(v, int):
         return (v,) * n
     v = tuple(v)

@@ -56,8 +56,9 @@ class ParityResult:
     argmax_agreement: float | None
     atol: float
     rtol: float
-    worst_index: list = field(default_factory=list)
-    outputs: list = field(default_factory=list)  # per-output results for multi-output
+    worst_index: list[int] = field(default_factory=list)
+    #: one result per output of a multi-output model (empty for one output)
+    outputs: list[ParityResult] = field(default_factory=list)
     detail: str = ""
     kind: str = ""  # data | artifact | self-reference | other (see KINDS); "" -> from method
 
@@ -76,7 +77,7 @@ class ParityResult:
     def to_dict(self) -> dict:
         d = dict(vars(self))
         d["verdict"] = self.verdict
-        d["outputs"] = [o.to_dict() if hasattr(o, "to_dict") else o for o in self.outputs]
+        d["outputs"] = [o.to_dict() for o in self.outputs]
         return d
 
     def summary(self) -> str:
@@ -88,8 +89,8 @@ class ParityResult:
         if len(self.outputs) > 1:  # several outputs: each one's figure
             parts = []
             for i, o in enumerate(self.outputs):
-                label = (getattr(o, "detail", "") or "").rsplit("output ", 1)[-1] or str(i)
-                ok = "" if getattr(o, "passed", True) else " FAILED"
+                label = o.detail.rsplit("output ", 1)[-1] or str(i)
+                ok = "" if o.passed else " FAILED"
                 parts.append(f"{label} {o.max_rel:.3g}{ok}")
             s += f" (max rel err per output: {', '.join(parts)})"
         return f"{s} over {self.n_samples} samples: {self.verdict} (atol {self.atol:g}, " \

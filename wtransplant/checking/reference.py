@@ -291,6 +291,7 @@ def _graph(model):
     """The model's layers in an order where inputs come first, who feeds whom, and the
     names of its inputs and outputs; NotCovered for shared layers and nested models."""
     from wtransplant.building.keras_model import inbound as _inbound
+    from wtransplant.building.keras_model import input_layer_names
 
     try:
         cfg = model.get_config()
@@ -305,11 +306,7 @@ def _graph(model):
            for lay in layers):
         raise NotCovered("nested models are not covered by the NumPy reference")
     ins = _inbound(model)
-    in_names = []
-    for t in model.inputs:
-        hist = getattr(t, "_keras_history", None)
-        op = getattr(hist, "operation", None) or (hist[0] if hist else None)
-        in_names.append(op.name if op is not None else str(t.name).split(":")[0])
+    in_names = input_layer_names(model)
     if isinstance(model, __import__("keras").Sequential):
         in_names = [in_names[0]] if in_names else ["input"]
         prev = in_names[0]
@@ -336,7 +333,7 @@ def _w(lay: RefLayer, var: str, i: int = 0):
     return None if v is None else v[i]
 
 
-def _act_fn(cfg):
+def act_fn(cfg):
     try:
         return F.activation(cfg.get("activation", "linear"))
     except NotImplementedError as e:
@@ -361,10 +358,10 @@ class DenseRef(Entry):
         if b is not None:
             y = y + b.reshape(-1)
         kind = "seq" if act.kind == "seq" else "vec"
-        return Act(_act_fn(lay.config)(y), kind)
+        return Act(act_fn(lay.config)(y), kind)
 
 
-def _to_map(lay, act: Act, nd: int) -> Act:
+def to_map(lay, act: Act, nd: int) -> Act:
     if act.kind == "seq" and nd == 1:
         return Act(np.moveaxis(act.a, -1, 1), "map")
     if act.kind != "map" or act.a.ndim != nd + 2:
@@ -372,7 +369,7 @@ def _to_map(lay, act: Act, nd: int) -> Act:
     return act
 
 
-def _pads(cfg, spatial, k, s, d):
+def conv_pads(cfg, spatial, k, s, d):
     padding = cfg.get("padding", "valid")
     if padding == "valid":
         return [(0, 0)] * len(spatial)
@@ -394,10 +391,10 @@ class ConvRef(Entry):
 
     def forward_any(self, ref, lay, act):
         nd = int(lay.class_name[4])
-        act = _to_map(lay, act, nd)
-        y = _padded_conv(lay, act.a, _conv_weight(ref, lay), _w(lay, "bias"),
+        act = to_map(lay, act, nd)
+        y = _padded_conv(lay, act.a, conv_weight(ref, lay), _w(lay, "bias"),
                          int(lay.config.get("groups", 1)))
-        return Act(_act_fn(lay.config)(y), "map")
+        return Act(act_fn(lay.config)(y), "map")
 
     def covers(self, convention):
         return find_method(self, "kernel", convention) is not None
@@ -406,7 +403,7 @@ class ConvRef(Entry):
 CONV = ConvRef()
 
 
-def _conv_weight(ref, lay, var="kernel"):
+def conv_weight(ref, lay, var="kernel"):
     """The kernel as (O, I/groups, k...), read in the source's own layout."""
     return CONV.method("kernel", ref.convention, lay)(_w(lay, var))
 
@@ -415,9 +412,9 @@ def _padded_conv(lay, x, w, bias, groups: int):
     """Pad as the layer's Keras padding says, then correlate with strides and dilation."""
     cfg = lay.config
     nd = x.ndim - 2
-    s = F._tup(cfg.get("strides", 1), nd)
-    d = F._tup(cfg.get("dilation_rate", 1), nd)
-    x = F.pad_spatial(x, _pads(cfg, x.shape[2:], w.shape[2:], s, d))
+    s = F.ntuple(cfg.get("strides", 1), nd)
+    d = F.ntuple(cfg.get("dilation_rate", 1), nd)
+    x = F.pad_spatial(x, conv_pads(cfg, x.shape[2:], w.shape[2:], s, d))
     return F.conv(x, w, bias, s, d, groups)
 
 
@@ -437,12 +434,12 @@ class DepthwiseRef(Entry):
     def forward_any(self, ref, lay, act):
         cfg = lay.config
         nd = int(lay.class_name[-2])
-        act = _to_map(lay, act, nd)
+        act = to_map(lay, act, nd)
         c = act.a.shape[1]
         w = _w(lay, "kernel") if "kernel" in lay.weights else _w(lay, "depthwise_kernel")
         w = self.method("kernel", ref.convention, lay)(w, c)
         y = _padded_conv(lay, act.a, w, _w(lay, "bias"), groups=c)
-        return Act(_act_fn(cfg)(y), "map")
+        return Act(act_fn(cfg)(y), "map")
 
 
 class SeparableRef(DepthwiseRef):
@@ -457,13 +454,13 @@ class SeparableRef(DepthwiseRef):
     def forward_any(self, ref, lay, act):
         cfg = lay.config
         nd = int(lay.class_name[-2])
-        act = _to_map(lay, act, nd)
+        act = to_map(lay, act, nd)
         c = act.a.shape[1]
         dw = self.method("kernel", ref.convention, lay)(_w(lay, "depthwise_kernel"), c)
         pw = self.method("pointwise", ref.convention, lay)(_w(lay, "pointwise_kernel"))
         y = _padded_conv(lay, act.a, dw, None, groups=c)
         y = F.conv(y, pw, _w(lay, "bias"))
-        return Act(_act_fn(cfg)(y), "map")
+        return Act(act_fn(cfg)(y), "map")
 
 
 class ConvTransposeRef(ConvRef):
@@ -475,14 +472,14 @@ class ConvTransposeRef(ConvRef):
     def forward_any(self, ref, lay, act):
         cfg = lay.config
         nd = int(lay.class_name[4])
-        act = _to_map(lay, act, nd)
+        act = to_map(lay, act, nd)
         if cfg.get("padding", "valid") != "valid" or cfg.get("output_padding") or \
-                any(v != 1 for v in F._tup(cfg.get("dilation_rate", 1), nd)):
+                any(v != 1 for v in F.ntuple(cfg.get("dilation_rate", 1), nd)):
             raise NotCovered(f"{lay.name}: transposed conv with padding other than 'valid'")
         w = self.method("kernel", ref.convention, lay)(_w(lay, "kernel"))
-        s = F._tup(cfg.get("strides", 1), nd)
+        s = F.ntuple(cfg.get("strides", 1), nd)
         y = F.conv_transpose(act.a, w, _w(lay, "bias"), s)
-        return Act(_act_fn(cfg)(y), "map")
+        return Act(act_fn(cfg)(y), "map")
 
 
 class NormRef(Entry):
@@ -682,19 +679,19 @@ def op_bidirectional(ref, lay, act):
 def op_pool(ref, lay, act):
     cls = lay.class_name
     nd = int(cls[-2])
-    act = _to_map(lay, act, nd)
+    act = to_map(lay, act, nd)
     cfg = lay.config
-    size = F._tup(cfg.get("pool_size", 2), nd)
+    size = F.ntuple(cfg.get("pool_size", 2), nd)
     strides = cfg.get("strides") or size
-    strides = F._tup(strides, nd)
-    pads = _pads(cfg, act.a.shape[2:], size, strides, (1,) * nd)
+    strides = F.ntuple(strides, nd)
+    pads = conv_pads(cfg, act.a.shape[2:], size, strides, (1,) * nd)
     mode = "max" if cls.startswith("Max") else "avg"
     return Act(F.pool(act.a, size, strides, mode, pads), "map")
 
 
 def op_global_pool(ref, lay, act):
     nd = int(lay.class_name[-2])
-    act = _to_map(lay, act, nd)
+    act = to_map(lay, act, nd)
     axes = tuple(range(2, 2 + nd))
     y = act.a.max(axis=axes) if "Max" in lay.class_name else act.a.mean(axis=axes)
     if lay.config.get("keepdims"):
@@ -721,7 +718,7 @@ class FlattenRef(Entry):
 
 def op_zero_padding(ref, lay, act):
     nd = int(lay.class_name[-2])
-    act = _to_map(lay, act, nd)
+    act = to_map(lay, act, nd)
     p = lay.config.get("padding", 1)
     pads = _norm_pairs(p, nd)
     return Act(F.pad_spatial(act.a, pads), "map")
@@ -729,7 +726,7 @@ def op_zero_padding(ref, lay, act):
 
 def op_cropping(ref, lay, act):
     nd = int(lay.class_name[-2])
-    act = _to_map(lay, act, nd)
+    act = to_map(lay, act, nd)
     c = _norm_pairs(lay.config.get("cropping", 0), nd)
     sl = (slice(None), slice(None)) + tuple(slice(b, act.a.shape[2 + i] - e)
                                             for i, (b, e) in enumerate(c))
@@ -755,7 +752,7 @@ def op_activation_layer(ref, lay, act):
     a = act.a
     ch = 1 if act.kind == "map" else -1
     if cls == "Activation":
-        y = _act_fn(cfg)(a) if cfg.get("activation") != "softmax" else F.softmax(a, ch)
+        y = act_fn(cfg)(a) if cfg.get("activation") != "softmax" else F.softmax(a, ch)
     elif cls == "ReLU":
         mv = cfg.get("max_value")
         slope = cfg.get("negative_slope", 0.0)
@@ -837,7 +834,7 @@ def op_reshape(ref, lay, act):
 def op_torch_pool(ref, lay, act):
     cfg = lay.config
     nd = act.a.ndim - 2 if act.kind == "map" else 1
-    act = _to_map(lay, act, nd)
+    act = to_map(lay, act, nd)
     y = F.torch_pool(act.a, cfg["pool_size"], cfg.get("strides") or cfg["pool_size"],
                      cfg.get("padding", 0), cfg.get("mode", "max"),
                      bool(cfg.get("ceil_mode")), bool(cfg.get("count_include_pad", True)))
@@ -934,15 +931,6 @@ OPS = {
     "GaussianDropout": op_identity, "AlphaDropout": op_identity,
     "ActivityRegularization": op_identity,
 }
-
-
-def covered_classes() -> list[str]:
-    return sorted(OPS)
-
-
-def ensure_finite(a: np.ndarray, what: str) -> None:
-    if not np.all(np.isfinite(a)):
-        raise NotCovered(f"{what}: the reference produced non-finite values")
 
 
 __all__ = ["NotCovered", "Reference", "build_reference", "to_keras", "math"]

@@ -26,6 +26,7 @@ import numpy as np
 
 from wtransplant.atomic import write_json
 from wtransplant.checking.data import load_array, split_ref, to_channels_last
+from wtransplant.checking.diagnose import Diagnosis
 from wtransplant.checking.parity import ParityResult, compare
 from wtransplant.errors import InputError, ParityError
 
@@ -39,7 +40,7 @@ class VerifyReport:
     inputs: str  # where the inputs came from
     parity: ParityResult
     other: dict | None = None
-    diagnosis: dict | None = None
+    diagnosis: Diagnosis | None = None
     plot: str | None = None
     notes: list = field(default_factory=list)
     #: the Keras backend that ran the model, and why it was chosen
@@ -52,7 +53,8 @@ class VerifyReport:
     def to_dict(self) -> dict:
         return {"wtransplant_report": "verify", "model": self.model, "other": self.other,
                 "against": self.against, "inputs": self.inputs,
-                "parity": self.parity.to_dict(), "diagnosis": self.diagnosis,
+                "parity": self.parity.to_dict(),
+                "diagnosis": self.diagnosis.to_dict() if self.diagnosis else None,
                 "plot": self.plot, "notes": self.notes, "backend": self.backend}
 
 
@@ -191,18 +193,14 @@ def verify(model, *, other=None, inputs=None, expected=None, spec=None, activati
     if plot is not None:
         from wtransplant.checking.plots import parity_plot
 
-        layers = (report.diagnosis or {}).get("layers") if report.diagnosis else None
+        layers = [x.to_dict() for x in report.diagnosis.layers] if report.diagnosis \
+            else None
         report.plot = parity_plot(plot, actual=got, expected=want, layers=layers,
                                   title=f"{art.display}: {res.summary()}")
     if report_path is not None:
         write_json(report_path, report.to_dict())
     if raise_on_failure and not res.passed:
-        where = ""
-        d = report.diagnosis or {}
-        if d.get("first_diverging_layer"):
-            where = f"; first diverging layer {d['first_diverging_layer']}"
-            if d.get("cause"):
-                where += f" ({d['cause']})"
+        where = report.diagnosis.where() if report.diagnosis else ""
         raise ParityError(f"{art.display}: outputs differ from {against}: "
                           f"{res.summary()}{where}", report=report)
     return report
@@ -280,27 +278,27 @@ def _spec_reference(art, spec):
             return None, str(e)
 
 
-def _diagnose(art, xs, spec, activations, ref_acts) -> dict | None:
+def _diagnose(art, xs, spec, activations, ref_acts) -> Diagnosis:
     from wtransplant.checking.diagnose import diagnose
 
     model = art.keras_model
     if model is None:
-        return {"note": f"no per-layer diagnosis: a {art.kind} artifact has no Keras layers; "
-                        f"verify the .keras model it came from"}
+        return Diagnosis.unavailable(f"a {art.kind} artifact has no Keras layers; verify the "
+                                     f".keras model it came from")
     x = xs if len(xs) > 1 else xs[0]
     if activations is not None:
         acts = load_activations(activations)
-        return diagnose(model, acts, x, method="stored activations").to_dict()
+        return diagnose(model, acts, x, method="stored activations")
     if ref_acts is None and spec is not None:
         ref, why = _spec_reference(art, spec)
         if ref is None:
-            return {"note": f"no per-layer diagnosis: {why}"}
+            return Diagnosis.unavailable(why)
         _, ref_acts = ref.forward(x)
     if ref_acts is not None:
-        return diagnose(model, ref_acts, x, method="numpy reference").to_dict()
-    return {"note": "no per-layer diagnosis: give spec= (the rebuild spec) for the NumPy "
-                    "reference, or activations= with reference activations stored under "
-                    "the layers' names"}
+        return diagnose(model, ref_acts, x, method="numpy reference")
+    return Diagnosis.unavailable("give spec= (the rebuild spec) for the NumPy reference, or "
+                                 "activations= with reference activations stored under the "
+                                 "layers' names")
 
 
 def load_activations(ref) -> dict[str, np.ndarray]:

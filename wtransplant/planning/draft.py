@@ -25,6 +25,7 @@ import yaml
 
 from wtransplant.planning.layouts import conventions, layout_for
 from wtransplant.planning.layouts.layers import undecided
+from wtransplant.planning.spec import flow_yaml
 from wtransplant.reading.hints import Hints, LayerHint, build_hints
 from wtransplant.reading.loaded import LoadedSource, load_source
 from wtransplant.reading.sources import open_source
@@ -196,12 +197,37 @@ def _draft_layers(w, loaded: LoadedSource, hints: Hints, src) -> Draft:
     if first.keras_class == "Embedding":
         w.kv("  input_dtype", "int32")
     w.line("  layers:")
+    entries = _write_layers(w, known, reads, fmt, acts, conv, facts, todo)
+    if head_outs:
+        stacked = _stacked(known)
+        outs = [_name_for(known[j], j, fmt, stacked) for j in head_outs]
+        w.kv("  outputs", outs, "parallel heads (widths: each reads what the layer before "
+                                "it reads)")
+        notes.append("parallel heads became outputs in file order; a Softmax a head applies "
+                     "has no weights, so it is not in the draft: add it if the source has one")
+    # weights
+    w.line("weights:")
+    _write_weights(w, entries, hints.orientation, facts, todo)
+    _write_tail(w, hints, facts, in_shape, first, notes, unmapped, todo)
+    rebuildable = not todo and facts.fact("drafts_rebuild_as_is")
+    return Draft(w.text(), rebuildable, todo=todo, notes=notes)
+
+
+def _stacked(known: list[LayerHint]) -> set[str]:
+    """Unit names shared by several layers (a PyTorch RNN's layers: ``rnn#0``, ``rnn#1``)."""
+    bases = [lh.unit.split("#", 1)[0] for lh in known if "#" in lh.unit]
+    return {b for b in bases if bases.count(b) > 1}
+
+
+def _write_layers(w, known: list[LayerHint], reads: dict, fmt: str, acts, conv: str, facts,
+                  todo: list[str]) -> list[tuple[str, list, LayerHint]]:
+    """The ``model.layers`` lines, one per recognised layer (a Flatten where a dense layer
+    follows a convolution); returns (name, slots, hint) per layer for the weights."""
     entries: list[tuple[str, list[str], LayerHint]] = []
     prev_kind = ""
     n_dense = sum(1 for lh in known if lh.proposal.keras_class == "Dense")
     dense_i = 0
-    bases = [lh.unit.split("#", 1)[0] for lh in known if "#" in lh.unit]
-    stacked = {b for b in bases if bases.count(b) > 1}
+    stacked = _stacked(known)
     for i, lh in enumerate(known):
         p = lh.proposal
         name = _name_for(lh, i, fmt, stacked)
@@ -244,15 +270,12 @@ def _draft_layers(w, loaded: LoadedSource, hints: Hints, src) -> Draft:
         entries.append((name, list(p.slots.items()), lh))
         if p.kind not in ("batchnorm", "layernorm", "prelu"):
             prev_kind = p.kind or prev_kind
-    if head_outs:
-        outs = [_name_for(known[j], j, fmt, stacked) for j in head_outs]
-        w.kv("  outputs", outs, "parallel heads (widths: each reads what the layer before "
-                                "it reads)")
-        notes.append("parallel heads became outputs in file order; a Softmax a head applies "
-                     "has no weights, so it is not in the draft: add it if the source has one")
-    # weights
-    w.line("weights:")
-    square_note = hints.orientation
+    return entries
+
+
+def _write_weights(w, entries, square_note: str | None, facts, todo: list[str]) -> None:
+    """The ``weights`` lines: target -> source (a square kernel's orientation undecided
+    unless the chain of shapes tells it)."""
     for name, slots, lh in entries:
         for var, srcs in slots:
             target = f"{name}/{var}"
@@ -273,6 +296,12 @@ def _draft_layers(w, loaded: LoadedSource, hints: Hints, src) -> Draft:
                 continue
             val = _scalar(srcs[0]) if len(srcs) == 1 else _flow(srcs)
             w.line(f"  {target}: {val}")
+
+
+def _write_tail(w, hints: Hints, facts, in_shape, first, notes: list[str], unmapped,
+                todo: list[str]) -> None:
+    """``verify`` (from the file's reference data, or a commented example), then the notes,
+    the tensors no layer rule took, and the guesses left undecided, as comments."""
     if hints.io:
         w.line("verify:")
         w.kv("  inputs", hints.io["inputs"], "reference data found in the file")
@@ -294,14 +323,12 @@ def _draft_layers(w, loaded: LoadedSource, hints: Hints, src) -> Draft:
         w.comment("spec until each holds one value (or --force, and the result is unverified)")
     for t in todo:
         w.comment(f"undecided: {t}")
-    rebuildable = not todo and facts.fact("drafts_rebuild_as_is")
-    return Draft(w.text(), rebuildable, todo=todo, notes=notes)
 
 
 def _draft_unnamed(w, weights, notes) -> Draft:
     """An unnamed list (arr_0, arr_1, ...): layers by order and shape, every guess
     undecided (``spec --inputs --expected`` settles them)."""
-    from wtransplant.planning.settle import _has_undecided, render
+    from wtransplant.planning.settle import has_undecided, render
     from wtransplant.planning.unnamed import draft_unnamed
 
     try:
@@ -321,7 +348,7 @@ def _draft_unnamed(w, weights, notes) -> Draft:
                             "Y) to settle the choices marked undecided"]
     text = render(doc, None, header, notes)
     return Draft(text, False, todo=["unnamed tensors: choices undecided"] if
-                 _has_undecided(doc) else [], notes=notes)
+                 has_undecided(doc) else [], notes=notes)
 
 
 def _input_shape(known: list[LayerHint], conv: str) -> tuple[list, str | None]:
@@ -464,15 +491,7 @@ def _mnv2_alpha(shapes) -> float:
 # YAML text with comments
 
 
-def _flow(v) -> str:
-    """One-line YAML for a value (scalars get no document-end marker)."""
-    s = yaml.safe_dump(v, default_flow_style=True, sort_keys=False, width=1 << 16).strip()
-    if s.endswith("\n..."):
-        s = s[:-4].strip()
-    return s
-
-
-_scalar = _flow
+_flow = _scalar = flow_yaml
 
 
 class _Writer:

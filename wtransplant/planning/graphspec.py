@@ -14,8 +14,6 @@ from dataclasses import dataclass
 #: Keras merge layers: they take a list of inputs
 MERGE_CLASSES = {"Add", "Concatenate", "Multiply", "Average", "Subtract", "Maximum",
                  "Minimum", "Dot"}
-#: spec-only keys of a layer item, translated by the builder (never passed to Keras)
-ITEM_KEYS = {"inputs", "ceil_mode", "count_include_pad"}
 
 
 class GraphSpecError(Exception):
@@ -151,8 +149,3 @@ def output_names(ms) -> list[str]:
     if ms.outputs:
         return list(ms.outputs)
     return [item_name(len(ms.layers) - 1, ms.layers[-1])]
-
-
-def is_graph(ms) -> bool:
-    return ms.inputs is not None or ms.outputs is not None or any(
-        isinstance(x, dict) and "inputs" in x for x in ms.layers or [])

@@ -27,7 +27,7 @@ from dataclasses import dataclass, field, replace
 import numpy as np
 
 from wtransplant.errors import MappingError, UnsafeInputError
-from wtransplant.planning.layouts import Proposal, TargetLayer, TargetVar, Unit, layout_for
+from wtransplant.planning.layouts import TargetLayer, TargetVar, Unit, layout_for
 from wtransplant.planning.layouts.ops import (
     GateReorder,
     Op,
@@ -115,45 +115,87 @@ def resolve_convention(spec_conv: str, loaded: LoadedSource) -> str:
 # --------------------------------------------------------------------------------------
 
 
-def make_plan(spec: Spec, loaded: LoadedSource, layers: list[TargetLayer], *,
-              reference_names: tuple[str, ...] = ()) -> Plan:
-    conv = resolve_convention(spec.convention, loaded)
-    targets: dict[str, tuple[TargetLayer, TargetVar]] = {}
-    for lay in layers:
-        for v in lay.vars:
-            targets[v.key] = (lay, v)
-    reader = loaded.reader
-    tensors = list(loaded.tensors)
-    ref = set()
-    for n in reference_names:
-        t = loaded.tensor(n)
-        if t is not None:
-            ref.add(t.name)
-    ignored = []
-    for t in tensors:
-        if any(fnmatch.fnmatchcase(t.name, g) for g in spec.options.ignore):
-            ignored.append(t.name)
-        elif t.role in _bookkeeping(conv) or t.role == "optimizer-state":
-            ignored.append(t.name)
-    pool = [t for t in tensors if t.name not in ref and t.name not in ignored]
+@dataclass
+class _Pick:
+    """The sources chosen for one target, and how."""
 
-    chosen: dict[str, tuple[list[SourceTensor], str, str, WeightRef | None]] = {}
-    used: dict[str, str] = {}  # source name -> target key
+    sources: list[SourceTensor]
+    how: str  # explicit | rule | name | order
+    detail: str = ""
+    ref: WeightRef | None = None
 
-    def take(key: str, srcs: list[SourceTensor], how: str, detail: str = "",
-             ref: WeightRef | None = None):
+
+@dataclass
+class _Ledger:
+    """What each target takes so far; a source feeds one target unless the spec's
+    ``options.allow_reuse`` lists it."""
+
+    allow_reuse: list[str]
+    chosen: dict[str, _Pick] = field(default_factory=dict)  # target key -> pick
+    used: dict[str, str] = field(default_factory=dict)  # source name -> target key
+
+    def take(self, key: str, srcs: list[SourceTensor], how: str, detail: str = "",
+             ref: WeightRef | None = None) -> None:
         for s in srcs:
-            prev = used.get(s.name)
+            prev = self.used.get(s.name)
             if prev is not None and not any(fnmatch.fnmatchcase(s.name, g)
-                                            for g in spec.options.allow_reuse):
+                                            for g in self.allow_reuse):
                 raise MappingError(
                     f"source {s.name} {tuple(s.shape)} would feed both {prev} and {key}; a "
                     f"source is used at most once unless options.allow_reuse lists it")
         for s in srcs:
-            used[s.name] = key
-        chosen[key] = (srcs, how, detail, ref)
+            self.used[s.name] = key
+        self.chosen[key] = _Pick(srcs, how, detail, ref)
 
-    # 1. explicit
+
+def make_plan(spec: Spec, loaded: LoadedSource, layers: list[TargetLayer], *,
+              reference_names: tuple[str, ...] = ()) -> Plan:
+    """Give every Keras variable of ``layers`` its source tensors and recipe (see the
+    module's docstring for the order of matching); raises MappingError naming what does
+    not fit."""
+    conv = resolve_convention(spec.convention, loaded)
+    targets: dict[str, tuple[TargetLayer, TargetVar]] = {
+        v.key: (lay, v) for lay in layers for v in lay.vars}
+    tensors = list(loaded.tensors)
+    ref = {t.name for t in map(loaded.tensor, reference_names) if t is not None}
+    ignored = [t.name for t in tensors
+               if any(fnmatch.fnmatchcase(t.name, g) for g in spec.options.ignore)
+               or t.role in _bookkeeping(conv) or t.role == "optimizer-state"]
+    pool = [t for t in tensors if t.name not in ref and t.name not in ignored]
+    led = _Ledger(spec.options.allow_reuse)
+
+    _match_explicit(spec, loaded, layers, targets, conv, led)  # 1.
+    if spec.rules:  # 2.
+        _match_rules(spec, pool, layers, targets, conv, led)
+    # 3. by name, 4. by order: whole units into whole layers
+    units = [u for u in loaded.reader.units([t for t in pool if t.name not in led.used])
+             if u.tensors]
+    rejected: dict[str, tuple] = {}  # unit -> (why its tensors could not feed a layer, names)
+    if spec.options.match_by_name:
+        _match_by_name(layers, units, _unit_aliases(units, loaded), conv, led, rejected)
+    if spec.options.match_by_order:
+        _match_by_order(layers, units, led.chosen, led.used, conv, led.take, rejected)
+    missing_allowed = _check_complete(spec, targets, pool, led, rejected)
+
+    plan = Plan(conv, loaded.format, _assignments(layers, led, conv), ignored=ignored,
+                reference_data=sorted(ref), missing_allowed=missing_allowed)
+    plan.unused = [t.name for t in pool if t.name not in led.used]
+    casts: dict[str, int] = {}
+    for a in plan.assignments:
+        if a.cast:
+            casts[a.cast] = casts.get(a.cast, 0) + 1
+    plan.casts = [f"{k} ({n} tensor{'s' if n > 1 else ''}; values rounded to the Keras "
+                  f"variable dtype)" for k, n in casts.items()]
+    for lay in layers:
+        layout = layout_for(lay.class_name)
+        if layout is not None:
+            plan.warnings += layout.checks(lay, conv)
+    return plan
+
+
+def _match_explicit(spec: Spec, loaded: LoadedSource, layers, targets, conv: str,
+                    led: _Ledger) -> None:
+    """1. the spec's ``weights`` entries; each recipe is checked on shapes at once."""
     for key, wref in spec.weights.items():
         if key not in targets:
             raise MappingError(_no_target(key, layers, f"weights entry (line {wref.line})"
@@ -169,70 +211,70 @@ def make_plan(spec: Spec, loaded: LoadedSource, layers: list[TargetLayer], *,
                         f"{link.target}; not followed (options.follow_links: true allows it)",
                         path=loaded.tree.display)
                 raise MappingError(f"weights: {key} <- {name}: no tensor {name!r} in "
-                                   f"{loaded.tree.display}{_close(name, tensors)}")
+                                   f"{loaded.tree.display}{_close(name, list(loaded.tensors))}")
             srcs.append(t)
         layer, var = targets[key]
         build_recipe(var, layer, srcs, conv, wref)  # a shape no rule explains fails here
-        take(key, srcs, "explicit", ref=wref)
+        led.take(key, srcs, "explicit", ref=wref)
 
-    # 2. rules
-    if spec.rules:
-        pending: dict[str, list[tuple[SourceTensor, str]]] = {}
-        for t in pool:
-            if t.name in used:
-                continue
-            for i, rule in enumerate(spec.rules):
-                m = rule.match.search(t.name)
-                if not m:
-                    continue
-                try:
-                    key = m.expand(rule.to)
-                except (re.error, IndexError) as e:
-                    raise MappingError(f"rules[{i}] cannot expand {rule.to!r} for {t.name}: "
-                                       f"{e}") from None
-                if key not in targets:
-                    raise MappingError(_no_target(key, layers, f"rules[{i}] "
-                                                  f"({rule.match.pattern!r} on {t.name})"))
-                if key not in chosen:
-                    pending.setdefault(key, []).append((t, f"rules[{i}]"))
-                break
-        for key, lst in pending.items():
-            srcs = [t for t, _ in lst]
-            layer, var = targets[key]
-            srcs = _order_for_roles(srcs, layer, var, conv)
-            take(key, srcs, "rule", lst[0][1])
 
-    # 3. by name, 4. by order: whole units into whole layers
-    units = [u for u in reader.units([t for t in pool if t.name not in used]) if u.tensors]
-    names = _unit_aliases(units, loaded)
-    rejected: dict[str, str] = {}  # unit -> why its tensors could not feed a layer
-    if spec.options.match_by_name:
-        for lay in layers:
-            open_vars = [v for v in lay.vars if v.key not in chosen]
-            if not open_vars:
+def _match_rules(spec: Spec, pool, layers, targets, conv: str, led: _Ledger) -> None:
+    """2. ``rules``: the first rule whose regex matches a source names its target."""
+    pending: dict[str, list[tuple[SourceTensor, str]]] = {}
+    for t in pool:
+        if t.name in led.used:
+            continue
+        for i, rule in enumerate(spec.rules):
+            m = rule.match.search(t.name)
+            if not m:
                 continue
-            u = names.get(lay.name) or names.get(lay.name.lower())
-            if u is None:
-                continue
-            fit = _fit_unit(u, lay, open_vars, conv, used, rejected)
-            if fit is None and u.key in rejected:
-                raise MappingError(f"layer {lay.name} and the source unit of the same name "
-                                   f"{u.key}: {rejected[u.key][0]}")
-            if fit is not None:
-                for key, srcs in fit.items():
-                    take(key, srcs, "name", f"unit {u.key}")
-    if spec.options.match_by_order:
-        _match_by_order(layers, units, chosen, used, conv, take, rejected)
+            try:
+                key = m.expand(rule.to)
+            except (re.error, IndexError) as e:
+                raise MappingError(f"rules[{i}] cannot expand {rule.to!r} for {t.name}: "
+                                   f"{e}") from None
+            if key not in targets:
+                raise MappingError(_no_target(key, layers, f"rules[{i}] "
+                                              f"({rule.match.pattern!r} on {t.name})"))
+            if key not in led.chosen:
+                pending.setdefault(key, []).append((t, f"rules[{i}]"))
+            break
+    for key, lst in pending.items():
+        srcs = [t for t, _ in lst]
+        layer, var = targets[key]
+        srcs = _order_for_roles(srcs, layer, var, conv)
+        led.take(key, srcs, "rule", lst[0][1])
 
-    # completeness
+
+def _match_by_name(layers, units, names: dict[str, Unit], conv: str, led: _Ledger,
+                   rejected: dict) -> None:
+    """3. a source unit named like the Keras layer (or the name a Keras 3 file records)."""
+    for lay in layers:
+        open_vars = [v for v in lay.vars if v.key not in led.chosen]
+        if not open_vars:
+            continue
+        u = names.get(lay.name) or names.get(lay.name.lower())
+        if u is None:
+            continue
+        fit = _fit_unit(u, lay, open_vars, conv, led.used, rejected)
+        if fit is None and u.key in rejected:
+            raise MappingError(f"layer {lay.name} and the source unit of the same name "
+                               f"{u.key}: {rejected[u.key][0]}")
+        if fit is not None:
+            for key, srcs in fit.items():
+                led.take(key, srcs, "name", f"unit {u.key}")
+
+
+def _check_complete(spec: Spec, targets, pool, led: _Ledger, rejected: dict) -> list[str]:
+    """Every target has a source, or ``options.allow_missing`` lists it (returned)."""
     missing_allowed = []
     for key, (_lay, var) in targets.items():
-        if key in chosen:
+        if key in led.chosen:
             continue
         if any(fnmatch.fnmatchcase(key, g) for g in spec.options.allow_missing):
             missing_allowed.append(key)
             continue
-        left = [t for t in pool if t.name not in used]
+        left = [t for t in pool if t.name not in led.used]
         left_names = {t.name for t in left}
         why = [f"{k}: {msg}" for k, (msg, names) in rejected.items() if names & left_names]
         if why:
@@ -244,32 +286,24 @@ def make_plan(spec: Spec, loaded: LoadedSource, layers: list[TargetLayer], *,
             f"same-named unit or unambiguous unit in order fits it. Unused source tensors: "
             f"{hint}{' ...' if len(left) > 6 else ''}. Map it in the spec's weights, or list "
             f"it under options.allow_missing to keep Keras' initial values")
+    return missing_allowed
 
-    # recipes, in model order
-    assignments = []
-    cast_count: dict[str, int] = {}
+
+def _assignments(layers, led: _Ledger, conv: str) -> list[Assignment]:
+    """The chosen sources with their recipes and casts, in model order."""
+    out = []
     for lay in layers:
         for var in lay.vars:
-            if var.key not in chosen:
+            pick = led.chosen.get(var.key)
+            if pick is None:
                 continue
-            srcs, how, detail, wref = chosen[var.key]
-            ops = build_recipe(var, lay, srcs, conv, wref)
-            a = Assignment(var, lay, srcs, how, ops, detail=detail)
-            src_dt = {s.dtype for s in srcs}
+            ops = build_recipe(var, lay, pick.sources, conv, pick.ref)
+            a = Assignment(var, lay, pick.sources, pick.how, ops, detail=pick.detail)
+            src_dt = {s.dtype for s in pick.sources}
             if src_dt != {var.dtype}:
                 a.cast = f"{'+'.join(sorted(src_dt))} -> {var.dtype}"
-                cast_count[a.cast] = cast_count.get(a.cast, 0) + 1
-            assignments.append(a)
-    plan = Plan(conv, loaded.format, assignments, ignored=ignored,
-                reference_data=sorted(ref), missing_allowed=missing_allowed)
-    plan.unused = [t.name for t in pool if t.name not in used]
-    plan.casts = [f"{k} ({n} tensor{'s' if n > 1 else ''}; values rounded to the Keras "
-                  f"variable dtype)" for k, n in cast_count.items()]
-    for lay in layers:
-        layout = layout_for(lay.class_name)
-        if layout is not None:
-            plan.warnings += layout.checks(lay, conv)
-    return plan
+            out.append(a)
+    return out
 
 
 def _bookkeeping(conv: str) -> tuple:
@@ -624,7 +658,3 @@ def sha256_array(a: np.ndarray) -> str:
     h.update(str(a.shape).encode())
     h.update(memoryview(a).cast("B") if a.size else b"")
     return h.hexdigest()
-
-
-def proposal_slots(p: Proposal) -> dict:
-    return p.slots

@@ -54,7 +54,14 @@ from wtransplant.errors import InputError
 from wtransplant.planning.layouts import TargetLayer, TargetVar, conventions
 from wtransplant.planning.layouts.ops import apply as apply_ops
 from wtransplant.planning.plan import build_recipe
-from wtransplant.planning.shapes import PASS_THROUGH, ShapeMismatch, _int_pad, _tup, layer_shapes
+from wtransplant.planning.shapes import (
+    PASS_THROUGH,
+    ShapeMismatch,
+    int_padding,
+    layer_shapes,
+    per_axis,
+)
+from wtransplant.planning.spec import flow_yaml
 from wtransplant.reading.sources import as_source
 
 #: a candidate "fits" the data when its relative max error is under this
@@ -94,7 +101,7 @@ _EXTRA = {
 }
 
 
-def act_fn(name):
+def _act_fn(name):
     if name in _EXTRA:
         return _EXTRA[name]
     return F.activation(name)
@@ -108,7 +115,7 @@ def _alias_groups(names: list[str]) -> dict[str, str]:
     with np.errstate(all="ignore"):
         for n in names:
             try:
-                v = act_fn(n)(probe)
+                v = _act_fn(n)(probe)
             except NotImplementedError:
                 continue
             for c, cv in seen:
@@ -221,13 +228,13 @@ def _jsonable(v):
 
 
 def _label(v) -> str:
-    from wtransplant.planning.spec import _short
+    from wtransplant.planning.spec import short_yaml
 
     if isinstance(v, dict) and "transpose" in v:
         return "out-by-in" if list(v["transpose"]) == [1, 0] else "in-by-out"
     if isinstance(v, tuple):
-        return ", ".join(_short(x) for x in v)
-    return _short(v)
+        return ", ".join(short_yaml(x) for x in v)
+    return short_yaml(v)
 
 
 # --------------------------------------------------------------------------------------
@@ -237,11 +244,11 @@ def _label(v) -> str:
 def _same_as_keras(d: dict) -> bool:
     """A conv whose PyTorch integer padding computes exactly what Keras' ``same`` does
     (stride 1, odd effective kernel, padding half of it on each side): not a choice."""
-    if d.get("class") not in ("Conv1D", "Conv2D", "Conv3D") or not _int_pad(d.get("padding")):
+    if d.get("class") not in ("Conv1D", "Conv2D", "Conv3D") or not int_padding(d.get("padding")):
         return False
     nd = int(d["class"][4])
-    k, p = _tup(d["kernel_size"], nd), _tup(d["padding"], nd)
-    s, dil = _tup(d.get("strides", 1), nd), _tup(d.get("dilation_rate", 1), nd)
+    k, p = per_axis(d["kernel_size"], nd), per_axis(d["padding"], nd)
+    s, dil = per_axis(d.get("strides", 1), nd), per_axis(d.get("dilation_rate", 1), nd)
     return all(s[i] == 1 and ((k[i] - 1) * dil[i]) % 2 == 0 and
                p[i] == (k[i] - 1) * dil[i] // 2 for i in range(nd))
 
@@ -291,7 +298,7 @@ class Evaluator:
         return self._raw[name]
 
     def _weights(self, i: int, d: dict, in_shape: tuple, vs, flatten_from) -> dict:
-        from wtransplant.planning.spec import _weight
+        from wtransplant.planning.spec import weight_ref
 
         name = d.get("name")
         tl = TargetLayer(name, d["class"], dict(d), [], index=i, input_shape=in_shape,
@@ -305,7 +312,7 @@ class Evaluator:
             ck = (key, repr(entry), shape, flatten_from, repr(sorted(
                 (k, repr(v)) for k, v in d.items())) if d["class"] in ("GRU", "LSTM") else "")
             if ck not in self._conv_cache:
-                wref = _weight(entry, ("weights", key))
+                wref = weight_ref(entry, ("weights", key))
                 srcs = []
                 for n in wref.sources:
                     t = self.loaded.tensor(n)
@@ -349,7 +356,7 @@ class Evaluator:
         """ShapeMismatch unless every variable's source converts to its Keras shape (shapes
         only: nothing is read)."""
         from wtransplant.errors import MappingError
-        from wtransplant.planning.spec import _weight
+        from wtransplant.planning.spec import weight_ref
 
         name = d.get("name")
         for var, shape in vs:
@@ -360,7 +367,7 @@ class Evaluator:
             ck = ("fit", key, repr(entry), tuple(shape), ff)
             ok = self._conv_cache.get(ck)
             if ok is None:
-                wref = _weight(entry, ("weights", key))
+                wref = weight_ref(entry, ("weights", key))
                 srcs = [self.loaded.tensor(n) for n in wref.sources]
                 ok = "ok"
                 if any(t is None for t in srcs):
@@ -444,7 +451,7 @@ class Evaluator:
         if lay.class_name in ("Conv1D", "Conv2D") and int(lay.config.get("groups", 1)) == 1:
             return _fast_conv(ref, lay, act)
         if lay.class_name == "Activation" and act_name not in ("softmax",):
-            f = act_fn(act_name)
+            f = _act_fn(act_name)
             return Act(f(act.a), act.kind, act.map_shape, act.flat_order)
         try:
             return OPS[lay.class_name](ref, lay, act)
@@ -466,19 +473,19 @@ def _fast_conv(ref, lay, act) -> Act:
     """The reference's convolution (same padding rule and equations) as one matrix product
     of the unfolded windows: the settler runs thousands of them."""
 
-    from wtransplant.checking.reference import _act_fn, _conv_weight, _pads, _to_map
+    from wtransplant.checking.reference import act_fn, conv_pads, conv_weight, to_map
 
-    if _int_pad(lay.config.get("padding")):
-        def _pads(cfg, spatial, _k, _s, _d):  # noqa: F811 -- PyTorch's: both sides
-            return [(p, p) for p in _tup(cfg["padding"], len(spatial))]
+    if int_padding(lay.config.get("padding")):
+        def conv_pads(cfg, spatial, _k, _s, _d):  # noqa: F811 -- PyTorch's: both sides
+            return [(p, p) for p in per_axis(cfg["padding"], len(spatial))]
 
     cfg = lay.config
     nd = int(lay.class_name[4])
-    act = _to_map(lay, act, nd)
-    w = _conv_weight(ref, lay)  # (O, I, k...)
-    s = F._tup(cfg.get("strides", 1), nd)
-    d = F._tup(cfg.get("dilation_rate", 1), nd)
-    x = F.pad_spatial(act.a, _pads(cfg, act.a.shape[2:], w.shape[2:], s, d))
+    act = to_map(lay, act, nd)
+    w = conv_weight(ref, lay)  # (O, I, k...)
+    s = F.ntuple(cfg.get("strides", 1), nd)
+    d = F.ntuple(cfg.get("dilation_rate", 1), nd)
+    x = F.pad_spatial(act.a, conv_pads(cfg, act.a.shape[2:], w.shape[2:], s, d))
     win = F.conv_windows(x, w.shape[2:], s, d)  # (N, C, *S', *K)
     y = np.tensordot(win, w, axes=([1, *range(2 + nd, 2 + 2 * nd)],
                                    [1, *range(2, 2 + nd)]))  # (N, *S', O)
@@ -486,7 +493,7 @@ def _fast_conv(ref, lay, act) -> Act:
     b = _w_of(lay, "bias")
     if b is not None:
         y = y + b.reshape((1, -1) + (1,) * nd)
-    return Act(_act_fn(cfg)(y), "map")
+    return Act(act_fn(cfg)(y), "map")
 
 
 def _w_of(lay, var):
@@ -703,10 +710,7 @@ def _joint(struct: list[Choice]) -> Choice:
 def set_value(doc: dict, ch: Choice, value) -> None:
     vals = value if (ch.kind in MULTI) else (value,)
     for t, v in zip(ch.targets, vals):
-        node = doc
-        for p in t[:-1]:
-            node = node[p]
-        node[t[-1]] = v
+        _set(doc, t, v)
 
 
 def _first_values(doc: dict) -> None:
@@ -1074,10 +1078,6 @@ def _deepcopy(d):
 # the draft, settled: YAML text with the evidence as comments
 
 
-def _flow(v) -> str:
-    from wtransplant.planning.draft import _flow as flow
-
-    return flow(v)
 
 
 def _comments_for(choices: list[Choice]) -> dict[tuple, list[str]]:
@@ -1113,32 +1113,32 @@ def render(doc: dict, res: SettleResult | None, header: list[str], notes: list[s
     if data_note:
         lines.append(f"# {_one_line(data_note)}")
     lines.append(f"version: {doc.get('version', 1)}")
-    lines.append(f"source: {_flow(doc['source'])}")
-    lines.append(f"convention: {_flow(doc.get('convention', 'auto'))}")
+    lines.append(f"source: {flow_yaml(doc['source'])}")
+    lines.append(f"convention: {flow_yaml(doc.get('convention', 'auto'))}")
     m = doc["model"]
     lines.append("model:")
     ishape = m.get("input_shape")
-    lines.append(f"  input_shape: {_flow(ishape)}" + ("  # from the data" if res else ""))
+    lines.append(f"  input_shape: {flow_yaml(ishape)}" + ("  # from the data" if res else ""))
     for k in ("input_dtype", "name"):
         if k in m:
-            lines.append(f"  {k}: {_flow(m[k])}")
+            lines.append(f"  {k}: {flow_yaml(m[k])}")
     lines.append("  layers:")
     for i, d in enumerate(m["layers"]):
         c = com.get(("model", "layers", i))
-        lines.append(f"    - {_flow(d)}" + (f"  # {_one_line('; '.join(c))}" if c else ""))
+        lines.append(f"    - {flow_yaml(d)}" + (f"  # {_one_line('; '.join(c))}" if c else ""))
     if doc.get("weights"):
         lines.append("weights:")
         for k, v in doc["weights"].items():
             c = com.get(("weights", k))
-            lines.append(f"  {_flow(k)}: {_flow(v)}" + (f"  # {_one_line('; '.join(c))}"
+            lines.append(f"  {flow_yaml(k)}: {flow_yaml(v)}" + (f"  # {_one_line('; '.join(c))}"
                                                          if c else ""))
     for k in ("rules", "options"):
         if doc.get(k):
-            lines.append(f"{k}: {_flow(doc[k])}")
+            lines.append(f"{k}: {flow_yaml(doc[k])}")
     if doc.get("verify"):
         lines.append("verify:")
         for k, v in doc["verify"].items():
-            lines.append(f"  {k}: {_flow(v)}" + ("  # the data given to `wtransplant spec`"
+            lines.append(f"  {k}: {flow_yaml(v)}" + ("  # the data given to `wtransplant spec`"
                                                  if k == "inputs" and res else ""))
     for n in notes:
         lines.append(f"# note: {_one_line(n)}")
@@ -1157,7 +1157,7 @@ def render(doc: dict, res: SettleResult | None, header: list[str], notes: list[s
         lines.append(f"# settled {n_set} of {len(res.choices)} choices with "
                      f"{res.evaluations} forward passes (every combination: "
                      f"{res.product}) in {res.seconds:.2f} s")
-    undecided_left = _has_undecided(doc)
+    undecided_left = has_undecided(doc)
     if undecided_left:
         lines.append("# choices written {undecided: [...]} are not settled: `wtransplant "
                      "rebuild` refuses the spec until each holds one value (or --force, and "
@@ -1170,13 +1170,13 @@ def _one_line(s: str) -> str:
     return "".join(ch if ch.isprintable() else "?" for ch in " ".join(str(s).split()))
 
 
-def _has_undecided(v) -> bool:
+def has_undecided(v) -> bool:
     if _is_und(v):
         return True
     if isinstance(v, dict):
-        return any(_has_undecided(x) for x in v.values())
+        return any(has_undecided(x) for x in v.values())
     if isinstance(v, list):
-        return any(_has_undecided(x) for x in v)
+        return any(has_undecided(x) for x in v)
     return False
 
 
@@ -1228,42 +1228,20 @@ def draft_settled(path, *, spec_dir=None, inputs, expected, input_layout=None,
     import os
     from pathlib import Path
 
-    import yaml
-
-    from wtransplant.checking.data import load_array, to_channels_last
-    from wtransplant.planning.draft import Draft, draft_spec
+    from wtransplant.planning.draft import Draft
     from wtransplant.planning.spec import load_spec
     from wtransplant.planning.unnamed import draft_unnamed, is_unnamed
     from wtransplant.reading.hints import split_io
     from wtransplant.reading.loaded import load_source
     from wtransplant.reading.sources import open_source
 
-    if isinstance(expected, list | tuple):
-        if len(expected) != 1:
-            raise InputError(f"{len(expected)} expected outputs: settling covers models with "
-                             f"one output so far; give one")
-        expected = expected[0]
-    if isinstance(inputs, dict):
-        if len(inputs) != 1:
-            raise InputError("several named inputs: settling covers models with one input "
-                             "so far")
-        inputs = next(iter(inputs.values()))
-    if inputs is None or expected is None:
-        raise InputError("settling needs both inputs and expected outputs")
+    inputs, expected = _one_pair(inputs, expected)
     base = Path(spec_dir) if spec_dir is not None else Path.cwd()
     path = Path(path)
     t0 = time.perf_counter()
     with open_source(path) as src:
         loaded = load_source(src)
-        x = load_array(str(inputs), loaded=loaded, src=src)
-        y = load_array(str(expected), loaded=loaded, src=src)
-        if x.shape[:1] != y.shape[:1]:
-            raise InputError(f"inputs {inputs} {x.shape} and expected {expected} {y.shape} "
-                             f"hold different numbers of samples")
-        x = to_channels_last(x, input_layout, f"inputs {inputs}")
-        n_all = x.shape[0]
-        if n_all > MAX_SETTLE_SAMPLES:
-            x, y = x[:MAX_SETTLE_SAMPLES], y[:MAX_SETTLE_SAMPLES]
+        x, y, n_all = _settling_data(src, loaded, inputs, expected, input_layout)
         weights, _io = split_io(loaded.tensors)
         refs = {str(inputs), str(expected)}
         weights = [t for t in weights if t.name not in refs]
@@ -1276,41 +1254,11 @@ def draft_settled(path, *, spec_dir=None, inputs, expected, input_layout=None,
                 raise InputError(f"unnamed tensors: {e}", path=str(path)) from None
             header.append("# the tensors are an unnamed list: layers read by order and shape")
         else:
-            d0 = draft_spec(path, spec_dir=spec_dir)
-            # the header and whole-line comments hold names from the file (unescaped in
-            # the plain draft); the settled draft writes its own
-            body = d0.text.splitlines()
-            start = next((i for i, x in enumerate(body) if x.startswith("version:")), 0)
-            doc = yaml.safe_load("\n".join(x for x in body[start:]
-                                           if not x.lstrip().startswith("#")))
-            notes = list(d0.notes)
-            conv = loaded.detection.convention if doc.get("convention", "auto") == "auto" \
-                else doc["convention"]
-            layers = (doc.get("model") or {}).get("layers")
-            numbered = _numbered_view(weights)
-            if not layers and numbered is not None:
-                # numbered layers whose orientation the shapes cannot tell (all square):
-                # read them in order, every orientation a choice
-                try:
-                    doc2, conv, more = draft_unnamed(numbered[0], tuple(x.shape[1:]),
-                                                     owner=numbered[1])
-                except ValueError:
-                    doc2 = None
-                if doc2 is not None:
-                    conv = loaded.detection.convention
-                    doc2["convention"] = conv
-                    more = ["every numbered weight is square: the layers are read in their "
-                            "numbered order and each orientation is settled by the data"]
-                    doc, notes, layers = doc2, notes + more, doc2["model"]["layers"]
-            if not layers:
-                d0.notes.append("nothing to settle: the draft has no layer list")
-                if "verify" not in (doc or {}):
-                    v = {"inputs": _rel_ref(inputs, base), "expected": _rel_ref(expected, base)}
-                    if input_layout and input_layout != "none":
-                        v["input_layout"] = input_layout
-                    d0.text += "verify:  # the data given to `wtransplant spec`\n" + "".join(
-                        f"  {k}: {_flow(x)}\n" for k, x in v.items())
-                return d0
+            got = _named_doc(path, spec_dir, loaded, weights, x, _verify_entry(
+                inputs, expected, base, input_layout))
+            if isinstance(got, Draft):
+                return got  # nothing to settle
+            doc, conv, notes = got
         doc["source"] = os.path.relpath(path.resolve(), base.resolve())
         try:
             res = settle(doc, loaded, src, x, y, convention=conv, progress=progress,
@@ -1320,10 +1268,7 @@ def draft_settled(path, *, spec_dir=None, inputs, expected, input_layout=None,
                              path=str(path)) from None
     out = res.doc
     out["source"] = doc["source"]
-    v = {"inputs": _rel_ref(inputs, base), "expected": _rel_ref(expected, base)}
-    if input_layout and input_layout != "none":
-        v["input_layout"] = input_layout
-    out["verify"] = v
+    out["verify"] = _verify_entry(inputs, expected, base, input_layout)
     used = f"{x.shape[0]} samples" if x.shape[0] == n_all else \
         f"the first {x.shape[0]} of {n_all} samples"
     data_note = (f"settled against {inputs} -> {expected} ({used}) in "
@@ -1339,3 +1284,89 @@ def draft_settled(path, *, spec_dir=None, inputs, expected, input_layout=None,
     d.choices = report["choices"]
     d.report = report
     return d
+
+
+def _one_pair(inputs, expected):
+    """The one input and one expected output settling takes (a one-item list or mapping is
+    taken apart)."""
+    if isinstance(expected, list | tuple):
+        if len(expected) != 1:
+            raise InputError(f"{len(expected)} expected outputs: settling covers models with "
+                             f"one output so far; give one")
+        expected = expected[0]
+    if isinstance(inputs, dict):
+        if len(inputs) != 1:
+            raise InputError("several named inputs: settling covers models with one input "
+                             "so far")
+        inputs = next(iter(inputs.values()))
+    if inputs is None or expected is None:
+        raise InputError("settling needs both inputs and expected outputs")
+    return inputs, expected
+
+
+def _settling_data(src, loaded, inputs, expected, input_layout):
+    """(x channels last, y, samples given): at most MAX_SETTLE_SAMPLES are kept."""
+    from wtransplant.checking.data import load_array, to_channels_last
+
+    x = load_array(str(inputs), loaded=loaded, src=src)
+    y = load_array(str(expected), loaded=loaded, src=src)
+    if x.shape[:1] != y.shape[:1]:
+        raise InputError(f"inputs {inputs} {x.shape} and expected {expected} {y.shape} "
+                         f"hold different numbers of samples")
+    x = to_channels_last(x, input_layout, f"inputs {inputs}")
+    n_all = x.shape[0]
+    if n_all > MAX_SETTLE_SAMPLES:
+        x, y = x[:MAX_SETTLE_SAMPLES], y[:MAX_SETTLE_SAMPLES]
+    return x, y, n_all
+
+
+def _verify_entry(inputs, expected, base, input_layout) -> dict:
+    """The settled spec's ``verify``: the data given to ``wtransplant spec``."""
+    v = {"inputs": _rel_ref(inputs, base), "expected": _rel_ref(expected, base)}
+    if input_layout and input_layout != "none":
+        v["input_layout"] = input_layout
+    return v
+
+
+def _named_doc(path, spec_dir, loaded, weights, x, verify: dict):
+    """(document, convention, notes) of the plain draft of a file whose tensors have names,
+    to settle; the plain draft itself (with ``verify``) when it has no layer list."""
+    import yaml
+
+    from wtransplant.planning.draft import draft_spec
+
+    d0 = draft_spec(path, spec_dir=spec_dir)
+    # the header and whole-line comments hold names from the file (unescaped in the plain
+    # draft); the settled draft writes its own
+    body = d0.text.splitlines()
+    start = next((i for i, x in enumerate(body) if x.startswith("version:")), 0)
+    doc = yaml.safe_load("\n".join(x for x in body[start:]
+                                   if not x.lstrip().startswith("#")))
+    notes = list(d0.notes)
+    conv = loaded.detection.convention if doc.get("convention", "auto") == "auto" \
+        else doc["convention"]
+    layers = (doc.get("model") or {}).get("layers")
+    numbered = _numbered_view(weights)
+    if not layers and numbered is not None:
+        from wtransplant.planning.unnamed import draft_unnamed
+
+        # numbered layers whose orientation the shapes cannot tell (all square): read them
+        # in order, every orientation a choice
+        try:
+            doc2, conv, more = draft_unnamed(numbered[0], tuple(x.shape[1:]),
+                                             owner=numbered[1])
+        except ValueError:
+            doc2 = None
+        if doc2 is not None:
+            conv = loaded.detection.convention
+            doc2["convention"] = conv
+            more = ["every numbered weight is square: the layers are read in their "
+                    "numbered order and each orientation is settled by the data"]
+            doc, notes, layers = doc2, notes + more, doc2["model"]["layers"]
+    if not layers:
+        d0.notes.append("nothing to settle: the draft has no layer list")
+        if "verify" not in (doc or {}):
+            d0.text += "verify:  # the data given to `wtransplant spec`\n" + "".join(
+                f"  {k}: {flow_yaml(x)}\n" for k, x in verify.items())
+        return d0
+    return doc, conv, notes

@@ -24,14 +24,15 @@ class ShapeMismatch(Exception):
     pass
 
 
-def _tup(v, n):
+def per_axis(v, n):
+    """A size for each of ``n`` axes: an int (or a list of one) repeated, a list as is."""
     if isinstance(v, int):
         return (v,) * n
     v = tuple(v)
     return v * n if len(v) == 1 else v
 
 
-def _int_pad(pad) -> bool:
+def int_padding(pad) -> bool:
     """An integer (or per-axis list of integers) padding: PyTorch's, on both sides."""
     return (isinstance(pad, int) and not isinstance(pad, bool) and pad >= 0) or (
         isinstance(pad, list | tuple) and bool(pad) and all(
@@ -51,9 +52,9 @@ def layer_shapes(d: dict, shape: tuple) -> tuple[tuple, list[tuple[str, tuple]]]
         nd = int(cls[4])
         if len(shape) != nd + 1:
             raise ShapeMismatch(f"{cls} on a {len(shape)}-D sample")
-        k = _tup(d["kernel_size"], nd)
-        s = _tup(d.get("strides", 1), nd)
-        dil = _tup(d.get("dilation_rate", 1), nd)
+        k = per_axis(d["kernel_size"], nd)
+        s = per_axis(d.get("strides", 1), nd)
+        dil = per_axis(d.get("dilation_rate", 1), nd)
         pad = d.get("padding", "valid")
         out = []
         for i in range(nd):
@@ -62,8 +63,8 @@ def layer_shapes(d: dict, shape: tuple) -> tuple[tuple, list[tuple[str, tuple]]]
                 out.append(-(-shape[i] // s[i]))
             elif pad == "valid":
                 out.append((shape[i] - eff) // s[i] + 1)
-            elif _int_pad(pad):  # PyTorch's zero padding on both sides (spec extension)
-                out.append((shape[i] + 2 * _tup(pad, nd)[i] - eff) // s[i] + 1)
+            elif int_padding(pad):  # PyTorch's zero padding on both sides (spec extension)
+                out.append((shape[i] + 2 * per_axis(pad, nd)[i] - eff) // s[i] + 1)
             else:
                 raise NotCovered(f"padding {pad!r}")
             if out[-1] <= 0:
@@ -89,8 +90,8 @@ def layer_shapes(d: dict, shape: tuple) -> tuple[tuple, list[tuple[str, tuple]]]
         return (math.prod(shape),), []
     if cls in ("MaxPooling1D", "MaxPooling2D", "AveragePooling1D", "AveragePooling2D"):
         nd = int(cls[-2])
-        p = _tup(d.get("pool_size", 2), nd)
-        s = _tup(d.get("strides") or p, nd)
+        p = per_axis(d.get("pool_size", 2), nd)
+        s = per_axis(d.get("strides") or p, nd)
         pad = d.get("padding", "valid")
         out = [(-(-shape[i] // s[i])) if pad == "same" else (shape[i] - p[i]) // s[i] + 1
                for i in range(nd)]
@@ -167,10 +168,10 @@ def _other_shape(cls: str, c: dict, first: tuple) -> tuple:
     if cls.startswith("ZeroPadding"):
         p = c.get("padding", 1)
         pads = [(x, x) if isinstance(x, int) else tuple(x) for x in
-                (_tup(p, nd) if isinstance(p, int) else p)]
+                (per_axis(p, nd) if isinstance(p, int) else p)]
         return (*(d + a + b for d, (a, b) in zip(first, pads)), first[-1])
     if cls.startswith("UpSampling"):
-        size = _tup(c.get("size", 2), nd)
+        size = per_axis(c.get("size", 2), nd)
         return (*(d * k for d, k in zip(first, size)), first[-1])
     if cls == "Bidirectional" and isinstance(c.get("layer"), dict):
         inner = c["layer"]

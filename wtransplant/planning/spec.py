@@ -263,35 +263,7 @@ def load_spec(path: str | os.PathLike | None = None, *, text: str | None = None,
     display = str(path) if path is not None else "<spec>"
     lines = None
     if data is None:
-        if text is None:
-            p = Path(path)
-            from wtransplant.safety.paths import note_input
-
-            note_input(p)
-            try:
-                text = p.read_text(encoding="utf-8")
-            except FileNotFoundError:
-                raise InputError("spec file not found", path=display) from None
-            except (OSError, UnicodeDecodeError) as e:
-                raise InputError(f"cannot read spec: {e}", path=display) from None
-        try:
-            from wtransplant.safety.bounds import load_yaml
-
-            node, data = load_yaml(text, display)  # safe loader; depth and aliases bounded
-        except yaml.constructor.ConstructorError as e:
-            line = e.problem_mark.line + 1 if e.problem_mark else None
-            where = f"{display}:{line}" if line else display
-            raise UnsafeInputError(f"{where}: {e.problem} (only plain YAML is accepted: no "
-                                   f"Python tags)") from None
-        except yaml.YAMLError as e:
-            mark = getattr(e, "problem_mark", None)
-            where = f"{display}:{mark.line + 1}" if mark else display
-            raise InputError(f"{where}: not valid YAML/JSON: "
-                             f"{getattr(e, 'problem', None) or e}") from None
-        try:
-            lines = _Lines(node)
-        except _SpecErr as e:
-            raise InputError(f"{display}:{e.line}: {_where(e.keypath)}: {e.msg}") from None
+        data, lines = _read_yaml(path, text, display)
     undecided: list[dict] = []
     try:
         data = _take_undecided(data, (), undecided, data)
@@ -300,6 +272,47 @@ def load_spec(path: str | os.PathLike | None = None, *, text: str | None = None,
         line = e.line or (lines.line(e.keypath) if lines else None)
         where = f"{display}:{line}" if line else display
         raise InputError(f"{where}: {_where(e.keypath)}: {e.msg}") from None
+    _place(spec, path, base_dir, lines, undecided, display)
+    return spec
+
+
+def _read_yaml(path, text: str | None, display: str):
+    """(data, line numbers) of a spec's YAML/JSON text, read from ``path`` if no text."""
+    if text is None:
+        p = Path(path)
+        from wtransplant.safety.paths import note_input
+
+        note_input(p)
+        try:
+            text = p.read_text(encoding="utf-8")
+        except FileNotFoundError:
+            raise InputError("spec file not found", path=display) from None
+        except (OSError, UnicodeDecodeError) as e:
+            raise InputError(f"cannot read spec: {e}", path=display) from None
+    try:
+        from wtransplant.safety.bounds import load_yaml
+
+        node, data = load_yaml(text, display)  # safe loader; depth and aliases bounded
+    except yaml.constructor.ConstructorError as e:
+        line = e.problem_mark.line + 1 if e.problem_mark else None
+        where = f"{display}:{line}" if line else display
+        raise UnsafeInputError(f"{where}: {e.problem} (only plain YAML is accepted: no "
+                               f"Python tags)") from None
+    except yaml.YAMLError as e:
+        mark = getattr(e, "problem_mark", None)
+        where = f"{display}:{mark.line + 1}" if mark else display
+        raise InputError(f"{where}: not valid YAML/JSON: "
+                         f"{getattr(e, 'problem', None) or e}") from None
+    try:
+        lines = _Lines(node)
+    except _SpecErr as e:
+        raise InputError(f"{display}:{e.line}: {_where(e.keypath)}: {e.msg}") from None
+    return data, lines
+
+
+def _place(spec: Spec, path, base_dir, lines, undecided: list[dict], display: str) -> None:
+    """Paths resolved against the spec's folder, line numbers on its entries, and the
+    model's graph checked (errors name the line)."""
     if path is not None:
         spec.path = Path(path).resolve()
     elif base_dir is not None:
@@ -331,7 +344,6 @@ def load_spec(path: str | os.PathLike | None = None, *, text: str | None = None,
                 line = lines.line(e.keypath) if lines else None
                 where = f"{display}:{line}" if line else display
                 raise InputError(f"{where}: {_where(e.keypath)}: {e.msg}") from None
-    return spec
 
 
 # --------------------------------------------------------------------------------------
@@ -385,11 +397,17 @@ def _undecided_owner(path: tuple, root) -> tuple[str | None, str | None]:
     return None, key
 
 
-def _short(v) -> str:
-    s = yaml.safe_dump(v, default_flow_style=True, width=1 << 16).strip()
+def flow_yaml(v, *, sort_keys: bool = False) -> str:
+    """One-line YAML for a value (scalars get no document-end marker)."""
+    s = yaml.safe_dump(v, default_flow_style=True, sort_keys=sort_keys, width=1 << 16).strip()
     if s.endswith("\n..."):
         s = s[:-4].strip()
-    s = " ".join(s.split())
+    return s
+
+
+def short_yaml(v) -> str:
+    """A value as one line of YAML (keys sorted), cut at 60 characters: for messages."""
+    s = " ".join(flow_yaml(v, sort_keys=True).split())
     return s if len(s) <= 60 else s[:59] + "…"
 
 
@@ -400,7 +418,7 @@ def describe_undecided(items: list[dict]) -> str:
         at = [x for x in ((u.get("layer") or "") and f"layer {u['layer']}",
                           u.get("line") and f"line {u['line']}") if x]
         line = f" ({', '.join(at)})" if at else ""
-        parts.append(f"{u['where']}{line}: " + " | ".join(_short(c) for c in u["candidates"]))
+        parts.append(f"{u['where']}{line}: " + " | ".join(short_yaml(c) for c in u["candidates"]))
     return "; ".join(parts)
 
 
@@ -456,7 +474,7 @@ def _build(d) -> Spec:
             if not isinstance(k, str) or "/" not in k:
                 raise _SpecErr(("weights", k), f"target {k!r} must be '<layer name>/<variable "
                                                f"name>', e.g. 'conv1/kernel'")
-            spec.weights[k] = _weight(v, ("weights", k))
+            spec.weights[k] = weight_ref(v, ("weights", k))
     if d.get("rules") is not None:
         rules = _type(d["rules"], list, ("rules",), "a list of {match, to}")
         for i, r in enumerate(rules):
@@ -559,7 +577,7 @@ def _layer_dict(lay, path):
             _layer_dict(v, path + (k,))
 
 
-def _weight(v, path) -> WeightRef:
+def weight_ref(v, path) -> WeightRef:
     if isinstance(v, str):
         return WeightRef([v])
     if isinstance(v, list):

@@ -53,6 +53,35 @@ def draft_unnamed(tensors: list[SourceTensor], x_shape: tuple | None, *,
     notes = []
     if not weights:
         raise ValueError("no 2-D or 4-D tensor: no dense or conv layer to draft")
+    chain, conv = _chain(weights, x_shape)
+    conv = conv or "torch"
+    notes.append(f"the unnamed tensors read as a {conv} "
+                 f"{'state_dict' if conv == 'torch' else 'get_weights()'} list: "
+                 + " -> ".join(str(c[2]) for c in chain[:1]) + " -> "
+                 + " -> ".join(str(c[3]) for c in chain))
+    by_size, rnn_bias, extras, unused = _split_vectors(chain, vectors)
+    layers, weights_doc, groups = _layers_doc(chain, conv, extras, rnn_bias)
+    _equal_shape_sources(chain, groups, by_size, owner, weights_doc)
+    order = {"kernel": 0, "recurrent_kernel": 1, "bias": 1, "gamma": 2, "beta": 3, "moving_mean": 4,
+             "moving_variance": 5}
+    pos = {d["name"]: i for i, d in enumerate(layers)}
+    weights_doc = dict(sorted(weights_doc.items(), key=lambda kv: (
+        pos.get(kv[0].split("/")[0], 0), order.get(kv[0].split("/")[-1], 9))))
+    if unused:
+        notes.append(f"tensors no layer takes: {', '.join(unused[:8])}")
+    in_shape = list(x_shape) if x_shape else (
+        [chain[0][2]] if chain[0][1] == "dense" else
+        [None, chain[0][2]] if chain[0][1] in RNN_GATES else  # any sequence length
+        [32] * len(chain[0][4]) + [chain[0][2]])
+    doc = {"version": 1, "source": "", "convention": conv,
+           "model": {"input_shape": in_shape, "layers": layers}, "weights": weights_doc}
+    return doc, conv, notes
+
+
+def _chain(weights: list[SourceTensor], x_shape) -> tuple[list, str | None]:
+    """The weight tensors as a chain of layers, each taking the previous one's outputs:
+    [(tensor, kind, n_in, n_out, kernel size or recurrent tensor)], and the convention
+    their layouts tell (None: either)."""
     cur = int(x_shape[-1]) if x_shape else None
     conv = None
     chain = []  # (tensor, kind, n_in, n_out, k)
@@ -88,12 +117,13 @@ def draft_unnamed(tensors: list[SourceTensor], x_shape: tuple | None, *,
         chain.append((t, kind, n_in, n_out, k))
         cur = n_out
         kind_prev = kind
-    conv = conv or "torch"
-    notes.append(f"the unnamed tensors read as a {conv} "
-                 f"{'state_dict' if conv == 'torch' else 'get_weights()'} list: "
-                 + " -> ".join(str(c[2]) for c in chain[:1]) + " -> "
-                 + " -> ".join(str(c[3]) for c in chain))
-    # vectors: per output size, in file order
+    return chain, conv
+
+
+def _split_vectors(chain, vectors: list[SourceTensor]):
+    """The 1-D tensors, per output size in file order, shared out among the layers of that
+    width: (by size, RNN layer -> its two biases, layer -> how many vectors it takes,
+    names no layer takes)."""
     by_size: dict[int, list[SourceTensor]] = {}
     for v in vectors:
         by_size.setdefault(int(v.shape[0]), []).append(v)
@@ -122,6 +152,12 @@ def draft_unnamed(tensors: list[SourceTensor], x_shape: tuple | None, *,
     used_vec = {t.name for s in per_size_layers for t in by_size.get(s, [])} | {
         n for b in rnn_bias.values() for n in b}
     unused = [v.name for v in vectors if v.name not in used_vec]
+    return by_size, rnn_bias, extras, unused
+
+
+def _layers_doc(chain, conv: str, extras: dict, rnn_bias: dict):
+    """The spec's layers and weights for the chain, with the guesses undecided; the bias and
+    BatchNorm targets to fill from equal-shape vectors, by size."""
     layers: list[dict] = []
     weights_doc: dict = {}
     groups: dict[int, list[tuple[str, int]]] = {}  # size -> [(target, n)]
@@ -193,7 +229,13 @@ def draft_unnamed(tensors: list[SourceTensor], x_shape: tuple | None, *,
             act = {"class": "Activation", "name": f"act_{name}",
                    "activation": _und(OUTPUT if last else HIDDEN, WHY_ACT)}
             layers.append(act)
-    # equal-shape tensors: file order first, every permutation a candidate
+    return layers, weights_doc, groups
+
+
+def _equal_shape_sources(chain, groups: dict, by_size: dict, owner: dict | None,
+                         weights_doc: dict) -> None:
+    """Vectors of equal shape into their targets: by the layer number their names tell
+    (``owner``), else file order first with every rotation a candidate."""
     layer_num = {}
     n_c = n_f = 0
     for t, kind, *_r in chain:
@@ -219,20 +261,6 @@ def draft_unnamed(tensors: list[SourceTensor], x_shape: tuple | None, *,
                 rest = pool[j:] + pool[:j]
                 weights_doc[target] = _und(rest, "tensors of equal shape whose names say "
                                                  "nothing")
-    order = {"kernel": 0, "recurrent_kernel": 1, "bias": 1, "gamma": 2, "beta": 3, "moving_mean": 4,
-             "moving_variance": 5}
-    pos = {d["name"]: i for i, d in enumerate(layers)}
-    weights_doc = dict(sorted(weights_doc.items(), key=lambda kv: (
-        pos.get(kv[0].split("/")[0], 0), order.get(kv[0].split("/")[-1], 9))))
-    if unused:
-        notes.append(f"tensors no layer takes: {', '.join(unused[:8])}")
-    in_shape = list(x_shape) if x_shape else (
-        [chain[0][2]] if chain[0][1] == "dense" else
-        [None, chain[0][2]] if chain[0][1] in RNN_GATES else  # any sequence length
-        [32] * len(chain[0][4]) + [chain[0][2]])
-    doc = {"version": 1, "source": "", "convention": conv,
-           "model": {"input_shape": in_shape, "layers": layers}, "weights": weights_doc}
-    return doc, conv, notes
 
 
 #: RNN gate orders tried for a PyTorch-layout (gates*H, in) stack, the source's own first
@@ -256,10 +284,6 @@ def _rnn_pick(left, cur, x_shape, chain):
 
 def kind_of(chain, i):
     return chain[i][1] if i >= 0 else None
-
-
-def _is_column(t) -> bool:
-    return len(t.shape) == 2 and 1 in t.shape
 
 
 def _fits(t, cur, conv, kind_prev):

@@ -83,12 +83,6 @@ def natural_key(s: str):
     return parts
 
 
-def _s(v) -> str:
-    if isinstance(v, list):
-        return ",".join(map(str, v))
-    return "" if v is None else str(v)
-
-
 class FormatReader:
     name = "generic-hdf5"
     convention = "plain"

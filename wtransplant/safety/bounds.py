@@ -15,7 +15,7 @@ import math
 import os
 import zipfile
 
-from wtransplant.errors import InputError
+from wtransplant.errors import InputError, one_line
 
 MAX_YAML_DEPTH = 100
 MAX_YAML_ALIASES = 1000
@@ -122,7 +122,7 @@ def npy_header(fh, display: str) -> tuple:
         else:
             shape, fortran, dtype = np.lib.format.read_array_header_2_0(fh)
     except (ValueError, OSError, EOFError, SyntaxError, TypeError) as e:
-        raise InputError(f"not a valid .npy file: {' '.join(str(e).split())[:200]}",
+        raise InputError(f"not a valid .npy file: {one_line(e)}",
                          path=display) from None
     return tuple(shape), dtype, bool(fortran), fh.tell() - start
 

@@ -54,7 +54,3 @@ def markup(s) -> str:
     """:func:`neutral`, then rich markup escaped: safe inside a ``console.print`` string
     that has markup of its own."""
     return escape_markup(neutral(s))
-
-
-def is_clean(s: str) -> bool:
-    return _UNSAFE.search(s) is None

@@ -88,7 +88,9 @@ def vector(shapes: list[Shape], target: TargetVar) -> list[Op]:
     raise mismatch(target, shapes)
 
 
-def _check(ops: list[Op], shapes, target: TargetVar, why: str = "") -> list[Op]:
+def check_recipe(ops: list[Op], shapes, target: TargetVar, why: str = "") -> list[Op]:
+    """``ops`` if they take the stored ``shapes`` to the target's shape; else a mismatch
+    error naming the target, the shapes and ``why``."""
     from wtransplant.planning.layouts.ops import OpShapeError, run_shapes
 
     try:
@@ -159,11 +161,6 @@ def flatten_rows(layer: TargetLayer, n_in: int, n_out: int) -> list[Op]:
     return []
 
 
-def torch_bias_roles(var: str) -> tuple[str, ...]:
-    return {"kernel": ("weight_ih",), "recurrent_kernel": ("weight_hh",),
-            "bias": ("bias_ih", "bias_hh")}[var]
-
-
 # --------------------------------------------------------------------------------------
 # Dense
 
@@ -178,14 +175,14 @@ class DenseLayout(LayerLayout):
         if var == "bias":
             return vector(shapes, target)
         single(shapes, target)
-        return _check([], shapes, target)
+        return check_recipe([], shapes, target)
 
     def _out_in(self, src: str, shapes, layer, target):
         single(shapes, target)
         n_in, n_out = target.shape
         ops = [Transpose((1, 0), why=f"{src} weight is (out,in); Keras kernel is (in,out)")]
         ops += flatten_rows(layer, n_in, n_out)
-        return _check(ops, shapes, target)
+        return check_recipe(ops, shapes, target)
 
     def recipe_torch(self, var, convention, shapes, layer, target):
         if var == "bias":
@@ -256,14 +253,14 @@ class ConvLayout(LayerLayout):
             return vector(shapes, target)
         single(shapes, target)
         rank = len(target.shape)
-        return _check([Transpose(conv_from_torch_axes(rank), why=self.torch_why)], shapes,
+        return check_recipe([Transpose(conv_from_torch_axes(rank), why=self.torch_why)], shapes,
                       target)
 
     def recipe_keras(self, var, convention, shapes, layer, target):
         if var == "bias":
             return vector(shapes, target)
         single(shapes, target)
-        return _check([], shapes, target)
+        return check_recipe([], shapes, target)
 
     #: MATLAB's own view of a conv weight is (k..., in, out): Keras' order already
     recipe_matlab = recipe_keras
@@ -385,7 +382,7 @@ class DepthwiseConvLayout(LayerLayout):
         single(shapes, target)
         *k, c, m = target.shape
         nk = len(k)
-        return _check([Reshape((c, m, *k), why=f"PyTorch depthwise (C*m,1,k...) with "
+        return check_recipe([Reshape((c, m, *k), why=f"PyTorch depthwise (C*m,1,k...) with "
                                                f"groups=C={c}, multiplier m={m}"),
                        Transpose(tuple(range(2, 2 + nk)) + (0, 1),
                                  why="-> Keras (k...,C,m)")], shapes, target)
@@ -394,7 +391,7 @@ class DepthwiseConvLayout(LayerLayout):
         if var == "bias":
             return vector(shapes, target)
         single(shapes, target)
-        return _check([], shapes, target)
+        return check_recipe([], shapes, target)
 
     recipe_matlab = recipe_plain = recipe_keras
 
@@ -427,7 +424,7 @@ class SeparableConvLayout(DepthwiseConvLayout):
         if var == "pointwise_kernel":
             single(shapes, target)
             rank = len(target.shape)
-            return _check([Transpose(conv_from_torch_axes(rank),
+            return check_recipe([Transpose(conv_from_torch_axes(rank),
                                      why="PyTorch 1x1 conv (out,C*m,1,1) -> Keras "
                                          "(1,1,C*m,out)")], shapes, target)
         return super().recipe_torch(var, convention, shapes, layer, target)
@@ -551,7 +548,7 @@ class EmbeddingLayout(LayerLayout):
 
     def recipe_keras(self, var, convention, shapes, layer, target):
         single(shapes, target)
-        return _check([], shapes, target)
+        return check_recipe([], shapes, target)
 
     recipe_torch = recipe_keras  # PyTorch's weight is (num, dim) too
 
@@ -594,7 +591,7 @@ class PReLULayout(LayerLayout):
         single(shapes, target)
         s, t = tuple(shapes[0]), tuple(target.shape)
         if s != t and math.prod(s) == math.prod(t):
-            return _check([Reshape(t, why="Keras alpha stored with another shape")], shapes,
+            return check_recipe([Reshape(t, why="Keras alpha stored with another shape")], shapes,
                           target)
         return self.recipe_any(var, convention, shapes, layer, target)
 
@@ -606,14 +603,14 @@ class PReLULayout(LayerLayout):
         if s == t:
             return []
         if n == math.prod(t) and (max(s, default=1) == n or n == 1):
-            return _check([Reshape(t, why=f"{n} slopes")], shapes, target)
+            return check_recipe([Reshape(t, why=f"{n} slopes")], shapes, target)
         if n == 1:
             ones = (1,) * len(t)
-            return _check([Reshape(ones, why="one shared slope"),
+            return check_recipe([Reshape(ones, why="one shared slope"),
                            BroadcastTo(t, why="fills every position")], shapes, target)
         if max(s, default=1) == n and n == t[-1]:
             lead = (1,) * (len(t) - 1) + (n,)
-            return _check([Reshape(lead, why=f"{n} slopes on the channel axis"),
+            return check_recipe([Reshape(lead, why=f"{n} slopes on the channel axis"),
                            BroadcastTo(t, why="repeated over the axes not in shared_axes")],
                           shapes, target)
         raise mismatch(target, shapes, f"PReLU slopes: expected {t[-1]} (one per channel) or "
@@ -647,7 +644,7 @@ GATES = {"GRU": 3, "LSTM": 4, "SimpleRNN": 1}
 RNN_BY_GATES = {g: cls for cls, g in GATES.items()}
 
 
-def _rnn_class(gate_rows: int, hidden: int) -> tuple[str, int] | None:
+def rnn_class(gate_rows: int, hidden: int) -> tuple[str, int] | None:
     """(Keras class, gates) for a stack of gate_rows = gates * hidden, or None."""
     if hidden <= 0 or gate_rows % hidden:
         return None
@@ -670,10 +667,10 @@ class RecurrentLayout(LayerLayout):
         base = var.rsplit("/", 1)[-1]
         if len(shapes) == 2 and base == "bias":
             if len(target.shape) == 2:  # GRU reset_after=True keeps both
-                return _check([Stack(why="[input bias; recurrent bias] -> Keras bias "
+                return check_recipe([Stack(why="[input bias; recurrent bias] -> Keras bias "
                                          "(2, 3H)")], shapes, target)
-            return _check([Sum(why="input bias + recurrent bias")], shapes, target)
-        return _check([], shapes, target)
+            return check_recipe([Sum(why="input bias + recurrent bias")], shapes, target)
+        return check_recipe([], shapes, target)
 
     recipe_matlab = recipe_plain = recipe_keras
 
@@ -689,7 +686,7 @@ class RecurrentLayout(LayerLayout):
             single(shapes, target)
             note = "" if gru else (" (gate order i,f,g,o = Keras i,f,c,o: kept)"
                                    if cls == "LSTM" else "")
-            return _check(reorder + [Transpose((1, 0), why=f"PyTorch (gates*H, in) -> "
+            return check_recipe(reorder + [Transpose((1, 0), why=f"PyTorch (gates*H, in) -> "
                                                             f"Keras (in, gates*H){note}")],
                           shapes, target)
         # bias
@@ -700,23 +697,23 @@ class RecurrentLayout(LayerLayout):
                     f"product (reset_after=True); a Keras GRU with reset_after=False computes "
                     f"a different function. Build the layer with reset_after: true")
             if len(shapes) == 2:
-                return _check(reorder + [Stack(why="[bias_ih; bias_hh] -> Keras bias (2, 3H)")],
+                return check_recipe(reorder + [Stack(why="[bias_ih; bias_hh] -> Keras bias (2, 3H)")],
                               shapes, target)
             if len(shapes) == 1 and len(shapes[0]) == 2:
-                return _check([GateReorder(1, (1, 0, 2), "r,z,n (PyTorch)", "z,r,h (Keras)")],
+                return check_recipe([GateReorder(1, (1, 0, 2), "r,z,n (PyTorch)", "z,r,h (Keras)")],
                               shapes, target)
             raise mismatch(target, shapes, "a PyTorch GRU needs bias_ih and bias_hh")
         if len(shapes) == 2:
-            return _check([Sum(why="PyTorch bias_ih + bias_hh -> Keras' single bias")],
+            return check_recipe([Sum(why="PyTorch bias_ih + bias_hh -> Keras' single bias")],
                           shapes, target)
-        return _check([], shapes, target)
+        return check_recipe([], shapes, target)
 
     def recognize_torch(self, unit, convention):
         t = unit.tensors
         if "weight_ih" in t and "weight_hh" in t:
             gh, n_in = unit.shape("weight_ih")
             ghh, h = unit.shape("weight_hh")
-            found = _rnn_class(gh, h) if ghh == gh else None
+            found = rnn_class(gh, h) if ghh == gh else None
             if found is None:
                 return None
             cls, g = found
@@ -753,7 +750,7 @@ class RecurrentLayout(LayerLayout):
         t = unit.tensors
         if {"kernel", "recurrent_kernel"} <= set(t):
             n_in, gh = unit.shape("kernel")
-            found = _rnn_class(gh, unit.shape("recurrent_kernel")[0])
+            found = rnn_class(gh, unit.shape("recurrent_kernel")[0])
             if found is None:
                 return None
             cls, _ = found

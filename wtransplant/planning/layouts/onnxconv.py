@@ -28,7 +28,7 @@ from wtransplant.planning.layouts.conventions import (
     layout_method,
     register_convention,
 )
-from wtransplant.planning.layouts.layers import _check, _rnn_class
+from wtransplant.planning.layouts.layers import check_recipe, rnn_class
 from wtransplant.planning.layouts.ops import GateReorder, Op, OpShapeError, Reshape, Transpose
 
 #: ONNX gate orders, per Keras class (W's row blocks)
@@ -110,23 +110,23 @@ def register() -> None:
             reorder = [GateReorder(0, (0, 2, 3, 1), "i,o,f,c (ONNX)", "i,f,c,o (Keras)")] \
                 if cls == "LSTM" else []
             kept = " (gate order z,r,h = Keras': kept)" if cls == "GRU" else ""
-            return _check(take + reorder + [Transpose(
+            return check_recipe(take + reorder + [Transpose(
                 (1, 0), why=f"ONNX (gates*H, in) -> Keras (in, gates*H){kept}")],
                 shapes, target)
         if cls == "GRU":
             if len(target.shape) == 2:  # reset_after=True: [input bias; recurrent bias]
                 h3 = target.shape[1]
-                return _check(take + [Reshape((2, h3), why="ONNX B = [Wb; Rb] (6H) -> Keras "
+                return check_recipe(take + [Reshape((2, h3), why="ONNX B = [Wb; Rb] (6H) -> Keras "
                                                            "bias (2, 3H), gates z,r,h kept")],
                               shapes, target)
             if cfg.get("reset_after", True):
                 raise mismatch(target, shapes, "an ONNX GRU bias for reset_after=True")
             # linear_before_reset=0 is Keras' reset_after=False: one bias Wb + Rb
-            return _check(take + [SumHalves()], shapes, target)
+            return check_recipe(take + [SumHalves()], shapes, target)
         ops = take + [SumHalves()]
         if cls == "LSTM":
             ops.append(GateReorder(0, (0, 2, 3, 1), "i,o,f,c (ONNX)", "i,f,c,o (Keras)"))
-        return _check(ops, shapes, target)
+        return check_recipe(ops, shapes, target)
 
     @layout_method("GRU", "recognize", "onnx")
     def recognize_onnx(self, unit, convention):
@@ -138,7 +138,7 @@ def register() -> None:
             return None
         d, gh, n_in = w
         h = r[2]
-        found = _rnn_class(gh, h)
+        found = rnn_class(gh, h)
         if found is None or d not in (1, 2):
             return None
         cls, g = found

@@ -175,43 +175,6 @@ class Stack(Op):
 
 
 @dataclass
-class Concat(Op):
-    axis: int = 0
-
-    def shapes(self, shapes):
-        base = shapes[0]
-        for s in shapes[1:]:
-            if len(s) != len(base) or any(a != b for i, (a, b) in enumerate(zip(s, base))
-                                          if i != self.axis):
-                raise OpShapeError(f"cannot concatenate {shapes} along axis {self.axis}")
-        ax = self.axis % len(base)
-        return [tuple(sum(s[ax] for s in shapes) if i == ax else d
-                      for i, d in enumerate(base))]
-
-    def apply(self, arrays):
-        return [np.concatenate(arrays, axis=self.axis)]
-
-    def describe(self):
-        return f"concatenate along axis {self.axis}"
-
-
-@dataclass
-class Select(Op):
-    """Keep one source of several (used by explicit specs that list a tensor per slot)."""
-
-    index: int
-
-    def shapes(self, shapes):
-        return [shapes[self.index]]
-
-    def apply(self, arrays):
-        return [arrays[self.index]]
-
-    def describe(self):
-        return f"take source {self.index}"
-
-
-@dataclass
 class BroadcastTo(Op):
     """Repeat a tensor (with size-1 axes) to a shape: a shared PReLU slope filling every
     position it covers."""
