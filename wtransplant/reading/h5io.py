@@ -121,7 +121,8 @@ def check_readable_file(path: str | os.PathLike) -> Path:
     return p
 
 
-def _read_head(p: Path, n: int = 1024) -> bytes:
+def read_head(p: Path, n: int = 1024) -> bytes:
+    """The first ``n`` bytes of ``p``; an unreadable file is one InputError line."""
     try:
         with open(p, "rb") as fh:
             return fh.read(n)
@@ -182,7 +183,7 @@ def open_source(path: str | os.PathLike, *, follow_links: bool = False,
     """
     p = check_readable_file(path)
     size = p.stat().st_size
-    head = _read_head(p)
+    head = read_head(p)
     if head.startswith(b"PK\x03\x04") or head.startswith(b"PK\x05\x06"):
         return _open_keras_archive(p, size, follow_links=follow_links)
     if not h5py.is_hdf5(str(p)):

@@ -35,7 +35,7 @@ from typing import ClassVar
 import numpy as np
 
 from wtransplant.errors import InputError
-from wtransplant.reading.h5io import MAX_TENSOR_BYTES, check_readable_file, fmt_bytes
+from wtransplant.reading.h5io import MAX_TENSOR_BYTES, check_readable_file, fmt_bytes, read_head
 from wtransplant.reading.tree import NUMERIC_KINDS, DatasetNode, FileTree, GroupNode
 
 #: bytes of the file's head given to each implementation's ``sniff``
@@ -243,16 +243,6 @@ def as_source(src) -> Source:
     from wtransplant.reading.sources.hdf5 import HDF5Source
 
     return HDF5Source.wrap(src)
-
-
-def read_head(p: Path, n: int) -> bytes:
-    try:
-        with open(p, "rb") as fh:
-            return fh.read(n)
-    except PermissionError:
-        raise InputError("permission denied", path=str(p)) from None
-    except OSError as e:
-        raise InputError(f"cannot read: {e.strerror or e}", path=str(p)) from None
 
 
 # --------------------------------------------------------------------------------------
