@@ -7,6 +7,10 @@ names, with nothing left undecided. Any other graph (branches, ops not listed, g
 convolutions, asymmetric pooling...) returns None and the draft falls back to the one
 drawn from the tensors alone (``draft._draft_layers``), exactly as for a state_dict.
 
+Each op is drafted by one small handler registered with ``@op_handler("Conv", ...)``
+in ``_HANDLERS`` (the way tf2onnx registers one handler per op); an op with no
+handler, or outside its handler's rank/attribute condition, ends the chain.
+
 Layer 1: reads the parsed ``onnx.ModelProto`` of an open
 :class:`~wtransplant.reading.sources.onnxfile.OnnxSource`; no Keras.
 """
@@ -14,6 +18,8 @@ Layer 1: reads the parsed ``onnx.ModelProto`` of an open
 from __future__ import annotations
 
 import re
+from collections.abc import Callable
+from typing import NamedTuple
 
 import yaml
 
@@ -21,6 +27,7 @@ import yaml
 _SKIP = ("Identity", "Dropout")
 _ACTS = {"Relu": {"class": "ReLU"}, "Sigmoid": {"class": "Activation", "activation": "sigmoid"},
          "Tanh": {"class": "Activation", "activation": "tanh"}}
+_POOLS = {"MaxPool": "MaxPooling2D", "AveragePool": "AveragePooling2D"}
 
 
 class _NotAChain(Exception):
@@ -53,13 +60,152 @@ def _name(scope: str, op: str, used: set) -> str:
     return name
 
 
-def graph_layers(model, writer_names: dict, shapes: dict) -> tuple[list, dict, list]:
-    """(layers, weights, input shape in Keras' channels-last order) for a chain graph;
-    raises _NotAChain otherwise. ``shapes``: initializer name -> shape."""
-    from wtransplant.reading.sources.onnxfile import node_scope
+class _Chain:
+    """The draft so far, which each op handler extends: layers, weights (Keras path ->
+    writer's-view name), the names used, and the rank of the tensor flowing (2 or 4)."""
 
-    g = model.graph
-    inits = set(shapes)
+    def __init__(self, writer_names: dict, shapes: dict, rank: int):
+        self.writer_names, self.shapes, self.rank = writer_names, shapes, rank
+        self.layers: list = []
+        self.weights: dict = {}
+        self.used: set = set()
+
+    def name(self, scope: str, op: str) -> str:
+        return _name(scope, op, self.used)
+
+    def weight(self, key: str, tensor: str) -> None:
+        self.weights[key] = self.writer_names.get(tensor, tensor)
+
+
+class _Handler(NamedTuple):
+    fn: Callable
+    rank: int | None
+    when: Callable | None
+
+
+#: ONNX op type -> the handler that drafts its Keras layer(s)
+_HANDLERS: dict[str, _Handler] = {}
+
+
+def op_handler(*ops: str, rank: int | None = None, when: Callable | None = None):
+    """Register the decorated ``fn(chain, node, attrs, scope)`` as the drafter of ``ops``,
+    for a tensor of ``rank`` (any if None) and attributes where ``when(attrs)`` holds; a
+    node of these ops outside that ends the chain, like an op with no handler."""
+    def register(fn):
+        for op in ops:
+            _HANDLERS[op] = _Handler(fn, rank, when)
+        return fn
+    return register
+
+
+def _handler_for(op: str, rank: int, a: dict) -> Callable:
+    h = _HANDLERS.get(op)
+    if h is None or (h.rank is not None and h.rank != rank) or (h.when and not h.when(a)):
+        raise _NotAChain(f"op {op}")
+    return h.fn
+
+
+def _kernel_and_bias(chain: _Chain, node, lay: dict) -> None:
+    """Append ``lay`` with its kernel from input 1 and its bias from input 2, or
+    ``use_bias: False`` when the node has none (Conv, Gemm)."""
+    chain.weight(f"{lay['name']}/kernel", node.input[1])
+    if len(node.input) > 2 and node.input[2]:
+        chain.weight(f"{lay['name']}/bias", node.input[2])
+    else:
+        lay["use_bias"] = False
+    chain.layers.append(lay)
+
+
+@op_handler(*_SKIP)
+def _skip(chain, node, a, scope):
+    pass
+
+
+@op_handler("Conv", rank=4)
+def _conv(chain, node, a, scope):
+    o, _i, kh, kw = chain.shapes[node.input[1]]
+    if a.get("group", 1) != 1 or a.get("auto_pad", "NOTSET") != "NOTSET" or \
+            any(d != 1 for d in a.get("dilations", [1, 1])):
+        raise _NotAChain("grouped, dilated or auto-padded convolution")
+    strides = a.get("strides", [1, 1])
+    pads = a.get("pads", [0, 0, 0, 0])
+    name = chain.name(scope, node.op_type)
+    if any(pads) and not (strides == [1, 1] and kh % 2 and kw % 2 and
+                          pads == [kh // 2, kw // 2, kh // 2, kw // 2]):
+        chain.layers.append({"class": "ZeroPadding2D", "name": name + "_pad",
+                             "padding": [[pads[0], pads[2]], [pads[1], pads[3]]]})
+        padding = "valid"
+    else:
+        padding = "same" if any(pads) else "valid"
+    lay = {"class": "Conv2D", "name": name, "filters": o, "kernel_size": [kh, kw],
+           "padding": padding}
+    if strides != [1, 1]:
+        lay["strides"] = strides
+    _kernel_and_bias(chain, node, lay)
+
+
+@op_handler("BatchNormalization")
+def _batchnorm(chain, node, a, scope):
+    if a.get("training_mode", 0):
+        raise _NotAChain("BatchNormalization in training mode")
+    name = chain.name(scope, node.op_type)
+    chain.layers.append({"class": "BatchNormalization", "name": name,
+                         "epsilon": a.get("epsilon", 1e-5),
+                         "momentum": a.get("momentum", 0.9)})
+    for i, var in enumerate(("gamma", "beta", "moving_mean", "moving_variance"), 1):
+        chain.weight(f"{name}/{var}", node.input[i])
+
+
+@op_handler(*_ACTS)
+def _activation(chain, node, a, scope):
+    op = node.op_type
+    chain.layers.append({**_ACTS[op], "name": chain.name(scope or op, op)})
+
+
+@op_handler("Softmax", rank=2, when=lambda a: a.get("axis", -1) in (-1, 1))
+def _softmax(chain, node, a, scope):
+    op = node.op_type
+    chain.layers.append({"class": "Softmax", "name": chain.name(scope or op, op)})
+
+
+@op_handler(*_POOLS, rank=4)
+def _pool(chain, node, a, scope):
+    if any(a.get("pads", [0])) or a.get("ceil_mode", 0) or \
+            a.get("auto_pad", "NOTSET") != "NOTSET":
+        raise _NotAChain("padded or ceil-mode pooling")
+    k = a["kernel_shape"]
+    chain.layers.append({"class": _POOLS[node.op_type],
+                         "name": chain.name(scope, node.op_type), "pool_size": k,
+                         "strides": a.get("strides", k)})
+
+
+@op_handler("GlobalAveragePool", rank=4)
+def _global_average_pool(chain, node, a, scope):
+    chain.layers.append({"class": "GlobalAveragePooling2D",
+                         "name": chain.name(scope, node.op_type), "keepdims": True})
+
+
+@op_handler("Flatten", when=lambda a: a.get("axis", 1) == 1)
+def _flatten(chain, node, a, scope):
+    if chain.rank != 2:
+        chain.layers.append({"class": "Flatten",
+                             "name": chain.name(scope or "flatten", node.op_type)})
+    chain.rank = 2
+
+
+@op_handler("Gemm", rank=2)
+def _gemm(chain, node, a, scope):
+    if a.get("transA", 0) or not a.get("transB", 0) or a.get("alpha", 1.0) != 1.0 \
+            or a.get("beta", 1.0) != 1.0:
+        raise _NotAChain("a Gemm other than x W^T + b")
+    units = chain.shapes[node.input[1]][0]
+    _kernel_and_bias(chain, node, {"class": "Dense", "name": chain.name(scope, node.op_type),
+                                   "units": units})
+
+
+def _chain_input(g, inits: set) -> tuple[str, int, list]:
+    """(input name, rank, input shape channels-last) of a graph with one 2-D or 4-D input
+    of known sizes and one output; raises _NotAChain otherwise."""
     inputs = [i for i in g.input if i.name not in inits]
     if len(inputs) != 1 or len(g.output) != 1:
         raise _NotAChain("one input and one output")
@@ -67,14 +213,20 @@ def graph_layers(model, writer_names: dict, shapes: dict) -> tuple[list, dict, l
             for d in inputs[0].type.tensor_type.shape.dim]
     if len(dims) not in (2, 4) or any(d is None or d <= 0 for d in dims[1:]):
         raise _NotAChain("a 2-D or 4-D input with known sizes")
-    rank = len(dims)
-    in_shape = [dims[2], dims[3], dims[1]] if rank == 4 else [dims[1]]
-    cur = inputs[0].name
-    layers, weights, used = [], {}, set()
+    in_shape = [dims[2], dims[3], dims[1]] if len(dims) == 4 else [dims[1]]
+    return inputs[0].name, len(dims), in_shape
 
-    def w(t: str) -> str:
-        return writer_names.get(t, t)
 
+def graph_layers(model, writer_names: dict, shapes: dict) -> tuple[list, dict, list]:
+    """(layers, weights, input shape in Keras' channels-last order) for a chain graph,
+    each node drafted by its op's handler (``_HANDLERS``); raises _NotAChain otherwise.
+    ``shapes``: initializer name -> shape."""
+    from wtransplant.reading.sources.onnxfile import node_scope
+
+    g = model.graph
+    inits = set(shapes)
+    cur, rank, in_shape = _chain_input(g, inits)
+    chain = _Chain(writer_names, shapes, rank)
     for node in g.node:
         data = [i for i in node.input if i and i not in inits]
         if node.op_type == "Constant":
@@ -82,86 +234,11 @@ def graph_layers(model, writer_names: dict, shapes: dict) -> tuple[list, dict, l
         if data != [cur]:
             raise _NotAChain(f"{node.op_type} {node.name} does not follow the previous node")
         a = _attrs(node)
-        scope = node_scope(node.name)
-        op = node.op_type
-        if op in _SKIP:
-            cur = node.output[0]
-            continue
-        if op == "Conv" and rank == 4:
-            wt = node.input[1]
-            o, _i, kh, kw = shapes[wt]
-            if a.get("group", 1) != 1 or a.get("auto_pad", "NOTSET") != "NOTSET" or \
-                    any(d != 1 for d in a.get("dilations", [1, 1])):
-                raise _NotAChain("grouped, dilated or auto-padded convolution")
-            strides = a.get("strides", [1, 1])
-            pads = a.get("pads", [0, 0, 0, 0])
-            name = _name(scope, op, used)
-            if any(pads) and not (strides == [1, 1] and kh % 2 and kw % 2 and
-                                  pads == [kh // 2, kw // 2, kh // 2, kw // 2]):
-                layers.append({"class": "ZeroPadding2D", "name": name + "_pad",
-                               "padding": [[pads[0], pads[2]], [pads[1], pads[3]]]})
-                padding = "valid"
-            else:
-                padding = "same" if any(pads) else "valid"
-            lay = {"class": "Conv2D", "name": name, "filters": o, "kernel_size": [kh, kw],
-                   "padding": padding}
-            if strides != [1, 1]:
-                lay["strides"] = strides
-            weights[f"{name}/kernel"] = w(wt)
-            if len(node.input) > 2 and node.input[2]:
-                weights[f"{name}/bias"] = w(node.input[2])
-            else:
-                lay["use_bias"] = False
-            layers.append(lay)
-        elif op == "BatchNormalization":
-            if a.get("training_mode", 0):
-                raise _NotAChain("BatchNormalization in training mode")
-            name = _name(scope, op, used)
-            layers.append({"class": "BatchNormalization", "name": name,
-                           "epsilon": a.get("epsilon", 1e-5),
-                           "momentum": a.get("momentum", 0.9)})
-            for var, i in (("gamma", 1), ("beta", 2), ("moving_mean", 3),
-                           ("moving_variance", 4)):
-                weights[f"{name}/{var}"] = w(node.input[i])
-        elif op in _ACTS:
-            layers.append({**_ACTS[op], "name": _name(scope or op, op, used)})
-        elif op == "Softmax" and rank == 2 and a.get("axis", -1) in (-1, 1):
-            layers.append({"class": "Softmax", "name": _name(scope or op, op, used)})
-        elif op in ("MaxPool", "AveragePool") and rank == 4:
-            if any(a.get("pads", [0])) or a.get("ceil_mode", 0) or \
-                    a.get("auto_pad", "NOTSET") != "NOTSET":
-                raise _NotAChain("padded or ceil-mode pooling")
-            k = a["kernel_shape"]
-            layers.append({"class": "MaxPooling2D" if op == "MaxPool" else "AveragePooling2D",
-                           "name": _name(scope, op, used), "pool_size": k,
-                           "strides": a.get("strides", k)})
-        elif op == "GlobalAveragePool" and rank == 4:
-            layers.append({"class": "GlobalAveragePooling2D", "name": _name(scope, op, used),
-                           "keepdims": True})
-        elif op == "Flatten" and a.get("axis", 1) == 1:
-            if rank != 2:
-                layers.append({"class": "Flatten", "name": _name(scope or "flatten", op,
-                                                                 used)})
-            rank = 2
-        elif op == "Gemm" and rank == 2:
-            if a.get("transA", 0) or not a.get("transB", 0) or a.get("alpha", 1.0) != 1.0 \
-                    or a.get("beta", 1.0) != 1.0:
-                raise _NotAChain("a Gemm other than x W^T + b")
-            wt = node.input[1]
-            name = _name(scope, op, used)
-            lay = {"class": "Dense", "name": name, "units": shapes[wt][0]}
-            weights[f"{name}/kernel"] = w(wt)
-            if len(node.input) > 2 and node.input[2]:
-                weights[f"{name}/bias"] = w(node.input[2])
-            else:
-                lay["use_bias"] = False
-            layers.append(lay)
-        else:
-            raise _NotAChain(f"op {op}")
+        _handler_for(node.op_type, chain.rank, a)(chain, node, a, node_scope(node.name))
         cur = node.output[0]
-    if cur != g.output[0].name or not weights:
+    if cur != g.output[0].name or not chain.weights:
         raise _NotAChain("the chain does not end at the output")
-    return layers, weights, in_shape
+    return chain.layers, chain.weights, in_shape
 
 
 def draft_from_graph(w, loaded, src):
