@@ -185,7 +185,8 @@ class OnnxSource(Source):
         if not self.follow_links:
             raise UnsafeInputError(
                 f"initializer {t.name!r} keeps its data in the external file {loc!r}: "
-                f"refused (pass --follow-links to read data outside the model file)",
+                f"refused (only `wtransplant inspect --follow-links` reads data outside the "
+                f"model file; spec and rebuild read the model file alone)",
                 path=self.display)
         base = self.path.resolve().parent
         target = (base / loc).resolve()
