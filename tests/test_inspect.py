@@ -339,6 +339,7 @@ def test_fast_probe_uses_the_library_h5py_loaded():
     before = mapped()
     assert before, "h5py's HDF5 library is not mapped"
     _fasth5._lib, _fasth5._failed = None, False
+    _fasth5._hdf5, _fasth5._hdf5_searched = None, False   # search again
     lib = _fasth5._load()
     assert lib is not None
     assert mapped() == before
@@ -358,7 +359,7 @@ def test_fast_probe_off_without_h5py_lock(monkeypatch):
     monkeypatch.setattr(_fasth5, "_lib", None)
     monkeypatch.setattr(_fasth5, "_failed", False)
     monkeypatch.setattr(_fasth5, "FAST_MIN", 0)
-    monkeypatch.setattr(_fasth5, "_phil", lambda: None)
+    monkeypatch.setattr(_fasth5, "phil", lambda: None)
     assert _fasth5._load() is None
     with open_source(fx("torch/torch_cnn.h5")) as src:
         assert walk(src).to_dict() == want

@@ -116,35 +116,54 @@ def _candidates() -> list[str]:
     return out
 
 
-def _load() -> _Lib | None:
-    global _lib, _failed
-    if _lib is not None or _failed:
-        return _lib
-    if os.environ.get("WTRANSPLANT_NO_FASTH5") or _phil() is None:
-        _failed = True
-        return None
-    # RTLD_NOLOAD: only a library already in the process (the one h5py's modules use);
-    # never a second copy with its own global state
+_hdf5 = None
+_hdf5_searched = False
+
+
+def hdf5_library() -> ctypes.CDLL | None:
+    """The HDF5 library h5py itself uses, as a ctypes handle, or None. Only a library
+    already in the process (``RTLD_NOLOAD``: never a second copy with its own global
+    state), of h5py's HDF5 version, 1.10 or newer (64-bit ``hid_t``). Callers hold h5py's
+    lock (:func:`phil`) while they call into it."""
+    global _hdf5, _hdf5_searched
+    if _hdf5_searched:
+        return _hdf5
+    _hdf5_searched = True
     mode = getattr(os, "RTLD_NOLOAD", 0) | getattr(os, "RTLD_LOCAL", 0)
     for path in _candidates():
         try:
             lib = ctypes.CDLL(path, mode=mode)
-            # the library must be the one h5py uses: compare versions
             maj, mnr, rel = ctypes.c_uint(), ctypes.c_uint(), ctypes.c_uint()
             lib.H5get_libversion(ctypes.byref(maj), ctypes.byref(mnr), ctypes.byref(rel))
             if (maj.value, mnr.value, rel.value) != tuple(h5py.version.hdf5_version_tuple[:3]):
                 continue
             if maj.value < 1 or (maj.value == 1 and mnr.value < 10):
-                continue  # HDF5 < 1.10: hid_t is not 64-bit
-            _lib = _Lib(lib)
-            return _lib
+                continue
+            _hdf5 = lib
+            break
         except (OSError, AttributeError, TypeError, ValueError):
             continue
-    _failed = True
-    return None
+    return _hdf5
 
 
-def _phil():
+def _load() -> _Lib | None:
+    global _lib, _failed
+    if _lib is not None or _failed:
+        return _lib
+    if os.environ.get("WTRANSPLANT_NO_FASTH5") or phil() is None:
+        _failed = True
+        return None
+    lib = hdf5_library()
+    try:
+        _lib = _Lib(lib) if lib is not None else None
+    except (AttributeError, TypeError, ValueError):
+        _lib = None
+    _failed = _lib is None
+    return _lib
+
+
+def phil():
+    """h5py's global lock (held by every h5py call into HDF5), or None."""
     return getattr(getattr(h5py, "_objects", None), "phil", None)
 
 
@@ -154,7 +173,7 @@ class Prober:
     def __init__(self, h5file: h5py.File):
         self.lib = _load()
         self.fid = h5file.id.id
-        self._lock = _phil()
+        self._lock = phil()
         # the previous dataset's type (kept open until __exit__) and its description: weight
         # files store most tensors in one type, so one H5Tequal usually replaces four queries
         self._last_tid = -1

@@ -472,23 +472,27 @@ def root_comment(h5: h5py.File) -> str | None:
     """The HDF5 object comment of the root group (GNU Octave writes its version there).
 
     h5py's ``h5o.get_comment`` returns garbage in h5py 3.14, so this asks the HDF5 library
-    h5py loaded through ctypes; any failure just means "no comment"."""
+    h5py loaded (:func:`~wtransplant.reading._fasth5.hdf5_library`), under h5py's lock;
+    any failure just means "no comment"."""
     try:
+        import contextlib
         import ctypes
-        import glob
 
-        libdir = os.path.join(os.path.dirname(h5py.__file__), os.pardir, "h5py.libs")
-        cands = glob.glob(os.path.join(libdir, "libhdf5-*.so*")) or glob.glob(
-            os.path.join(libdir, "libhdf5*.dylib"))
-        lib = ctypes.CDLL(cands[0]) if cands else ctypes.CDLL(None)
+        from wtransplant.reading._fasth5 import hdf5_library, phil
+
+        lib = hdf5_library()
+        if lib is None:
+            return None
+        lock = phil()
         fn = lib.H5Oget_comment
         fn.restype = ctypes.c_ssize_t
         fn.argtypes = [ctypes.c_int64, ctypes.c_char_p, ctypes.c_size_t]
-        n = fn(h5.id.id, None, 0)
-        if n <= 0 or n > 1 << 16:
-            return None
-        buf = ctypes.create_string_buffer(n + 1)
-        fn(h5.id.id, buf, n + 1)
+        with lock if lock is not None else contextlib.nullcontext():
+            n = fn(h5.id.id, None, 0)
+            if n <= 0 or n > 1 << 16:
+                return None
+            buf = ctypes.create_string_buffer(n + 1)
+            fn(h5.id.id, buf, n + 1)
         return buf.value.decode("utf-8", "replace")
     except Exception:
         return None
