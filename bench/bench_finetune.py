@@ -68,11 +68,31 @@ def peak_rss_mib() -> float:
 # children
 
 
-def make_timer(n: int):
+class Turns:
+    """Epoch-level turn-taking with the other child (see child_turns): wait for the
+    parent's go before an epoch starts, report when it ends; ``None`` fds: no waiting."""
+
+    def __init__(self, go_fd: int | None = None, done_fd: int | None = None):
+        self.go_fd, self.done_fd = go_fd, done_fd
+
+    def wait(self) -> None:
+        if self.go_fd is not None and os.read(self.go_fd, 1) != b"g":
+            raise SystemExit("the parent went away")
+
+    def done(self, what: bytes = b"e") -> None:
+        if self.done_fd is not None:
+            os.write(self.done_fd, what)
+
+
+def make_timer(n: int, turns: Turns | None = None):
     """Samples/s and process CPU time per sample of each epoch, from the epoch's start to
     its end (no validation in this benchmark). Epoch boundaries only: a per-batch hook
-    would make Keras wait for every step. The same callback times both children."""
+    would make Keras wait for every step. The same callback times both children; with
+    ``turns`` it waits for its turn before each epoch (Keras creates the epoch's data
+    iterator after ``on_epoch_begin``, so nothing is read ahead while it waits)."""
     import keras
+
+    turns = turns or Turns()
 
     class Timer(keras.callbacks.Callback):
         def __init__(self):
@@ -80,21 +100,24 @@ def make_timer(n: int):
             self.speeds, self.cpu = [], []
 
         def on_epoch_begin(self, epoch, logs=None):
+            turns.wait()
             self.t, self.c = time.perf_counter(), time.process_time()
 
         def on_epoch_end(self, epoch, logs=None):
             self.speeds.append(n / (time.perf_counter() - self.t))
             self.cpu.append((time.process_time() - self.c) / n * 1e6)
+            turns.done()
 
     return Timer()
 
 
-def child_stream(data: str, epochs: int, batch_size: int) -> dict:
+def child_stream(data: str, epochs: int, batch_size: int, turns: Turns | None = None
+                 ) -> dict:
     import wtransplant
 
     with h5py.File(data, "r") as f:
         n = len(f["train_set_y"])
-    t = make_timer(n)
+    t = make_timer(n, turns)
     wtransplant.finetune(
         str(MODEL), data, new_head=10, trainable_from=TRAINABLE_FROM, head_epochs=0,
         epochs=epochs, batch_size=batch_size, lr=1e-3, checkpoints=False, plot=False,
@@ -102,7 +125,8 @@ def child_stream(data: str, epochs: int, batch_size: int) -> dict:
     return {"speeds": t.speeds, "cpu_us_per_sample": t.cpu}
 
 
-def child_memory(data: str, epochs: int, batch_size: int) -> dict:
+def child_memory(data: str, epochs: int, batch_size: int, turns: Turns | None = None
+                 ) -> dict:
     import keras
 
     from wtransplant.building.transplanting import rebuild_file
@@ -120,36 +144,104 @@ def child_memory(data: str, epochs: int, batch_size: int) -> dict:
                   loss=keras.losses.SparseCategoricalCrossentropy(),
                   metrics=[keras.metrics.SparseCategoricalAccuracy(name="accuracy")])
 
-    t = make_timer(len(x))
+    t = make_timer(len(x), turns)
     model.fit(x, y, batch_size=batch_size, epochs=epochs, shuffle=True, verbose=0,
               callbacks=[t])
     return {"speeds": t.speeds, "cpu_us_per_sample": t.cpu}
 
 
-def child_paired(data: str, epochs: int, batch_size: int, rounds: int) -> dict:
-    out = {"memory": [], "stream": [], "memory_cpu": [], "stream_cpu": []}
-    for r in range(rounds):
-        for mode in (("memory", "stream") if r % 2 == 0 else ("stream", "memory")):
-            fn = child_memory if mode == "memory" else child_stream
-            res = fn(data, epochs, batch_size)
-            out[mode].append(statistics.median(res["speeds"][1:]))
-            out[f"{mode}_cpu"].append(statistics.median(res["cpu_us_per_sample"][1:]))
-            print(f"  round {r + 1} {mode:6s}: {out[mode][-1]:8.0f} samples/s, "
-                  f"{out[f'{mode}_cpu'][-1]:.1f} us CPU/sample", file=sys.stderr, flush=True)
+def child_turns(mode: str, data: str, epochs: int, batch_size: int, rounds: int,
+                go_fd: int, done_fd: int) -> dict:
+    """One side of the paired measurement: ``rounds`` fresh calls, each started when the
+    parent says go, each epoch run only in this child's turn (see run_paired)."""
+    fn = child_memory if mode == "memory" else child_stream
+    turns = Turns(go_fd, done_fd)
+    out: dict = {"speeds": [], "cpu_us_per_sample": []}
+    for _ in range(rounds):
+        turns.wait()
+        res = fn(data, epochs, batch_size, turns)
+        out["speeds"].append(res["speeds"])
+        out["cpu_us_per_sample"].append(res["cpu_us_per_sample"])
+        turns.done(b"r")
     return out
 
 
-def run_child(mode: str, data: Path, epochs: int, batch_size: int, rounds: int = 0) -> dict:
+def run_paired(data: Path, epochs: int, batch_size: int, rounds: int) -> dict:
+    """The two children run side by side and take turns epoch by epoch (memory, streamed,
+    then streamed, memory, ...): only one trains at a time, and each timed epoch has the
+    other's next to it, seconds apart, so load from other work on the machine falls on
+    both alike. Set-up, the first (tracing) epoch and teardown of one child may overlap
+    the other's first epoch only, which is not timed. Per round (a fresh call in each
+    child): each side's speed is the median of its epochs after the first."""
+    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3")
+    kids = {}
+    with tempfile.TemporaryDirectory() as d:
+        for mode in ("memory", "stream"):
+            go_r, go_w = os.pipe()
+            done_r, done_w = os.pipe()
+            out, err = open(Path(d) / f"{mode}.out", "w+"), open(Path(d) / f"{mode}.err", "w+")
+            cmd = [sys.executable, __file__, "--child", "turns", "--mode", mode, "--data",
+                   str(data), "--epochs", str(epochs), "--batch-size", str(batch_size),
+                   "--rounds", str(rounds), "--fds", f"{go_r},{done_w}"]
+            proc = subprocess.Popen(cmd, stdout=out, stderr=err, env=env,
+                                    pass_fds=(go_r, done_w))
+            os.close(go_r)
+            os.close(done_w)
+            kids[mode] = {"proc": proc, "go": go_w, "done": done_r, "out": out, "err": err}
+
+        def expect(mode: str, what: bytes) -> None:
+            got = os.read(kids[mode]["done"], 1)
+            if got != what:
+                kids[mode]["proc"].wait()
+                kids[mode]["err"].seek(0)
+                raise SystemExit(f"{mode} child failed:\n{kids[mode]['err'].read()[-3000:]}")
+
+        res = {}
+        try:
+            for r in range(rounds):
+                for k in kids.values():  # both set up at once (not timed)
+                    os.write(k["go"], b"g")
+                for e in range(epochs):
+                    for mode in (("memory", "stream") if (r + e) % 2 == 0 else
+                                 ("stream", "memory")):
+                        os.write(kids[mode]["go"], b"g")
+                        expect(mode, b"e")
+                for mode in kids:
+                    expect(mode, b"r")
+            for mode, k in kids.items():
+                if k["proc"].wait() != 0:
+                    expect(mode, b"?")
+                k["out"].seek(0)
+                res[mode] = json.loads(k["out"].read().strip().splitlines()[-1])
+        finally:
+            for k in kids.values():
+                if k["proc"].poll() is None:
+                    k["proc"].kill()
+                    k["proc"].wait()
+                for f in ("go", "done"):
+                    os.close(k[f])
+                k["out"].close()
+                k["err"].close()
+    out = {"memory": [], "stream": [], "memory_cpu": [], "stream_cpu": []}
+    for r in range(rounds):
+        for mode in ("memory", "stream"):
+            out[mode].append(statistics.median(res[mode]["speeds"][r][1:]))
+            out[f"{mode}_cpu"].append(statistics.median(res[mode]["cpu_us_per_sample"][r][1:]))
+        print(f"  round {r + 1}: streamed {out['stream'][-1]:8.0f}, in-memory "
+              f"{out['memory'][-1]:8.0f} samples/s ({out['stream'][-1] / out['memory'][-1]:.2f}x)"
+              f"; CPU {out['stream_cpu'][-1]:.1f} vs {out['memory_cpu'][-1]:.1f} us/sample",
+              file=sys.stderr, flush=True)
+    return out
+
+
+def run_child(mode: str, data: Path, epochs: int, batch_size: int) -> dict:
     cmd = [sys.executable, __file__, "--child", mode, "--data", str(data), "--epochs",
-           str(epochs), "--batch-size", str(batch_size), "--rounds", str(rounds)]
+           str(epochs), "--batch-size", str(batch_size)]
     env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3")
     t = time.perf_counter()
     r = subprocess.run(cmd, capture_output=True, text=True, env=env)
     if r.returncode != 0:
         raise SystemExit(f"{mode} child failed:\n{r.stderr[-3000:]}")
-    for line in r.stderr.splitlines():  # the rounds' lines, not TensorFlow's start-up chatter
-        if line.startswith("  round"):
-            print(line, file=sys.stderr)
     out = json.loads(r.stdout.strip().splitlines()[-1])
     out["wall_s"] = time.perf_counter() - t
     return out
@@ -171,11 +263,15 @@ def main(argv=None) -> dict:
                          "one paired round each")
     ap.add_argument("--no-memory", action="store_true", help="skip the peak-RSS runs")
     ap.add_argument("--json", action="store_true")
-    ap.add_argument("--child", choices=["stream", "memory", "paired"], help=argparse.SUPPRESS)
+    ap.add_argument("--child", choices=["stream", "memory", "turns"], help=argparse.SUPPRESS)
+    ap.add_argument("--mode", choices=["stream", "memory"], help=argparse.SUPPRESS)
+    ap.add_argument("--fds", help=argparse.SUPPRESS)
     ap.add_argument("--data", help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
-    if args.child == "paired":
-        out = child_paired(args.data, args.epochs, args.batch_size, args.rounds)
+    if args.child == "turns":
+        go_fd, done_fd = (int(v) for v in args.fds.split(","))
+        out = child_turns(args.mode, args.data, args.epochs, args.batch_size, args.rounds,
+                          go_fd, done_fd)
         print(json.dumps(out))
         return out
     if args.child:
@@ -196,7 +292,7 @@ def main(argv=None) -> dict:
             make_data(big, args.base * args.grow)
         res["files_mib"] = {"small": small.stat().st_size / 2**20,
                             "big": big.stat().st_size / 2**20 if big.exists() else 0.0}
-        p = run_child("paired", small, args.epochs, args.batch_size, args.rounds)
+        p = run_paired(small, args.epochs, args.batch_size, args.rounds)
         ratios = [s_ / m for s_, m in zip(p["stream"], p["memory"])]
         thr = {m: statistics.median(p[m]) for m in ("stream", "memory")}
         cpu = {m: statistics.median(p[f"{m}_cpu"]) for m in ("stream", "memory")}
@@ -210,7 +306,7 @@ def main(argv=None) -> dict:
         if args.batch_sizes:
             res["batch_scaling"] = []
             for bs in (int(b) for b in args.batch_sizes.split(",")):
-                q = run_child("paired", small, args.epochs, bs, 1)
+                q = run_paired(small, args.epochs, bs, 1)
                 row = {"batch_size": bs, "stream": q["stream"][0], "memory": q["memory"][0],
                        "ratio": q["stream"][0] / q["memory"][0]}
                 res["batch_scaling"].append(row)
