@@ -8,17 +8,20 @@ phase, Adam, batch 64). The data are scikit-learn's digits (fixtures/data/digits
 tiled with a little noise to BASE samples, and to GROW x BASE for the memory test, written
 to a temporary HDF5 file (contiguous layout).
 
-Throughput: one process alternates the two, ROUNDS times (memory then streamed, streamed
-then memory, ...), each a fresh `fit` or `wtransplant.finetune` call of EPOCHS epochs; an
-epoch's speed is training samples / its wall time (no validation), the same callback
-timing both; each call's speed is the median of its epochs after the first (which traces
-the step function). Pairs run seconds apart, so a machine shared with other work slows
-both alike; the figure is the median of the per-round ratios, and the process CPU time
-per sample is reported too. Memory: each case in a fresh process (1 epoch), peak RSS.
+Throughput: two processes, one per side, each making ROUNDS fresh `fit` or
+`wtransplant.finetune` calls of EPOCHS epochs, take turns epoch by epoch (memory then
+streamed, streamed then memory, ...), so each timed epoch has the other side's next to
+it and load from other work on a shared machine falls on both alike. An epoch's speed is
+training samples / its wall time (no validation), the same callback timing both; the
+first epoch of each call (it traces the step function) is not timed, nor are WARMUP
+rounds run first. A round's ratio is the median of its epoch pairs' ratios; the figure is
+the median of the rounds' ratios, and the process CPU time per sample is reported too.
+Memory: each case in a fresh process (1 epoch), peak RSS.
 Goals: streamed >= 0.9x in-memory throughput; streamed peak RSS flat as the data grow.
 
     .venv/bin/python bench/bench_finetune.py [--base 28740] [--grow 10] [--batch-size 64]
-        [--epochs 3] [--rounds 6] [--json]
+        [--epochs 5] [--rounds 5] [--warmup 1]
+        [--batch-sizes 32,128,512] [--no-memory] [--json]
 """
 
 from __future__ import annotations
@@ -166,13 +169,18 @@ def child_turns(mode: str, data: str, epochs: int, batch_size: int, rounds: int,
     return out
 
 
-def run_paired(data: Path, epochs: int, batch_size: int, rounds: int) -> dict:
+def run_paired(data: Path, epochs: int, batch_size: int, rounds: int, warmup: int = 0
+               ) -> dict:
     """The two children run side by side and take turns epoch by epoch (memory, streamed,
     then streamed, memory, ...): only one trains at a time, and each timed epoch has the
     other's next to it, seconds apart, so load from other work on the machine falls on
     both alike. Set-up, the first (tracing) epoch and teardown of one child may overlap
     the other's first epoch only, which is not timed. Per round (a fresh call in each
-    child): each side's speed is the median of its epochs after the first."""
+    child): each side's speed is the median of its epochs after the first, and the
+    round's ratio the median of the ratios of its epoch pairs (epoch e streamed over
+    epoch e in memory, run one after the other). The first ``warmup`` rounds (process
+    warm-up: first calls, caches) are run the same way and left out."""
+    total = rounds + warmup
     env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3")
     kids = {}
     with tempfile.TemporaryDirectory() as d:
@@ -182,7 +190,7 @@ def run_paired(data: Path, epochs: int, batch_size: int, rounds: int) -> dict:
             out, err = open(Path(d) / f"{mode}.out", "w+"), open(Path(d) / f"{mode}.err", "w+")
             cmd = [sys.executable, __file__, "--child", "turns", "--mode", mode, "--data",
                    str(data), "--epochs", str(epochs), "--batch-size", str(batch_size),
-                   "--rounds", str(rounds), "--fds", f"{go_r},{done_w}"]
+                   "--rounds", str(total), "--fds", f"{go_r},{done_w}"]
             proc = subprocess.Popen(cmd, stdout=out, stderr=err, env=env,
                                     pass_fds=(go_r, done_w))
             os.close(go_r)
@@ -198,7 +206,7 @@ def run_paired(data: Path, epochs: int, batch_size: int, rounds: int) -> dict:
 
         res = {}
         try:
-            for r in range(rounds):
+            for r in range(total):
                 for k in kids.values():  # both set up at once (not timed)
                     os.write(k["go"], b"g")
                 for e in range(epochs):
@@ -222,13 +230,16 @@ def run_paired(data: Path, epochs: int, batch_size: int, rounds: int) -> dict:
                     os.close(k[f])
                 k["out"].close()
                 k["err"].close()
-    out = {"memory": [], "stream": [], "memory_cpu": [], "stream_cpu": []}
-    for r in range(rounds):
+    out = {"memory": [], "stream": [], "memory_cpu": [], "stream_cpu": [], "ratio": [],
+           "epochs": {m: res[m]["speeds"][warmup:] for m in ("memory", "stream")}}
+    for r in range(warmup, total):
+        pairs = zip(res["stream"]["speeds"][r][1:], res["memory"]["speeds"][r][1:])
+        out["ratio"].append(statistics.median(s_ / m for s_, m in pairs))
         for mode in ("memory", "stream"):
             out[mode].append(statistics.median(res[mode]["speeds"][r][1:]))
             out[f"{mode}_cpu"].append(statistics.median(res[mode]["cpu_us_per_sample"][r][1:]))
-        print(f"  round {r + 1}: streamed {out['stream'][-1]:8.0f}, in-memory "
-              f"{out['memory'][-1]:8.0f} samples/s ({out['stream'][-1] / out['memory'][-1]:.2f}x)"
+        print(f"  round {r + 1 - warmup}: streamed {out['stream'][-1]:8.0f}, in-memory "
+              f"{out['memory'][-1]:8.0f} samples/s ({out['ratio'][-1]:.2f}x)"
               f"; CPU {out['stream_cpu'][-1]:.1f} vs {out['memory_cpu'][-1]:.1f} us/sample",
               file=sys.stderr, flush=True)
     return out
@@ -256,8 +267,11 @@ def main(argv=None) -> dict:
     ap.add_argument("--base", type=int, default=28740, help="samples (20x digits' train set)")
     ap.add_argument("--grow", type=int, default=10)
     ap.add_argument("--batch-size", type=int, default=64)
-    ap.add_argument("--epochs", type=int, default=3)
-    ap.add_argument("--rounds", type=int, default=6)
+    ap.add_argument("--epochs", type=int, default=5,
+                    help="per call; the first (tracing) is not timed")
+    ap.add_argument("--rounds", type=int, default=5)
+    ap.add_argument("--warmup", type=int, default=1,
+                    help="paired rounds run first and left out (process warm-up)")
     ap.add_argument("--batch-sizes", default="",
                     help="also measure throughput at these batch sizes (e.g. 32,128,512), "
                          "one paired round each")
@@ -292,14 +306,15 @@ def main(argv=None) -> dict:
             make_data(big, args.base * args.grow)
         res["files_mib"] = {"small": small.stat().st_size / 2**20,
                             "big": big.stat().st_size / 2**20 if big.exists() else 0.0}
-        p = run_paired(small, args.epochs, args.batch_size, args.rounds)
-        ratios = [s_ / m for s_, m in zip(p["stream"], p["memory"])]
+        p = run_paired(small, args.epochs, args.batch_size, args.rounds, args.warmup)
+        ratios = p["ratio"]
         thr = {m: statistics.median(p[m]) for m in ("stream", "memory")}
         cpu = {m: statistics.median(p[f"{m}_cpu"]) for m in ("stream", "memory")}
         res["rounds_samples_per_s"] = {"stream": p["stream"], "memory": p["memory"]}
         res["throughput_samples_per_s"] = thr
         res["throughput_ratio_stream_over_memory"] = statistics.median(ratios)
         res["round_ratios"] = ratios
+        res["epoch_samples_per_s"] = p["epochs"]
         res["cpu_us_per_sample"] = cpu
         res["cpu_ratio_stream_over_memory"] = cpu["stream"] / cpu["memory"]
         res["load_average_after"] = os.getloadavg()
@@ -308,7 +323,7 @@ def main(argv=None) -> dict:
             for bs in (int(b) for b in args.batch_sizes.split(",")):
                 q = run_paired(small, args.epochs, bs, 1)
                 row = {"batch_size": bs, "stream": q["stream"][0], "memory": q["memory"][0],
-                       "ratio": q["stream"][0] / q["memory"][0]}
+                       "ratio": q["ratio"][0]}
                 res["batch_scaling"].append(row)
                 print(f"  batch {bs:5d}: streamed {row['stream']:.0f}, in-memory "
                       f"{row['memory']:.0f} samples/s ({row['ratio']:.2f}x)", file=sys.stderr)
