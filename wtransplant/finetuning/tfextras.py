@@ -189,41 +189,81 @@ def multiworker_patches(strategy):
         tft.TensorFlowTrainer._maybe_symbolic_build = orig_build
 
 
-def stream_dataset(readers, get_epoch, *, chunk: int = 16):
+#: bytes of inputs per hand-over from the Python generator to tf.data (see stream_dataset)
+CHUNK_BYTES = 1 << 20
+#: at most this many batches per hand-over
+MAX_CHUNK = 64
+
+
+def chunk_batches(x0, readers: int) -> int:
+    """Batches per hand-over: about CHUNK_BYTES of inputs, a whole number of steps, at
+    least one step, at most MAX_CHUNK batches (bounded whatever the data set's size)."""
+    per_step = max(1, x0.nbytes) * readers
+    steps = max(1, min(MAX_CHUNK // readers, CHUNK_BYTES // per_step))
+    return steps * readers
+
+
+def stream_dataset(readers, get_epoch, *, chunk: int | None = None):
     """A tf.data pipeline of the readers' batches: for each step, one batch from each
     reader in turn (several readers: the pieces of one global batch, one per local
     replica). ``get_epoch()`` is read when an epoch's pass starts (it sets the shuffle).
 
-    The Python generator hands over ``chunk`` batches at a time, stacked, and tf.data
-    splits them again (``unbatch``) in C++: the per-batch cost of crossing from Python
-    into TensorFlow is paid once per chunk. The batches and their order are those of
-    ``BatchReader.batch(epoch, i)``, exactly as through a ``keras.utils.PyDataset``.
+    The Python generator hands over ``chunk`` batches at a time (default: about
+    ``CHUNK_BYTES`` of inputs, :func:`chunk_batches`), each written straight into the
+    chunk's array (no second copy), and tf.data splits them again (``unbatch``) in C++:
+    the per-batch cost of crossing from Python into TensorFlow is paid once per chunk,
+    and the loader thread takes the GIL from the training loop once per chunk. The
+    batches and their order are those of ``BatchReader.batch(epoch, i)``, exactly as
+    through a ``keras.utils.PyDataset``.
     """
-    import numpy as np
-
     tf = _tf()
     steps = len(readers[0])
     x0, y0 = readers[0].batch(0, 0)
+    chunk = chunk or chunk_batches(x0, len(readers))
 
     def gen():
         epoch = get_epoch()
-        xs, ys = [], []
+        buf = Chunk(chunk)
         for i in range(steps):
             for rd in readers:
                 xb, yb = rd.batch(epoch, i)
-                if xs and (len(xs) == chunk or xb.shape != xs[0].shape):
-                    yield np.stack(xs), np.stack(ys)
-                    xs, ys = [], []
-                xs.append(xb)
-                ys.append(yb)
-        if xs:
-            yield np.stack(xs), np.stack(ys)
+                if not buf.fits(xb, yb):
+                    yield buf.arrays()
+                    buf = Chunk(chunk)
+                buf.add(xb, yb)
+        if buf.k:
+            yield buf.arrays()
 
     sig = (tf.TensorSpec((None, None, *x0.shape[1:]), tf.as_dtype(x0.dtype)),
            tf.TensorSpec((None, None, *y0.shape[1:]), tf.as_dtype(y0.dtype)))
     ds = tf.data.Dataset.from_generator(gen, output_signature=sig).unbatch()
     ds = ds.apply(tf.data.experimental.assert_cardinality(steps * len(readers)))
     return ds.prefetch(tf.data.AUTOTUNE)
+
+
+class Chunk:
+    """Up to ``size`` batches of one shape, stacked as they come. Its arrays are new for
+    every chunk: TensorFlow may keep a handed-over array's memory without copying it."""
+
+    def __init__(self, size: int):
+        self.size, self.k = size, 0
+        self.x = self.y = None
+
+    def fits(self, xb, yb) -> bool:
+        return self.x is None or (self.k < self.size and xb.shape == self.x.shape[1:]
+                                  and yb.shape == self.y.shape[1:])
+
+    def add(self, xb, yb) -> None:
+        import numpy as np
+
+        if self.x is None:
+            self.x = np.empty((self.size, *xb.shape), xb.dtype)
+            self.y = np.empty((self.size, *yb.shape), yb.dtype)
+        self.x[self.k], self.y[self.k] = xb, yb
+        self.k += 1
+
+    def arrays(self):
+        return self.x[:self.k], self.y[:self.k]
 
 
 def multiworker_dataset(strategy, make_reader, get_epoch):
