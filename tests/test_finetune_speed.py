@@ -1,5 +1,5 @@
 """Streamed fine-tuning keeps the training loop responsive: while the loader thread runs
-Python beside it, the interpreter hands the GIL over within 0.5 ms (not the default 5 ms,
+Python beside it, the interpreter hands the GIL over within 0.1 ms (not the default 5 ms,
 as long as a small model's whole step), and the setting is restored afterwards."""
 
 from __future__ import annotations
