@@ -25,10 +25,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-import h5py
-import numpy as np
-
+from wtransplant._lazy import lazy
 from wtransplant.errors import InputError, UnsafeInputError
+
+h5py = lazy("h5py")
+np = lazy("numpy")
 
 if TYPE_CHECKING:
     import zipfile

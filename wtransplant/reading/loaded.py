@@ -10,12 +10,13 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-import numpy as np
-
+from wtransplant._lazy import lazy
 from wtransplant.errors import InputError
 from wtransplant.reading.formats import Detection, FormatReader, SourceTensor, detect
 from wtransplant.reading.sources.base import Source, as_source
 from wtransplant.reading.tree import FileTree
+
+np = lazy("numpy")
 
 
 @dataclass

@@ -9,11 +9,12 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
-import h5py
-import numpy as np
-
+from wtransplant._lazy import lazy
 from wtransplant.errors import InputError
 from wtransplant.reading.h5io import OpenedSource, check_dataset_safe
+
+h5py = lazy("h5py")
+np = lazy("numpy")
 
 BLOCK_BYTES = 32 << 20
 #: a stored (allocated) chunk that passes through a filter is decompressed whole by the

@@ -20,8 +20,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-import numpy as np
-
+from wtransplant._lazy import lazy
 from wtransplant.planning.layouts.base import Proposal, mismatch, single
 from wtransplant.planning.layouts.conventions import (
     Convention,
@@ -30,6 +29,8 @@ from wtransplant.planning.layouts.conventions import (
 )
 from wtransplant.planning.layouts.layers import check_recipe, rnn_class
 from wtransplant.planning.layouts.ops import GateReorder, Op, OpShapeError, Reshape, Transpose
+
+np = lazy("numpy")
 
 #: ONNX gate orders, per Keras class (W's row blocks)
 ONNX_GATES = {"GRU": "zrh", "LSTM": "iofc"}

@@ -11,7 +11,10 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
-import numpy as np
+from wtransplant._lazy import lazy
+
+np = lazy("numpy")
+
 
 Shape = tuple[int, ...]
 

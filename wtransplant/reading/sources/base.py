@@ -32,11 +32,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import ClassVar
 
-import numpy as np
-
+from wtransplant._lazy import lazy
 from wtransplant.errors import InputError
 from wtransplant.reading.h5io import MAX_TENSOR_BYTES, check_readable_file, fmt_bytes, read_head
 from wtransplant.reading.tree import NUMERIC_KINDS, DatasetNode, FileTree, GroupNode
+
+np = lazy("numpy")
 
 #: bytes of the file's head given to each implementation's ``sniff``
 SNIFF_BYTES = 1024

@@ -8,11 +8,12 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-import numpy as np
-
+from wtransplant._lazy import lazy
 from wtransplant.reading import h5io
 from wtransplant.reading.sources.base import MAX_TENSOR_BYTES, Source, SourceInfo
 from wtransplant.reading.tree import DatasetNode, FileTree, walk
+
+np = lazy("numpy")
 
 
 class HDF5Source(Source):
@@ -38,6 +39,10 @@ class HDF5Source(Source):
     @classmethod
     def open(cls, path: Path, *, follow_links: bool = False, in_memory: bool = False
              ) -> HDF5Source:
+        if in_memory and not follow_links:  # a metadata walk (inspect): try it without h5py
+            lean = LeanHDF5Source.try_open(path)
+            if lean is not None:
+                return lean
         return cls(h5io.open_source(path, follow_links=follow_links, in_memory=in_memory))
 
     # what callers holding an h5io handle used
@@ -94,6 +99,54 @@ class HDF5Source(Source):
 
     def close(self) -> None:
         self.opened.close()
+
+
+class LeanHDF5Source(HDF5Source):
+    """A plain HDF5 file whose tree :mod:`~wtransplant.reading.h5lean` walked without
+    h5py. Anything that reads values (``read``, ``stats``...) opens the file through h5py
+    on first use, so it behaves as an :class:`HDF5Source` throughout."""
+
+    def __init__(self, path: Path, tree: FileTree):
+        self.path = path
+        self.file_size = tree.file_size
+        self.follow_links = False
+        self._tree = tree
+        self._opened = None
+
+    @classmethod
+    def try_open(cls, path: Path) -> LeanHDF5Source | None:
+        from wtransplant.reading.h5lean import walk_lean
+
+        head = h5io.read_head(path)
+        if head.startswith(b"PK"):  # a .keras archive: h5io opens its inner file
+            return None
+        size = path.stat().st_size
+        tree = walk_lean(str(path), str(path), file_size=size, head=head,
+                         in_memory=size <= h5io.IN_MEMORY_LIMIT)
+        return cls(path, tree) if tree is not None else None
+
+    @property
+    def opened(self) -> h5io.OpenedSource:
+        if self._opened is None:
+            self._opened = h5io.open_source(self.path)
+        return self._opened
+
+    @property
+    def display(self) -> str:
+        return str(self.path)
+
+    @property
+    def archive(self):
+        return None
+
+    @property
+    def userblock(self) -> bytes:
+        return self._tree.userblock
+
+    def close(self) -> None:
+        if self._opened is not None:
+            self._opened.close()
+            self._opened = None
 
 
 def outside_references(tree: FileTree) -> list[str]:

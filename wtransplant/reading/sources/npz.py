@@ -15,8 +15,7 @@ import os
 import zipfile
 from pathlib import Path
 
-import numpy as np
-
+from wtransplant._lazy import lazy
 from wtransplant.errors import InputError
 from wtransplant.reading.sources.base import (
     MAX_TENSOR_BYTES,
@@ -30,6 +29,8 @@ from wtransplant.reading.sources.base import (
 )
 from wtransplant.reading.tree import FileTree
 from wtransplant.safety.bounds import check_declared, check_npz, npy_header
+
+np = lazy("numpy")
 
 NPY_MAGIC = b"\x93NUMPY"
 

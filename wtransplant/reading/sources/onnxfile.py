@@ -29,8 +29,7 @@ import os
 import re
 from pathlib import Path
 
-import numpy as np
-
+from wtransplant._lazy import lazy
 from wtransplant.errors import InputError, UnsafeInputError
 from wtransplant.reading.h5io import fmt_bytes
 from wtransplant.reading.sources.base import (
@@ -43,6 +42,8 @@ from wtransplant.reading.sources.base import (
     tensor_node,
 )
 from wtransplant.reading.tree import FileTree
+
+np = lazy("numpy")
 
 #: protobuf refuses messages over 2 GiB: larger models keep their tensors as external data
 MAX_ONNX_BYTES = 2 << 30

@@ -23,8 +23,7 @@ import json
 import os
 from pathlib import Path
 
-import numpy as np
-
+from wtransplant._lazy import lazy
 from wtransplant.errors import InputError, UnsafeInputError
 from wtransplant.reading.h5io import READ_BLOCK_BYTES, fmt_bytes
 from wtransplant.reading.sources.base import (
@@ -36,6 +35,8 @@ from wtransplant.reading.sources.base import (
     tensor_node,
 )
 from wtransplant.reading.tree import FileTree
+
+np = lazy("numpy")
 
 #: a header longer than this is refused (real ones are a few hundred KiB at most)
 MAX_HEADER_BYTES = 100 << 20
