@@ -36,7 +36,6 @@ from wtransplant.checking.diagnose import Diagnosis
 from wtransplant.checking.parity import ParityResult, compare
 from wtransplant.errors import InputError, ParityError
 from wtransplant.planning.plan import (
-    BackgroundHasher,
     Plan,
     array_hasher,
     count_nonfinite,
@@ -435,8 +434,6 @@ def _assign(model, plan: Plan, src: OpenedSource, targets, *, progress,
     """Read, convert and assign every planned tensor, layer by layer, one tensor in flight;
     the checksum rows. With ``checksums`` each variable is read back right after it is
     assigned and compared with the value still in hand (see :func:`_assigned`)."""
-    from concurrent.futures import ThreadPoolExecutor
-
     from wtransplant.building.keras_model import layer_variables, layers_by_name
 
     layers = layers_by_name(model)
@@ -444,33 +441,18 @@ def _assign(model, plan: Plan, src: OpenedSource, targets, *, progress,
     sums = []
     groups = plan.by_layer()
     bar = _progress(len(groups), "assigning", progress)
-    pool = ThreadPoolExecutor(1, "wtransplant-hash") if checksums and HASH_THREAD else None
-    try:
-        for lname, assigns in groups.items():
-            variables = layer_variables(layers[lname])
-            for a in assigns:
-                v = variables[a.target.var]
-                row = _assign_rows(plan, src, a, v, checksums, pool)
-                sums.append(row if row is not None else
-                            _assign_whole(plan, src, a, v, lname, checksums))
-            if bar:
-                bar.update(1)
-    finally:
-        if pool is not None:
-            pool.shutdown()
+    for lname, assigns in groups.items():
+        variables = layer_variables(layers[lname])
+        for a in assigns:
+            v = variables[a.target.var]
+            row = _assign_rows(plan, src, a, v, checksums)
+            sums.append(row if row is not None else
+                        _assign_whole(plan, src, a, v, lname, checksums))
+        if bar:
+            bar.update(1)
     if bar:
         bar.close()
     return sums
-
-
-#: hash the blocks of a streamed tensor on a worker thread while the next block is read
-#: and assigned
-HASH_THREAD = True
-
-
-def _hasher(dtype, shape, pool):
-    h = array_hasher(dtype, shape)
-    return BackgroundHasher(h, pool) if pool is not None else h
 
 
 def _row(a, source_sha256: list, value_sha256: str) -> dict:
@@ -500,7 +482,7 @@ def _assign_whole(plan: Plan, src, a, v, lname: str, checksums: bool) -> dict:
     return row
 
 
-def _assign_rows(plan: Plan, src, a, v, checksums: bool, pool=None) -> dict | None:
+def _assign_rows(plan: Plan, src, a, v, checksums: bool) -> dict | None:
     """Stream one tensor that needs no conversion but maybe a cast (one source, no ops)
     into a large variable that takes row writes (TensorFlow): read, hash, scan, assign and
     read back one block of rows at a time, so the whole tensor is never held outside the
@@ -517,8 +499,8 @@ def _assign_rows(plan: Plan, src, a, v, checksums: bool, pool=None) -> dict | No
     target, step = row_target(v, shape, want)
     if target is None:
         return None
-    h_src = _hasher(stored, shape, pool) if checksums else None
-    h_val = _hasher(want, shape, pool) if checksums and stored != want else None
+    h_src = array_hasher(stored, shape) if checksums else None
+    h_val = array_hasher(want, shape) if checksums and stored != want else None
     same, bad = checksums, 0
     for first, block in src.iter_rows(path, want, step, hasher=h_src):
         bad += count_nonfinite(block) if want.kind == "f" else 0

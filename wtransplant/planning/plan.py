@@ -636,28 +636,6 @@ def array_hasher(dtype: np.dtype, shape: tuple):
     return h
 
 
-class BackgroundHasher:
-    """A hashlib object whose updates run on a worker thread (hashlib releases the GIL on
-    large buffers), one at a time and in order: ``update`` waits for the previous update,
-    so the buffer of the update before last may be reused; ``hexdigest`` waits for all."""
-
-    def __init__(self, h, pool):
-        self.h, self.pool, self.job = h, pool, None
-
-    def update(self, data) -> None:
-        self.wait()
-        self.job = self.pool.submit(self.h.update, data)
-
-    def wait(self) -> None:
-        if self.job is not None:
-            job, self.job = self.job, None
-            job.result()
-
-    def hexdigest(self) -> str:
-        self.wait()
-        return self.h.hexdigest()
-
-
 #: elements per block of the NaN/Inf scan (a 4 MiB boolean temporary at most)
 SCAN_BLOCK = 1 << 22
 

@@ -463,18 +463,17 @@ def read_dataset_as(src: OpenedSource, path: str, dtype, *, hasher=None) -> np.n
 
 def iter_rows(src: OpenedSource, path: str, dtype, step: int, *, hasher=None):
     """One dataset of at least one axis as ``(first row, block)`` pairs of ``step`` rows,
-    cast to ``dtype``. Blocks are views of two buffers used in turn: a block is overwritten
-    when the block after next is read (a background hasher may still read it while the
-    next one is yielded). ``hasher`` is fed the stored values as :func:`read_dataset_as`
-    feeds it. A dataset already of ``dtype`` is read straight into a buffer."""
+    cast to ``dtype``; each block is a view of one buffer that the next block overwrites.
+    ``hasher`` is fed the stored values as :func:`read_dataset_as` feeds it. A dataset
+    already of ``dtype`` is read straight into the buffer (no other copy)."""
     ds = resolve_dataset(src, path)
     dtype = np.dtype(dtype)
     n = ds.shape[0]
-    bufs = [np.empty((min(step, n),) + tuple(ds.shape[1:]), dtype) for _ in range(2)]
+    buf = np.empty((min(step, n),) + tuple(ds.shape[1:]), dtype)
     try:
         for a in range(0, n, step):
             b = min(a + step, n)
-            block = bufs[(a // step) % 2][:b - a]
+            block = buf[:b - a]
             if ds.dtype == dtype:
                 ds.read_direct(block, np.s_[a:b], np.s_[0:b - a])
                 stored = block
