@@ -167,7 +167,8 @@ def test_edge_cases_same_tree(tmp_path):
     assert attrs["fields"] == ["W1", "bx"] and attrs["one_field"] == ["a", "", "c"]
 
 
-@pytest.mark.parametrize("what", ["soft", "external", "reference", "spacepad", "compound"])
+@pytest.mark.parametrize("what", ["soft", "external", "reference", "spacepad", "compound",
+                                  "empty_chars"])
 def test_steps_aside_where_h5py_decides(tmp_path, what):
     p = tmp_path / f"{what}.h5"
     with h5py.File(p, "w") as f:
@@ -184,6 +185,10 @@ def test_steps_aside_where_h5py_decides(tmp_path, what):
             t.set_strpad(h5py.h5t.STR_SPACEPAD)
             h5py.h5a.create(f.id, b"sp", t, h5py.h5s.create(h5py.h5s.SCALAR)).write(
                 np.array(b"ab  ", "S4"), mtype=t)
+        elif what == "empty_chars":  # h5py cannot read a zero-length vlen element
+            chars = np.empty(2, object)
+            chars[0], chars[1] = np.array([b"a"], "S1"), np.array([], "S1")
+            f.attrs.create("fields", chars, dtype=h5py.vlen_dtype(np.dtype("S1")))
         else:
             f["c"] = np.zeros(2, [("a", "f4"), ("b", "i4")])
     assert lean_trees([p])[str(p)] is None
