@@ -194,6 +194,25 @@ def test_steps_aside_where_h5py_decides(tmp_path, what):
     assert lean_trees([p])[str(p)] is None
 
 
+def test_steps_aside_where_h5py_finds_root_damaged(tmp_path):
+    """The root's link info message names a B-tree past the end of the file: the links
+    are compact, so visiting them works, but h5py's walk asks for the root's full info
+    (header and index sizes) and reports the damage; the lean walk must not give a tree
+    (found by tests/leanfuzz.py)."""
+    p = tmp_path / "root.h5"
+    with h5py.File(p, "w", libver="earliest") as f:
+        f["\u00e9"] = np.ones(3, "f4")  # a UTF-8 link name: a new-style root group
+        f.attrs["a"] = 1
+    raw = bytearray(p.read_bytes())
+    # message type 2 (link info), 24 bytes, version 0, flags 0, heap and B-tree undefined
+    i = raw.find(b"\x02\x00\x18\x00" + bytes(6) + b"\xff" * 16)
+    assert i > 0
+    raw[i + 18:i + 26] = (0x01FF0CFFFFFFFFFF).to_bytes(8, "little")  # the B-tree address
+    p.write_bytes(raw)
+    assert h5py_tree(p) == "error"
+    assert lean_trees([p])[str(p)] is None
+
+
 def test_inspect_imports_neither_numpy_nor_h5py(tmp_path):
     """The command itself (no fork, so the modules are visible) on a plain weight file."""
     p = tmp_path / "w.h5"

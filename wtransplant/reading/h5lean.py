@@ -291,6 +291,11 @@ class _Walk:
             if L.Oget_info3(root, ctypes.byref(info), 1) < 0:  # H5O_INFO_BASIC
                 _bail("root info")
             seen[bytes(info.token)] = "/"
+            # h5py's walk asks for the root's old-style info, which also sizes its header
+            # and attribute storage: where that fails, h5py reports the damage
+            native = (ctypes.c_uint8 * 256)()
+            if L.Oget_native_info(root, native, NATIVE_INFO_ALL) < 0:
+                _bail("root native info")
             comment = self.comment(root)
         finally:
             L.Oclose(root)
