@@ -63,7 +63,7 @@ with open("/proc/self/statm") as fh:
 resource.setrlimit(resource.RLIMIT_AS, (vm + int(sys.argv[1]), hard))
 print(json.dumps({"ready": True}), flush=True)
 for line in sys.stdin:
-    f = json.loads(line)
+    f, in_memory = json.loads(line)
     with open(f, "rb") as fh:
         head = fh.read(1024)
     try:
@@ -72,7 +72,8 @@ for line in sys.stdin:
         print(json.dumps({"result": None, "open_ids": 0, "imported": []}), flush=True)
         continue
     try:
-        t = h5lean.walk_lean(f, f, file_size=os.path.getsize(f), head=head, in_memory=True)
+        t = h5lean.walk_lean(f, f, file_size=os.path.getsize(f), head=head,
+                             in_memory=in_memory)
         res = None if t is None else {"tree": t.to_dict(), "comment": t.comment,
                                       "userblock": t.userblock.hex()}
         out = {"result": res}
@@ -92,7 +93,7 @@ from wtransplant.reading.h5io import open_source
 from wtransplant.reading.tree import walk
 print(json.dumps({"ready": True}), flush=True)
 for line in sys.stdin:
-    f = json.loads(line)
+    f, _ = json.loads(line)
     try:
         src = open_source(f, in_memory=True)
     except InputError:
@@ -131,12 +132,12 @@ class Worker:
         r, _, _ = select.select([self.p.stdout], [], [], timeout)
         return self.p.stdout.readline() if r else None
 
-    def ask(self, path: str) -> dict:
+    def ask(self, path: str, in_memory: bool = True) -> dict:
         if self.p is None or self.p.poll() is not None:
             self.start()
         self.cases += 1
         try:
-            self.p.stdin.write(json.dumps(path) + "\n")
+            self.p.stdin.write(json.dumps([path, in_memory]) + "\n")
             self.p.stdin.flush()
         except BrokenPipeError:
             pass
@@ -276,9 +277,8 @@ def _value(rng, np, h5py, f, kind: str, shape, big=False):
         pool = ["", "abc", "x" * 300] + (["h\u00e9llo", "\u4e2d\U0001f600"] if enc != "ascii"
                                          else [])
         dt = h5py.string_dtype(enc)
+        pool = [p.encode() for p in pool] + [b"\xe9t\xe9", b"\xff\xfe", b"a\x00b"]
         data = np.array([rng.choice(pool) for _ in range(n)], object)
-        if enc == "ascii":
-            data = np.array([s.encode() for s in data.ravel()], object)
         return data.reshape(shape), dt
     if kind == "compound":
         dt = np.dtype([("a", "<f4"), ("b", ">i2")] if rng.random() < 0.5
@@ -299,7 +299,7 @@ def _value(rng, np, h5py, f, kind: str, shape, big=False):
         data = np.empty(shape, object)
         for i in np.ndindex(shape):
             data[i] = np.array([rng.choice([b"a", b"\x00", b"\xe9", b"Z"])
-                                for _ in range(rng.randint(0, 4))], "S1")
+                                for _ in range(rng.choice([0, 1, 2, 3, 4] + [1] * 15))], "S1")
         return data, dt
     if kind == "ref":
         dt = h5py.ref_dtype
@@ -405,6 +405,10 @@ def generate(path: str, rng: random.Random, plain: bool) -> None:
                 elif r < 0.85:
                     _dataset(rng, np, h5py, f, parent, name, plain)
                     objs.append(parent[name])
+                elif not plain and r < 0.88:  # a committed datatype, used or not
+                    parent[name] = np.dtype(rng.choice(["<f4", ">i2", "S3"]))
+                    if rng.random() < 0.5:
+                        parent.create_dataset(name + "_t", shape=(2,), dtype=parent[name])
                 elif r < 0.92 and objs:
                     parent[name] = rng.choice(objs)  # a hard-link alias
                 elif not plain and r < 0.96:
@@ -458,14 +462,14 @@ class Campaign:
         self.lean = Worker(LEAN_WORKER, [str(LEAN_MEMORY)], env=lean_env())
         self.ref = Worker(H5PY_WORKER, env=lean_env())
         self.stats = {"cases": 0, "lean_tree": 0, "stepped_aside": 0, "h5py_error": 0,
-                      "findings": 0}
+                      "findings": 0, "hangs": 0}
 
     def close(self):
         self.lean.close()
         self.ref.close()
 
-    def check(self, path: str) -> str | None:
-        lean = self.lean.ask(path)
+    def check(self, path: str, in_memory: bool = True) -> str | None:
+        lean = self.lean.ask(path, in_memory)
         ref = self.ref.ask(path)
         s = self.stats
         s["cases"] += 1
@@ -475,6 +479,7 @@ class Campaign:
             s["stepped_aside"] += 1
         if not isinstance(ref.get("result"), dict):
             s["h5py_error"] += 1
+        s["hangs"] += "hang" in lean or "hang" in ref
         f = compare(lean, ref)
         s["findings"] += f is not None
         return f
@@ -483,7 +488,7 @@ class Campaign:
         rng = random.Random(seed)
         path = os.path.join(self.dir, "gen.h5")
         generate(path, rng, plain=rng.random() < 0.5)
-        return path, self.check(path)
+        return path, self.check(path, in_memory=rng.random() < 0.7)
 
     def mut_case(self, seed: int) -> tuple[str, str | None]:
         rng = random.Random(seed)
@@ -500,7 +505,7 @@ class Campaign:
         path = os.path.join(self.dir, "mut.h5")
         with open(path, "wb") as fh:
             fh.write(out)
-        return path, self.check(path)
+        return path, self.check(path, in_memory=rng.random() < 0.7)
 
 
 def run(gen: int, mut: int, seed: int, keep: str | None = None, log=print) -> dict:
