@@ -13,7 +13,9 @@ every object; ``--sizes`` gives the curve of each against the number of datasets
 
 ``--decide`` repeats the measurement that keeps ``wtransplant/reading/_fasth5.py``: the
 in-process walk of each file through h5py's public low-level API and through the ctypes
-probe, interleaved, the same tree from both (asserted), against HDF5's open/close floor.
+probe, interleaved, the same tree from both (asserted), against HDF5's open/close floor;
+and the walk without h5py (``reading/h5lean.py``, which inspect uses for plain files),
+timed inside a fresh interpreter (it never runs once h5py is imported).
 """
 
 from __future__ import annotations
@@ -106,6 +108,25 @@ def measure(path: Path, repeat: int, h5ls: str | None) -> dict:
     return out
 
 
+#: the h5py-free walk of one file, timed inside a fresh interpreter (start-up excluded,
+#: loading the HDF5 library included)
+LEAN_TIMER = """
+import os, sys, time
+t = time.perf_counter()
+from wtransplant.reading.h5lean import walk_lean
+tree = walk_lean(sys.argv[1], sys.argv[1], file_size=os.path.getsize(sys.argv[1]),
+                 head=b"", in_memory=True)
+assert tree is not None and "h5py" not in sys.modules
+print(time.perf_counter() - t)
+"""
+
+
+def lean_walk_s(path: Path) -> float:
+    r = subprocess.run([sys.executable, "-c", LEAN_TIMER, str(path)], capture_output=True,
+                       text=True, check=True, env=ENV)
+    return float(r.stdout)
+
+
 def decide(sizes: list[int], repeat: int) -> list[dict]:
     """Walk time of h5py's public API path vs the ctypes probe (see ``--decide``)."""
     from wtransplant.reading import _fasth5, tree
@@ -129,7 +150,7 @@ def decide(sizes: list[int], repeat: int) -> list[dict]:
         for n in sizes:
             path = Path(d) / f"many_{n}.h5"
             make_file(path, n)
-            res = {"h5py": [], "ctypes": [], "floor": []}
+            res = {"h5py": [], "ctypes": [], "lean": [], "floor": []}
             walk(path, True)
             walk(path, False)
             for _ in range(repeat if n <= 20000 else 1):
@@ -138,14 +159,17 @@ def decide(sizes: list[int], repeat: int) -> list[dict]:
                 assert ta == tb, "the two walks disagree"
                 res["h5py"].append(a)
                 res["ctypes"].append(b)
+                res["lean"].append(lean_walk_s(path))
                 res["floor"].append(hdf5_open_close_floor(path) or float("nan"))
             path.unlink()
             med = {k: statistics.median(v) for k, v in res.items()}
             row = {"datasets": n, **{f"{k}_s": v for k, v in med.items()},
-                   "ratio_ctypes_over_h5py": med["ctypes"] / med["h5py"]}
+                   "ratio_ctypes_over_h5py": med["ctypes"] / med["h5py"],
+                   "ratio_lean_over_h5py": med["lean"] / med["h5py"]}
             rows.append(row)
             print(f"  {n:>7d} datasets: h5py API {med['h5py']:.3f} s, ctypes probe "
-                  f"{med['ctypes']:.3f} s ({row['ratio_ctypes_over_h5py']:.2f}x), HDF5 "
+                  f"{med['ctypes']:.3f} s ({row['ratio_ctypes_over_h5py']:.2f}x), without "
+                  f"h5py {med['lean']:.3f} s ({row['ratio_lean_over_h5py']:.2f}x), HDF5 "
                   f"open/close floor {med['floor']:.3f} s", file=sys.stderr)
     return rows
 

@@ -275,3 +275,17 @@ print(len(libs))
                        timeout=120)
     assert r.returncode == 0, r.stderr[-2000:]
     assert r.stdout.strip() == "1"
+
+
+def test_filter_and_layout_names_are_hdf5s_codes():
+    from h5py import h5d, h5z
+
+    from wtransplant.reading.tree import FILTER_NAMES, LAYOUT_NAMES
+
+    assert [FILTER_NAMES[c] for c in (h5z.FILTER_DEFLATE, h5z.FILTER_SHUFFLE,
+                                      h5z.FILTER_FLETCHER32, h5z.FILTER_SZIP,
+                                      h5z.FILTER_NBIT, h5z.FILTER_SCALEOFFSET)] == [
+        "gzip", "shuffle", "fletcher32", "szip", "nbit", "scaleoffset"]
+    assert [LAYOUT_NAMES[c] for c in (h5d.COMPACT, h5d.CONTIGUOUS, h5d.CHUNKED,
+                                      h5d.VIRTUAL)] == [
+        "compact", "contiguous", "chunked", "virtual"]

@@ -25,7 +25,14 @@ import os
 import re
 import sys
 
-from wtransplant.reading.tree import DatasetNode, FileTree, GroupNode, numeric_name
+from wtransplant.reading.tree import (
+    FILTER_NAMES,
+    LAYOUT_NAMES,
+    DatasetNode,
+    FileTree,
+    GroupNode,
+    numeric_name,
+)
 
 # HDF5 1.14 constants (checked against h5py's in tests/test_h5lean.py)
 H5P_DEFAULT = 0
@@ -46,10 +53,6 @@ MAX_ATTR_BYTES = 1 << 20
 #: mirrors tree.MAX_ATTR_ELEMENTS and tree.SMALL_STRING
 MAX_ATTR_ELEMENTS = 32
 SMALL_STRING = 256
-FILTER_NAMES = {1: "gzip", 2: "shuffle", 3: "fletcher32", 4: "szip", 5: "nbit",
-                6: "scaleoffset", 32001: "blosc", 32004: "lz4", 32008: "bitshuffle",
-                32015: "zstd", 307: "bzip2", 32000: "lzf"}
-LAYOUTS = {D_COMPACT: "compact", D_CONTIGUOUS: "contiguous", D_CHUNKED: "chunked"}
 
 _HDF5_NAME = re.compile(r"libhdf5-[0-9a-f]+\.so(\.\d+)*$")
 
@@ -405,9 +408,10 @@ class _Walk:
             _bail("dcpl")
         try:
             lay = L.Pget_layout(dcpl)
-            if lay not in LAYOUTS or L.Pget_external_count(dcpl) != 0:
-                _bail("layout")
-            node.layout = LAYOUTS[lay]
+            if lay not in (D_COMPACT, D_CONTIGUOUS, D_CHUNKED) or L.Pget_external_count(
+                    dcpl) != 0:
+                _bail("layout")  # virtual datasets and external storage: h5py's walk
+            node.layout = LAYOUT_NAMES[lay]
             if lay == D_CHUNKED:
                 rank = L.Pget_chunk(dcpl, 32, self.dims)
                 if rank < 0:

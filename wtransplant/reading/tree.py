@@ -25,6 +25,13 @@ SMALL_STRING = 256
 
 NUMERIC_KINDS = ("float", "int", "uint", "bool")
 
+#: HDF5's filter codes (H5Z_FILTER_*, and registered plugins) as the tree names them
+FILTER_NAMES = {1: "gzip", 2: "shuffle", 3: "fletcher32", 4: "szip", 5: "nbit",
+                6: "scaleoffset", 32001: "blosc", 32004: "lz4", 32008: "bitshuffle",
+                32015: "zstd", 307: "bzip2", 32000: "lzf"}
+#: HDF5's dataset layouts (H5D_COMPACT...)
+LAYOUT_NAMES = {0: "compact", 1: "contiguous", 2: "chunked", 3: "virtual"}
+
 
 @dataclass(slots=True)
 class DatasetNode:

@@ -17,6 +17,8 @@ from wtransplant.errors import InputError
 from wtransplant.reading._fasth5 import probe_many
 from wtransplant.reading.h5io import OpenedSource, root_comment
 from wtransplant.reading.tree import (
+    FILTER_NAMES,
+    LAYOUT_NAMES,
     MAX_ATTR_ELEMENTS,
     SMALL_STRING,
     DatasetNode,
@@ -26,28 +28,6 @@ from wtransplant.reading.tree import (
     gc_paused,
     numeric_name,
 )
-
-_FILTER_NAMES = {
-    h5z.FILTER_DEFLATE: "gzip",
-    h5z.FILTER_SHUFFLE: "shuffle",
-    h5z.FILTER_FLETCHER32: "fletcher32",
-    h5z.FILTER_SZIP: "szip",
-    h5z.FILTER_NBIT: "nbit",
-    h5z.FILTER_SCALEOFFSET: "scaleoffset",
-    32001: "blosc",
-    32004: "lz4",
-    32008: "bitshuffle",
-    32015: "zstd",
-    307: "bzip2",
-    32000: "lzf",
-}
-_LAYOUTS = {
-    h5d.COMPACT: "compact",
-    h5d.CONTIGUOUS: "contiguous",
-    h5d.CHUNKED: "chunked",
-}
-if hasattr(h5d, "VIRTUAL"):
-    _LAYOUTS[h5d.VIRTUAL] = "virtual"
 
 # --------------------------------------------------------------------------------------
 # attribute decoding
@@ -359,12 +339,12 @@ def _read_small_string(did) -> str | None:
 
 def _layout_details(node: DatasetNode, dcpl) -> None:
     layout = dcpl.get_layout()
-    node.layout = _LAYOUTS.get(layout, "other")
+    node.layout = LAYOUT_NAMES.get(layout, "other")
     if layout == h5d.CHUNKED:
         node.chunks = tuple(dcpl.get_chunk())
         for i in range(dcpl.get_nfilters()):
             code, _flags, values, fname = dcpl.get_filter(i)
-            label = _FILTER_NAMES.get(code) or fname.decode("latin-1", "replace") or str(code)
+            label = FILTER_NAMES.get(code) or fname.decode("latin-1", "replace") or str(code)
             if code == h5z.FILTER_DEFLATE and values:
                 label = f"gzip({values[0]})"
             node.filters.append(label)
