@@ -167,7 +167,8 @@ def test_edge_cases_same_tree(tmp_path):
     assert attrs["fields"] == ["W1", "bx"] and attrs["one_field"] == ["a", "", "c"]
 
 
-@pytest.mark.parametrize("what", ["soft", "external", "reference", "spacepad", "compound"])
+@pytest.mark.parametrize("what", ["soft", "external", "reference", "spacepad", "compound",
+                                  "empty_chars"])
 def test_steps_aside_where_h5py_decides(tmp_path, what):
     p = tmp_path / f"{what}.h5"
     with h5py.File(p, "w") as f:
@@ -184,8 +185,31 @@ def test_steps_aside_where_h5py_decides(tmp_path, what):
             t.set_strpad(h5py.h5t.STR_SPACEPAD)
             h5py.h5a.create(f.id, b"sp", t, h5py.h5s.create(h5py.h5s.SCALAR)).write(
                 np.array(b"ab  ", "S4"), mtype=t)
+        elif what == "empty_chars":  # h5py cannot read a zero-length vlen element
+            chars = np.empty(2, object)
+            chars[0], chars[1] = np.array([b"a"], "S1"), np.array([], "S1")
+            f.attrs.create("fields", chars, dtype=h5py.vlen_dtype(np.dtype("S1")))
         else:
             f["c"] = np.zeros(2, [("a", "f4"), ("b", "i4")])
+    assert lean_trees([p])[str(p)] is None
+
+
+def test_steps_aside_where_h5py_finds_root_damaged(tmp_path):
+    """The root's link info message names a B-tree past the end of the file: the links
+    are compact, so visiting them works, but h5py's walk asks for the root's full info
+    (header and index sizes) and reports the damage; the lean walk must not give a tree
+    (found by tests/leanfuzz.py)."""
+    p = tmp_path / "root.h5"
+    with h5py.File(p, "w", libver="earliest") as f:
+        f["\u00e9"] = np.ones(3, "f4")  # a UTF-8 link name: a new-style root group
+        f.attrs["a"] = 1
+    raw = bytearray(p.read_bytes())
+    # message type 2 (link info), 24 bytes, version 0, flags 0, heap and B-tree undefined
+    i = raw.find(b"\x02\x00\x18\x00" + bytes(6) + b"\xff" * 16)
+    assert i > 0
+    raw[i + 18:i + 26] = (0x01FF0CFFFFFFFFFF).to_bytes(8, "little")  # the B-tree address
+    p.write_bytes(raw)
+    assert h5py_tree(p) == "error"
     assert lean_trees([p])[str(p)] is None
 
 

@@ -264,14 +264,14 @@ def test_cast_block_by_block_hashes_the_stored_values(monkeypatch):
     """read_as (the planner's cast while reading) gives read()'s values cast, and feeds
     the checksum exactly the stored values, however many blocks it takes."""
     import wtransplant.reading.sources.safetensors as st
-    from wtransplant.planning.plan import _array_hasher, sha256_array
+    from wtransplant.planning.plan import array_hasher, sha256_array
 
     monkeypatch.setattr(st, "READ_BLOCK_BYTES", 64)
     with open_source(fx("sources/torch_cnn.safetensors")) as src:
         for name, want in (("classifier.1.weight", np.float16), ("features.0.weight",
                                                                  np.float64)):
             a = src.read(name)
-            h = _array_hasher(a.dtype, a.shape)
+            h = array_hasher(a.dtype, a.shape)
             b = src.read_as(name, want, hasher=h)
             assert b.dtype == want and b.shape == a.shape
             assert h.hexdigest() == sha256_array(a)

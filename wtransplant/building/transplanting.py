@@ -35,7 +35,13 @@ from wtransplant.checking.data import load_array, to_channels_last
 from wtransplant.checking.diagnose import Diagnosis
 from wtransplant.checking.parity import ParityResult, compare
 from wtransplant.errors import InputError, ParityError
-from wtransplant.planning.plan import Plan, make_plan, materialize
+from wtransplant.planning.plan import (
+    Plan,
+    array_hasher,
+    count_nonfinite,
+    make_plan,
+    materialize,
+)
 from wtransplant.planning.spec import ModelSpec, Spec, VerifySpec, describe_undecided, load_spec
 from wtransplant.provenance import file_sha256
 from wtransplant.reading.h5io import fmt_bytes
@@ -43,6 +49,7 @@ from wtransplant.reading.hints import split_io
 from wtransplant.reading.loaded import LoadedSource, load_source
 from wtransplant.reading.sources import Source as OpenedSource
 from wtransplant.reading.sources import open_source
+from wtransplant.reading.sources.base import as_source
 
 
 class UndecidedError(InputError):
@@ -424,36 +431,91 @@ def _plan(spec: Spec, loaded: LoadedSource, targets) -> Plan:
 
 def _assign(model, plan: Plan, src: OpenedSource, targets, *, progress,
             checksums: bool) -> list[dict]:
-    """Read, convert and assign every planned tensor, layer by layer; the checksum rows."""
-    from wtransplant.building.keras_model import (
-        assign_variable,
-        layer_variables,
-        layers_by_name,
-    )
+    """Read, convert and assign every planned tensor, layer by layer, one tensor in flight;
+    the checksum rows. With ``checksums`` each variable is read back right after it is
+    assigned and compared with the value still in hand (see :func:`_assigned`)."""
+    from wtransplant.building.keras_model import layer_variables, layers_by_name
 
     layers = layers_by_name(model)
+    src = as_source(src)
     sums = []
     groups = plan.by_layer()
     bar = _progress(len(groups), "assigning", progress)
     for lname, assigns in groups.items():
-        # one tensor in flight: read, convert, assign, drop (a layer's variables are not
-        # collected first)
         variables = layer_variables(layers[lname])
-        for val in materialize(plan, src, assigns, checksums=checksums):
-            assign_variable(variables[val.assignment.target.var], val.array, lname)
-            val.array = None
-            sums.append({"target": val.assignment.target.key,
-                         "sources": [s.name for s in val.assignment.sources],
-                         "source_sha256": val.source_sha256,
-                         "value_sha256": val.value_sha256})
-            del val
+        for a in assigns:
+            v = variables[a.target.var]
+            row = _assign_rows(plan, src, a, v, checksums)
+            sums.append(row if row is not None else
+                        _assign_whole(plan, src, a, v, lname, checksums))
         if bar:
             bar.update(1)
     if bar:
         bar.close()
-    if checksums:
-        _assigned_checksums(model, targets, sums)
     return sums
+
+
+def _row(a, source_sha256: list, value_sha256: str) -> dict:
+    return {"target": a.target.key, "sources": [s.name for s in a.sources],
+            "source_sha256": source_sha256, "value_sha256": value_sha256}
+
+
+def _assigned(row: dict, v, same: bool) -> None:
+    """The row's ``assigned_sha256``: the sha256 of what variable ``v`` holds, read back.
+    When it holds exactly the value's bytes (``same``, compared after assigning) that is
+    ``value_sha256`` without hashing them again; otherwise it is hashed."""
+    from wtransplant.building.keras_model import variable_sha256
+
+    row["assigned_sha256"] = row["value_sha256"] if same else variable_sha256(v)
+    row["assigned_matches"] = row["assigned_sha256"] == row["value_sha256"]
+
+
+def _assign_whole(plan: Plan, src, a, v, lname: str, checksums: bool) -> dict:
+    """Read, convert and assign one tensor as a whole array."""
+    from wtransplant.building.keras_model import assign_variable, holds
+
+    val = next(materialize(plan, src, [a], checksums=checksums))
+    assign_variable(v, val.array, lname)
+    row = _row(a, val.source_sha256, val.value_sha256)
+    if checksums:
+        _assigned(row, v, holds(v, val.array))
+    return row
+
+
+def _assign_rows(plan: Plan, src, a, v, checksums: bool) -> dict | None:
+    """Stream one tensor that needs no conversion but maybe a cast (one source, no ops)
+    into a large variable that takes row writes (TensorFlow): read, hash, scan, assign and
+    read back one block of rows at a time, so the whole tensor is never held outside the
+    variable. None where that does not apply (the caller assigns it whole)."""
+    from wtransplant.building.keras_model import assign_rows, row_target, rows_equal
+
+    if a.ops or len(a.sources) != 1 or not src.reads_rows:
+        return None
+    path, want = a.sources[0].path, np.dtype(a.target.dtype)
+    stored, shape = src.stored_type(path)
+    castable = stored is not None and stored.kind in "fiu" and want.kind in "fiu"
+    if stored is None or (stored != want and not castable):
+        return None
+    target, step = row_target(v, shape, want)
+    if target is None:
+        return None
+    h_src = array_hasher(stored, shape) if checksums else None
+    h_val = array_hasher(want, shape) if checksums and stored != want else None
+    same, bad = checksums, 0
+    for first, block in src.iter_rows(path, want, step, hasher=h_src):
+        bad += count_nonfinite(block) if want.kind == "f" else 0
+        if h_val is not None:
+            h_val.update(memoryview(block).cast("B"))
+        assign_rows(target, first, block)
+        same = same and rows_equal(target, first, block)
+    if bad:
+        plan.warnings.append(f"{a.target.key}: {bad} NaN/Inf values in the source")
+    if not checksums:
+        return _row(a, [], "")
+    src_sum = h_src.hexdigest()
+    row = _row(a, [src_sum], h_val.hexdigest() if h_val is not None else src_sum)
+    _assigned(row, v, same)
+    return row
 
 
 def _model_summary(model, targets) -> dict:
@@ -594,23 +656,6 @@ def _progress(n: int, what: str, progress: bool | None):
         return None
     return tqdm(total=n, desc=what, unit="layer", disable=None if progress is None else False,
                 file=sys.stderr, leave=False)
-
-
-def _assigned_checksums(model, targets, sums) -> None:
-    """Read every assigned variable back from the model and checksum what it holds."""
-    from wtransplant.building.keras_model import layers_by_name, variable_sha256
-
-    by_key = {}
-    layers = layers_by_name(model)
-    for t in targets:
-        lay = layers[t.name]
-        for v, tv in zip(lay.weights, t.vars):
-            by_key[tv.key] = v
-    for row in sums:
-        v = by_key.get(row["target"])
-        if v is not None:
-            row["assigned_sha256"] = variable_sha256(v)
-            row["assigned_matches"] = row["assigned_sha256"] == row["value_sha256"]
 
 
 def ref_names(ref) -> list[str]:

@@ -461,6 +461,34 @@ def read_dataset_as(src: OpenedSource, path: str, dtype, *, hasher=None) -> np.n
                          path=src.display) from None
 
 
+def iter_rows(src: OpenedSource, path: str, dtype, step: int, *, hasher=None):
+    """One dataset of at least one axis as ``(first row, block)`` pairs of ``step`` rows,
+    cast to ``dtype``; each block is a view of one buffer that the next block overwrites.
+    ``hasher`` is fed the stored values as :func:`read_dataset_as` feeds it. A dataset
+    already of ``dtype`` is read straight into the buffer (no other copy)."""
+    ds = resolve_dataset(src, path)
+    dtype = np.dtype(dtype)
+    n = ds.shape[0]
+    buf = np.empty((min(step, n),) + tuple(ds.shape[1:]), dtype)
+    try:
+        for a in range(0, n, step):
+            b = min(a + step, n)
+            block = buf[:b - a]
+            if ds.dtype == dtype:
+                ds.read_direct(block, np.s_[a:b], np.s_[0:b - a])
+                stored = block
+            else:
+                stored = ds[a:b]
+                block[...] = stored
+            if hasher is not None and stored.size:
+                hasher.update(memoryview(np.ascontiguousarray(stored)).cast("B"))
+            del stored
+            yield a, block
+    except (OSError, TypeError, ValueError, RuntimeError, KeyError) as e:
+        raise InputError(f"cannot read dataset {ds.name}: {str(e).split('(')[0].strip()}",
+                         path=src.display) from None
+
+
 def fmt_bytes(n: float) -> str:
     for unit in ("B", "KiB", "MiB", "GiB", "TiB", "PiB"):
         if abs(n) < 1024 or unit == "PiB":

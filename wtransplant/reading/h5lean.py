@@ -45,6 +45,7 @@ L_HARD = 0
 D_COMPACT, D_CONTIGUOUS, D_CHUNKED = 0, 1, 2
 INDEX_NAME, INDEX_CRT_ORDER, ITER_INC = 0, 1, 0
 CRT_ORDER_TRACKED = 1
+NATIVE_INFO_ALL = 0x8 | 0x10  # H5O_NATIVE_INFO_HDR | H5O_NATIVE_INFO_META_SIZE
 HADDR_UNDEF = (1 << 64) - 1
 H5T_VARIABLE = ctypes.c_size_t(-1).value
 #: attributes larger than this are left to h5py
@@ -113,6 +114,7 @@ _SIGNATURES = {
     "H5Oopen": (hid, [hid, ctypes.c_char_p, hid]),
     "H5Oclose": (herr, [hid]),
     "H5Oget_info3": (herr, [hid, ctypes.POINTER(ObjInfo), ctypes.c_uint]),
+    "H5Oget_native_info": (herr, [hid, ctypes.c_void_p, ctypes.c_uint]),
     "H5Oget_comment": (ctypes.c_ssize_t, [hid, ctypes.c_char_p, ctypes.c_size_t]),
     "H5Iget_type": (ctypes.c_int, [hid]),
     "H5Aget_num_attrs": (ctypes.c_int, [hid]),
@@ -292,6 +294,11 @@ class _Walk:
             if L.Oget_info3(root, ctypes.byref(info), 1) < 0:  # H5O_INFO_BASIC
                 _bail("root info")
             seen[bytes(info.token)] = "/"
+            # h5py's walk asks for the root's old-style info, which also sizes its header
+            # and attribute storage: where that fails, h5py reports the damage
+            native = (ctypes.c_uint8 * 256)()
+            if L.Oget_native_info(root, native, NATIVE_INFO_ALL) < 0:
+                _bail("root native info")
             comment = self.comment(root)
         finally:
             L.Oclose(root)
@@ -597,6 +604,8 @@ class _Walk:
             try:
                 if sum(v.len for v in buf[:n]) > MAX_ATTR_BYTES:
                     _bail("vlen size")
+                if any(not v.len or not v.p for v in buf[:n]):
+                    _bail("empty vlen")  # h5py cannot read it: its walk shows why
                 raw = [ctypes.string_at(v.p, v.len) if v.len else b"" for v in buf[:n]]
             finally:
                 if n:

@@ -123,6 +123,15 @@ class Source:
             hasher.update(memoryview(np.ascontiguousarray(a)).cast("B") if a.size else b"")
         return np.asarray(a).astype(np.dtype(dtype))
 
+    #: whether :meth:`iter_rows` reads a block of rows at a time (else it is not offered)
+    reads_rows: ClassVar[bool] = False
+
+    def iter_rows(self, path: str, dtype, step: int, *, hasher=None):
+        """``(first row, block)`` pairs of ``step`` rows cast to ``dtype``, each block a
+        view of one buffer that the next overwrites; ``hasher`` as in :meth:`read_as`.
+        Only where :attr:`reads_rows`."""
+        raise NotImplementedError
+
     def view(self, path: str) -> np.ndarray:
         """A read-only array-like of one tensor as stored, for block-wise passes
         (statistics); implementations with memory maps return one."""

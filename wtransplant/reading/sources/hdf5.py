@@ -80,6 +80,11 @@ class HDF5Source(Source):
     def read_as(self, path: str, dtype, *, hasher=None) -> np.ndarray:
         return h5io.read_dataset_as(self.opened, path, dtype, hasher=hasher)
 
+    reads_rows = True
+
+    def iter_rows(self, path: str, dtype, step: int, *, hasher=None):
+        return h5io.iter_rows(self.opened, path, dtype, step, hasher=hasher)
+
     def stats(self, path: str):
         from wtransplant.reading.stats import tensor_stats
 
