@@ -9,9 +9,10 @@ returns. Tests compare the two trees on every fixture.
 
 It is a fast path with a strict scope, never a second opinion: anything it does not handle
 exactly (soft, external or user-defined links, committed datatypes, virtual or external
-storage, references, compounds, enums, vlen data other than strings, space-padded strings,
-undecodable names, attributes over :data:`MAX_ATTR_BYTES`, a library it cannot find or an
-HDF5 call that fails) makes it return None, and the caller walks the file with h5py, which
+storage, references in attributes, compounds, enums, vlen data other than strings and
+MATLAB's field lists, space-padded strings, undecodable names, attributes over
+:data:`MAX_ATTR_BYTES`, a root whose header HDF5 cannot size, a library it cannot find or
+an HDF5 call that fails) makes it return None, and the caller walks the file with h5py, which
 then gives the canonical result or error. It runs only when h5py is not imported yet in
 this process, so it never shares the library with h5py's lock held elsewhere; it loads the
 very file h5py would load (``h5py.libs/libhdf5-*.so`` of the installed wheel), so a later
