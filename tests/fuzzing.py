@@ -95,30 +95,41 @@ def _signature_end(seed: str) -> int:
     return 520 if seed.endswith(".mat") else (30 if seed.endswith(".keras") else 8)
 
 
-def random_case(rng: random.Random) -> Case:
-    seed = rng.choice(sorted(SEEDS))
-    size = _SIZES.setdefault(seed, (FIX / seed).stat().st_size)
-    start = _signature_end(seed)
+def mutation_plan(rng: random.Random, size: int, start: int, *, most: int = 6,
+                  weights=(35, 20, 15, 10, 10, 10), signature: float = 0.03,
+                  head: float = 0.65, cut_after: int = 4, set_len: int = 16,
+                  run_len: int = 512) -> list:
+    """Up to ``most`` mutations of a ``size``-byte file whose first ``start`` bytes are its
+    signature: a ``signature`` share of them there, up to ``head`` in the first 4 KiB
+    (superblock, root group, object headers), the rest anywhere; truncations keep at
+    least 1/``cut_after`` of the file; runs of set/inserted bytes up to ``set_len``,
+    zeroed/duplicated runs up to ``run_len``."""
     muts = []
-    for _ in range(rng.randint(1, 6)):
+    for _ in range(rng.randint(1, most)):
         kind = rng.choices(["flip", "set", "zero", "dup", "insert", "truncate"],
-                           weights=[35, 20, 15, 10, 10, 10])[0]
+                           weights=weights)[0]
         r = rng.random()
-        if r < 0.03:  # now and then, the signature itself
+        if r < signature:
             pos = rng.randrange(0, start)
-        elif r < 0.65:  # the superblock, root group and object headers live up front
+        elif r < head:
             pos = rng.randrange(start, max(start + 1, min(size, 4096)))
         else:
             pos = rng.randrange(start, max(start + 1, size))
-        if kind == "truncate" and pos < size // 4:
-            pos = rng.randrange(max(start, size // 4), max(size // 4 + 1, size))
+        if kind == "truncate" and pos < size // cut_after:
+            pos = rng.randrange(max(start, size // cut_after), max(size // cut_after + 1, size))
         if kind in ("set", "insert"):
             arg = [rng.choice([0, 0xFF, 0x7F, 0x80, 0x01, rng.randrange(256)])
-                   for _ in range(rng.randint(1, 16))]
+                   for _ in range(rng.randint(1, set_len))]
         else:
-            arg = rng.randint(1, 512) if kind in ("zero", "dup") else rng.randrange(8)
+            arg = rng.randint(1, run_len) if kind in ("zero", "dup") else rng.randrange(8)
         muts.append([kind, pos, arg])
-    return Case(seed, muts)
+    return muts
+
+
+def random_case(rng: random.Random) -> Case:
+    seed = rng.choice(sorted(SEEDS))
+    size = _SIZES.setdefault(seed, (FIX / seed).stat().st_size)
+    return Case(seed, mutation_plan(rng, size, _signature_end(seed)))
 
 
 # --------------------------------------------------------------------------------------

@@ -35,7 +35,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from fuzzing import mutate  # noqa: E402
+from fuzzing import mutate, mutation_plan  # noqa: E402
 
 FIX = ROOT / "fixtures"
 CASE_SECONDS = 20
@@ -434,26 +434,9 @@ def generate(path: str, rng: random.Random, plain: bool) -> None:
 
 
 def mutations(rng: random.Random, size: int, start: int) -> list:
-    muts = []
-    for _ in range(rng.randint(1, 4)):
-        kind = rng.choices(["flip", "set", "zero", "dup", "insert", "truncate"],
-                           weights=[45, 25, 10, 5, 5, 10])[0]
-        r = rng.random()
-        if r < 0.02:
-            pos = rng.randrange(0, start)
-        elif r < 0.8:
-            pos = rng.randrange(start, max(start + 1, min(size, 4096)))
-        else:
-            pos = rng.randrange(start, max(start + 1, size))
-        if kind == "truncate":
-            pos = rng.randrange(max(start, size // 2), max(size // 2 + 1, size))
-        if kind in ("set", "insert"):
-            arg = [rng.choice([0, 0xFF, 0x7F, 0x80, 0x01, rng.randrange(256)])
-                   for _ in range(rng.randint(1, 8))]
-        else:
-            arg = rng.randint(1, 64) if kind in ("zero", "dup") else rng.randrange(8)
-        muts.append([kind, pos, arg])
-    return muts
+    """Fewer, smaller mutations than test_fuzz's, most in the metadata up front."""
+    return mutation_plan(rng, size, start, most=4, weights=(45, 25, 10, 5, 5, 10),
+                         signature=0.02, head=0.8, cut_after=2, set_len=8, run_len=64)
 
 
 class Campaign:
