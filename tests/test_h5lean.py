@@ -289,3 +289,29 @@ def test_filter_and_layout_names_are_hdf5s_codes():
     assert [LAYOUT_NAMES[c] for c in (h5d.COMPACT, h5d.CONTIGUOUS, h5d.CHUNKED,
                                       h5d.VIRTUAL)] == [
         "compact", "contiguous", "chunked", "virtual"]
+
+
+def test_steps_aside_while_another_thread_runs(tmp_path):
+    """HDF5 in h5py's wheels is not thread-safe and h5py's lock does not cover this walk:
+    with a second Python thread alive (which could import h5py and call HDF5), it does not
+    run."""
+    p = tmp_path / "w.h5"
+    with h5py.File(p, "w") as f:
+        f["x"] = np.arange(3.0)
+    code = f"""
+import threading
+from wtransplant.reading.h5lean import walk_lean
+args = ({str(p)!r}, "w")
+kw = dict(file_size=1, head=b"", in_memory=False)
+stop = threading.Event()
+t = threading.Thread(target=stop.wait)
+t.start()
+busy = walk_lean(*args, **kw)
+stop.set()
+t.join()
+print(busy is None, walk_lean(*args, **kw) is not None)
+"""
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                       timeout=120)
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert r.stdout.split() == ["True", "True"]

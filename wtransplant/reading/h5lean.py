@@ -14,7 +14,8 @@ MATLAB's field lists, space-padded strings, undecodable names, attributes over
 :data:`MAX_ATTR_BYTES`, a root whose header HDF5 cannot size, a library it cannot find or
 an HDF5 call that fails) makes it return None, and the caller walks the file with h5py, which
 then gives the canonical result or error. It runs only when h5py is not imported yet in
-this process, so it never shares the library with h5py's lock held elsewhere; it loads the
+this process, and only while no other Python thread runs, so nothing else calls the
+library meanwhile (h5py's wheels build it without thread safety); it loads the
 very file h5py would load (``h5py.libs/libhdf5-*.so`` of the installed wheel), so a later
 ``import h5py`` in the same process maps no second copy (tested). Linux only.
 """
@@ -25,6 +26,7 @@ import ctypes
 import os
 import re
 import sys
+import threading
 
 from wtransplant.reading.tree import (
     FILTER_NAMES,
@@ -224,9 +226,14 @@ class _Lib:
 
 
 def library() -> _Lib | None:
-    """The ctypes handle, or None when the lean walk cannot run in this process."""
+    """The ctypes handle, or None when the lean walk cannot run in this process: h5py is
+    imported (it owns the library and its lock), or another Python thread runs (h5py's
+    wheels build HDF5 without thread safety: no thread may call it, or import h5py and
+    call it, while this walk does; the command line's walk runs in a single-threaded child
+    process)."""
     global _lib, _searched
-    if "h5py" in sys.modules or os.environ.get("WTRANSPLANT_NO_FASTH5"):
+    if ("h5py" in sys.modules or os.environ.get("WTRANSPLANT_NO_FASTH5")
+            or threading.active_count() != 1):
         return None
     if not _searched:
         _searched = True
