@@ -115,14 +115,19 @@ class LeanHDF5Source(HDF5Source):
 
     @classmethod
     def try_open(cls, path: Path) -> LeanHDF5Source | None:
-        from wtransplant.reading.h5lean import walk_lean
+        from wtransplant.reading.h5parse import walk_parsed
 
         head = h5io.read_head(path)
         if head.startswith(b"PK"):  # a .keras archive: h5io opens its inner file
             return None
         size = path.stat().st_size
-        tree = walk_lean(str(path), str(path), file_size=size, head=head,
-                         in_memory=size <= h5io.IN_MEMORY_LIMIT)
+        # the classic format read directly; else the library without h5py
+        tree = walk_parsed(str(path), str(path), file_size=size)
+        if tree is None:
+            from wtransplant.reading.h5lean import walk_lean
+
+            tree = walk_lean(str(path), str(path), file_size=size, head=head,
+                             in_memory=size <= h5io.IN_MEMORY_LIMIT)
         return cls(path, tree) if tree is not None else None
 
     @property
