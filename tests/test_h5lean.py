@@ -97,7 +97,7 @@ def test_every_fixture_same_tree_or_h5py():
     assert took >= 30, took
 
 
-def _edge_file(path: Path) -> None:
+def _edge_file(path: Path, *, ordered: bool = True) -> None:
     with h5py.File(path, "w", userblock_size=512, track_order=False) as f:
         a = f.attrs
         a["z_first"] = 1  # name order, not creation order
@@ -124,9 +124,10 @@ def _edge_file(path: Path) -> None:
         one = np.empty((), object)
         one[()] = np.array([b"a", b"\0", b"c"], "S1")
         a.create("one_field", one, dtype=chars)
-        g = f.create_group("ordered", track_order=True)
-        for k in ("b", "a", "c"):
-            g.attrs[k] = k
+        if ordered:  # a creation-ordered group: a new-style object header
+            g = f.create_group("ordered", track_order=True)
+            for k in ("b", "a", "c"):
+                g.attrs[k] = k
         f.create_dataset("chunked", data=np.ones((40, 30), "f4"), chunks=(8, 30),
                          compression="gzip", compression_opts=4, shuffle=True)
         f.create_dataset("be_ints", data=np.arange(4, dtype=">i2"))

@@ -159,15 +159,23 @@ class _Walk:
             _bail("no superblock")
         version = buf[o + 8]
         buf, o = d.at(pos, 96 if version == 0 else 100)
-        if version not in (0, 1) or buf[o + 13] != 8 or buf[o + 14] != 8:
+        # free-space, root entry and shared-header versions 0, 8-byte offsets and lengths,
+        # no consistency flags (anything else: the library decides)
+        if version not in (0, 1) or bytes(buf[o + 9:o + 16]) != b"\0\0\0\0\x08\x08\0":
             _bail("superblock version or sizes")
+        self.leaf_k, self.node_k, flags = struct.unpack_from("<HHI", buf, o + 16)
+        if not self.leaf_k or not self.node_k or flags or (
+                version == 1 and not _U16.unpack_from(buf, o + 24)[0]):
+            _bail("superblock K or flags")
         p = o + (24 if version == 0 else 28)
-        base, _free, eof, driver = struct.unpack_from("<4Q", buf, p)
+        base, free, eof, driver = struct.unpack_from("<4Q", buf, p)
         # the stored end of file counts the userblock; addresses do not
-        if base != pos or driver != UNDEF or not pos < eof <= d.size:
-            _bail("base, driver or end of file")
+        if base != pos or free != UNDEF or driver != UNDEF or not pos < eof <= d.size:
+            _bail("base, free space, driver or end of file")
         d.base, d.eoa = pos, eof - pos
-        _name, root, _cache = _ENTRY.unpack_from(buf, p + 32)
+        _name, root, cache = _ENTRY.unpack_from(buf, p + 32)
+        if cache not in (0, 1):
+            _bail("root entry")
         return pos, root
 
     def run(self):
@@ -213,7 +221,9 @@ class _Walk:
         btree, heap = _TWO_ADDR.unpack_from(buf, o)
         names = self.local_heap(heap)
         out: list[tuple[bytes, int]] = []
-        self.btree_groups(btree, names, out, depth=0, seen=set())
+        levels: dict[int, list] = {}
+        self.btree_groups(btree, names, out, depth=0, seen=set(), levels=levels)
+        _check_siblings(levels)
         for i in range(1, len(out)):
             if out[i][0] <= out[i - 1][0]:
                 _bail("names not sorted")  # lookups by name would not find them
@@ -222,10 +232,11 @@ class _Walk:
     def local_heap(self, addr: int):
         """A function giving the NUL-terminated name at an offset of the heap's data."""
         buf, o = self.d.at(addr, 32)
-        sig, version, size, _free, daddr = _HEAP.unpack_from(buf, o)
-        if sig != b"HEAP" or version != 0:
+        sig, version, size, free, daddr = _HEAP.unpack_from(buf, o)
+        if sig != b"HEAP" or version != 0 or size == 0:
             _bail("local heap")
         hb, ho = self.d.at(daddr, size)
+        self.free_list(hb, ho, size, free)
 
         def name(off: int) -> bytes:
             if off >= size:
@@ -237,26 +248,45 @@ class _Walk:
 
         return name
 
-    def btree_groups(self, addr: int, names, out: list, depth: int, seen: set) -> None:
+    def free_list(self, hb, ho: int, size: int, block: int) -> None:
+        """Check a local heap's free list as the library does when it loads the heap."""
+        for _ in range(size // 16 + 1):
+            if block == 1:  # H5HL_FREE_NULL
+                return
+            if block + 16 > size:
+                _bail("bad heap free list")
+            nxt, bsize = _TWO_ADDR.unpack_from(hb, ho + block)
+            if nxt == 0 or block + bsize > size:
+                _bail("bad heap free list")
+            block = nxt
+        _bail("heap free list loops")
+
+    def btree_groups(self, addr: int, names, out: list, depth: int, seen: set,
+                     levels: dict, want: int | None = None) -> None:
+        """The (name, address) entries of a group's v1 B-tree, in order. ``levels``
+        collects each level's nodes (address, left, right) for :func:`_check_siblings`."""
         if addr in seen or depth > 64:
             _bail("B-tree cycle")
         seen.add(addr)
         self.spend()
-        buf, o = self.d.at(addr, 24)
+        buf, o = self.d.at(addr, 40)
         sig, ntype, level, used = _BTREE.unpack_from(buf, o)
-        if sig != b"TREE" or ntype != 0 or (depth and used == 0):
+        k2 = 2 * self.node_k
+        if sig != b"TREE" or ntype != 0 or (depth and used == 0) or used > k2 or (
+                want is not None and level != want):
             _bail("group B-tree")
+        levels.setdefault(level, []).append((addr, *_TWO_ADDR.unpack_from(buf, o + 8)))
+        self.d.at(addr, 24 + 16 * k2 + 8)  # the library reads the whole node
         buf, o = self.d.at(addr + 24, 16 * used + 8)
         keys = [names(_U64.unpack_from(buf, o + 16 * i)[0]) for i in range(used + 1)]
         for i in range(used):
             child = _U64.unpack_from(buf, o + 16 * i + 8)[0]
             start = len(out)
             if level:
-                self.btree_groups(child, names, out, depth + 1, seen)
+                self.btree_groups(child, names, out, depth + 1, seen, levels, level - 1)
             else:
                 self.symbol_node(child, names, out)
-            if len(out) == start or (i and out[start][0] <= keys[i]) or \
-                    out[-1][0] > keys[i + 1]:
+            if len(out) == start or out[start][0] <= keys[i] or out[-1][0] > keys[i + 1]:
                 _bail("B-tree keys")  # a lookup by name would take another branch
 
     def symbol_node(self, addr: int, names, out: list) -> None:
@@ -264,6 +294,9 @@ class _Walk:
         if buf[o:o + 4] != b"SNOD" or buf[o + 4] != 1:
             _bail("symbol node")
         n = _U16.unpack_from(buf, o + 6)[0]
+        if n > 2 * self.leaf_k:
+            _bail("symbol node size")
+        self.d.at(addr, 8 + 80 * self.leaf_k)  # the whole node
         self.spend(n)
         buf, o = self.d.at(addr + 8, 40 * n)
         for i in range(n):
@@ -353,7 +386,8 @@ class _Walk:
                            nbytes=n * itemsize,
                            attrs=self.attrs(msgs) if alias is None else {},
                            alias_of=alias)
-        raw = self.layout(node, msgs, n * ftype["size"], len(shape), maxdims, shape)
+        stored = 0 if space == 2 else n * ftype["size"]  # a null space holds nothing
+        raw = self.layout(node, msgs, stored, len(shape), maxdims, shape)
         if kind == "string" and space == 0 and itemsize <= SMALL_STRING:
             node.value = self.small_string(ftype, raw)
         return node
@@ -396,11 +430,12 @@ class _Walk:
             _bail("chunk dims")
         node.layout, node.chunks = "chunked", tuple(dims[:-1])
         node.filters = _filters(msgs)
-        node.storage = 0 if btree == UNDEF else self.chunk_bytes(btree, ndims, 0, set())
+        node.storage = 0 if btree == UNDEF else self.chunk_bytes(btree, dims, 0, set())
         return None
 
-    def chunk_bytes(self, addr: int, ndims: int, depth: int, seen: set) -> int:
-        """Sum of the stored chunk sizes in a v1 chunk B-tree."""
+    def chunk_bytes(self, addr: int, dims: tuple, depth: int, seen: set) -> int:
+        """Sum of the stored chunk sizes in a v1 chunk B-tree, whose keys are checked as
+        the library decodes them (it reports 0 bytes where a key is bad: here, None)."""
         if addr in seen or depth > 64:
             _bail("B-tree cycle")
         seen.add(addr)
@@ -409,17 +444,24 @@ class _Walk:
         sig, ntype, level, used = _BTREE.unpack_from(buf, o)
         if sig != b"TREE" or ntype != 1:
             _bail("chunk B-tree")
+        ndims = len(dims)
         key = 8 + 8 * ndims
         buf, o = self.d.at(addr + 24, (key + 8) * used + key)
+        offsets = struct.Struct(f"<{ndims}Q")
+        for i in range(used + 1):
+            if any(x % d for x, d in zip(offsets.unpack_from(buf, o + (key + 8) * i + 8),
+                                         dims)):
+                _bail("chunk key offset")
         total = 0
         for i in range(used):
             p = o + (key + 8) * i
             child = _U64.unpack_from(buf, p + key)[0]
             if level:
-                total += self.chunk_bytes(child, ndims, depth + 1, seen)
+                total += self.chunk_bytes(child, dims, depth + 1, seen)
             else:
-                self.d.at(child, _U32.unpack_from(buf, p)[0])  # bounds
-                total += _U32.unpack_from(buf, p)[0]
+                size = _U32.unpack_from(buf, p)[0]
+                self.d.at(child, size)  # bounds
+                total += size
         return total
 
     def small_string(self, ftype: dict, raw) -> str | None:
@@ -464,9 +506,10 @@ class _Walk:
             p, pad = o + (9 if version == 3 else 8), False
         else:
             _bail("attribute version")
-        if nlen == 0:
-            _bail("attribute name")
-        name = bytes(buf[p:p + nlen]).split(b"\x00", 1)[0].decode("utf-8")
+        raw = bytes(buf[p:p + nlen])
+        if nlen == 0 or raw.find(b"\x00") != nlen - 1:
+            _bail("attribute name")  # the library: "different length than stored length"
+        name = raw[:-1].decode("utf-8")
         p += _pad8(nlen) if pad else nlen
         ftype = _datatype(buf, p, tlen)
         p += _pad8(tlen) if pad else tlen
@@ -498,7 +541,7 @@ class _Walk:
                     "utf-8", "surrogateescape") for i in range(n)]
                 return texts[0] if not shape else texts
             return self.char_arrays(ft, buf, p, n, scalar=not shape)
-        if cls not in (0, 1) or not ft["standard"]:
+        if cls not in (0, 1):
             _bail("attribute class")
         code = (_FLOAT_CODE if cls == 1 else _INT_CODE)[size]
         if cls == 0 and not ft["signed"]:
@@ -535,13 +578,15 @@ class _Walk:
         if objects is None:
             objects = self.heaps[coll] = self.global_heap(coll)
         obj = objects.get(index)
-        if obj is None or obj[1] < length:
-            _bail("heap object")
+        if obj is None or obj[1] != length:
+            _bail("heap object")  # the library: "expected size does not match"
         hb, ho = obj[0]
         raw = bytes(hb[ho:ho + length])
         return raw.split(b"\x00", 1)[0] if string else raw
 
     def global_heap(self, addr: int) -> dict:
+        """{index: ((buffer, offset), size)} of a global heap collection, decoded as the
+        library decodes it (objects up to its exact end; index 0 is free space)."""
         buf, o = self.d.at(addr, 16)
         if buf[o:o + 4] != b"GCOL" or buf[o + 4] != 1:
             _bail("global heap")
@@ -550,20 +595,33 @@ class _Walk:
             _bail("global heap size")
         buf, o = self.d.at(addr, size)
         objects, p, end = {}, o + 16, o + size
-        while p + 16 <= end:
+        while p < end:
             self.spend()
+            if p + 16 > end:
+                break  # too small for an object: free space
             index, _rc, osize = _GCOL_OBJ.unpack_from(buf, p)
-            if index == 0:
-                break
-            if p + 16 + osize > end or index in objects:
+            need = 16 + _pad8(osize) if index else osize
+            if index in objects or need < 16 or p + need > end or (
+                    not index and osize & 7):
                 _bail("heap object bounds")
-            objects[index] = ((buf, p + 16), osize)
-            p += 16 + _pad8(osize)
+            if index:
+                objects[index] = ((buf, p + 16), osize)
+            p += need
         return objects
 
 
 # --------------------------------------------------------------------------------------
 # message decoders (pure functions of a buffer, an offset and the message size)
+
+def _check_siblings(levels: dict) -> None:
+    """Each level's nodes, left to right, link to each other and to nothing else: the
+    library follows these links when it sizes a group (h5py asks it for the root)."""
+    for nodes in levels.values():
+        for i, (_addr, left, right) in enumerate(nodes):
+            if left != (nodes[i - 1][0] if i else UNDEF) or right != (
+                    nodes[i + 1][0] if i + 1 < len(nodes) else UNDEF):
+                _bail("B-tree siblings")
+
 
 def _kind(msgs: dict) -> str:
     if M_STAB in msgs:
@@ -625,15 +683,18 @@ def _datatype(buf, o: int, size: int, depth: int = 0) -> dict:
                           and (b0 >> 4) & 3 == 2 and not b0 & 0x0E)
     elif cls == 3:  # fixed-length string
         ft["pad"] = b0 & 15
+        if b0 >> 4 > 1:
+            _bail("character set")  # neither ASCII nor UTF-8: h5py refuses it
     elif cls == 7:  # reference
         if b0 & 15 != 0:
             _bail("reference kind")  # region or new-style references
     elif cls == 9:  # variable-length
         base = _datatype(buf, o + 8, size - 8, depth + 1)
         ft["base"] = base
-        ft["size"] = 16  # length, heap collection, object index
+        if tsize != 16:
+            _bail("vlen size")  # on disk: length, heap collection, object index
         if b0 & 15 == 1:  # a string
-            if base["size"] != 1:
+            if base["size"] != 1 or b1 & 15 > 1:
                 _bail("vlen string base")
             ft["vlen"], ft["msize"] = True, 8  # in memory: a char *
         elif b0 & 15 == 0:
@@ -642,8 +703,8 @@ def _datatype(buf, o: int, size: int, depth: int = 0) -> dict:
             _bail("vlen kind")
     else:
         _bail("datatype class")  # compound, enum, array, bitfield, opaque, time
-    if ft["size"] == 0:
-        _bail("datatype size 0")
+    if ft["size"] == 0 or (cls in (0, 1) and not ft["standard"]):
+        _bail("datatype size or number layout")  # the library checks unused bits and more
     return ft
 
 

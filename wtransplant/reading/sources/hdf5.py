@@ -122,7 +122,8 @@ class LeanHDF5Source(HDF5Source):
             return None
         size = path.stat().st_size
         # the classic format read directly; else the library without h5py
-        tree = walk_parsed(str(path), str(path), file_size=size)
+        fast = not os.environ.get("WTRANSPLANT_NO_FASTH5")
+        tree = walk_parsed(str(path), str(path), file_size=size) if fast else None
         if tree is None:
             from wtransplant.reading.h5lean import walk_lean
 
