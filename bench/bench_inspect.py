@@ -14,8 +14,9 @@ every object; ``--sizes`` gives the curve of each against the number of datasets
 ``--decide`` repeats the measurement that keeps ``wtransplant/reading/_fasth5.py``: the
 in-process walk of each file through h5py's public low-level API and through the ctypes
 probe, interleaved, the same tree from both (asserted), against HDF5's open/close floor;
-and the walk without h5py (``reading/h5lean.py``, which inspect uses for plain files),
-timed inside a fresh interpreter (it never runs once h5py is imported).
+the walk through the library without h5py (``reading/h5lean.py``), timed inside a fresh
+interpreter (it never runs once h5py is imported); and the metadata read in pure Python
+(``reading/h5parse.py``, which inspect tries first; the same tree, asserted).
 """
 
 from __future__ import annotations
@@ -127,6 +128,17 @@ def lean_walk_s(path: Path) -> float:
     return float(r.stdout)
 
 
+def parsed_walk(path: Path) -> tuple[float, dict]:
+    """Seconds of the pure-Python metadata read (no library, no h5py calls), and its tree."""
+    from wtransplant.reading.h5parse import walk_parsed
+
+    t = time.perf_counter()
+    tree = walk_parsed(str(path), str(path), file_size=path.stat().st_size)
+    took = time.perf_counter() - t
+    assert tree is not None, "the parsed walk stepped aside"
+    return took, tree.to_dict()
+
+
 def decide(sizes: list[int], repeat: int) -> list[dict]:
     """Walk time of h5py's public API path vs the ctypes probe (see ``--decide``)."""
     from wtransplant.reading import _fasth5, tree
@@ -150,7 +162,7 @@ def decide(sizes: list[int], repeat: int) -> list[dict]:
         for n in sizes:
             path = Path(d) / f"many_{n}.h5"
             make_file(path, n)
-            res = {"h5py": [], "ctypes": [], "lean": [], "floor": []}
+            res = {"h5py": [], "ctypes": [], "lean": [], "parsed": [], "floor": []}
             walk(path, True)
             walk(path, False)
             for _ in range(repeat if n <= 20000 else 1):
@@ -160,16 +172,21 @@ def decide(sizes: list[int], repeat: int) -> list[dict]:
                 res["h5py"].append(a)
                 res["ctypes"].append(b)
                 res["lean"].append(lean_walk_s(path))
+                c, tc = parsed_walk(path)
+                assert tc == ta, "the parsed tree differs"
+                res["parsed"].append(c)
                 res["floor"].append(hdf5_open_close_floor(path) or float("nan"))
             path.unlink()
             med = {k: statistics.median(v) for k, v in res.items()}
             row = {"datasets": n, **{f"{k}_s": v for k, v in med.items()},
                    "ratio_ctypes_over_h5py": med["ctypes"] / med["h5py"],
-                   "ratio_lean_over_h5py": med["lean"] / med["h5py"]}
+                   "ratio_lean_over_h5py": med["lean"] / med["h5py"],
+                   "ratio_parsed_over_h5py": med["parsed"] / med["h5py"]}
             rows.append(row)
             print(f"  {n:>7d} datasets: h5py API {med['h5py']:.3f} s, ctypes probe "
                   f"{med['ctypes']:.3f} s ({row['ratio_ctypes_over_h5py']:.2f}x), without "
-                  f"h5py {med['lean']:.3f} s ({row['ratio_lean_over_h5py']:.2f}x), HDF5 "
+                  f"h5py {med['lean']:.3f} s ({row['ratio_lean_over_h5py']:.2f}x), parsed "
+                  f"in Python {med['parsed']:.3f} s ({row['ratio_parsed_over_h5py']:.2f}x), HDF5 "
                   f"open/close floor {med['floor']:.3f} s", file=sys.stderr)
     return rows
 
