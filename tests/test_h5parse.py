@@ -99,6 +99,26 @@ def test_read_piece_by_piece_same_as_whole(tmp_path, monkeypatch):
     assert all(w is not None for w in whole)
 
 
+def test_large_file_reads_metadata_only(tmp_path, monkeypatch):
+    """Over WHOLE_FILE, only metadata is read: never a dataset's bytes."""
+    p = tmp_path / "big.h5"
+    with h5py.File(p, "w") as f:
+        f["dense/kernel"] = np.ones((1024, 2048), "f4")  # 8 MiB contiguous
+        f.create_dataset("conv/kernel", data=np.ones((512, 2048), "f4"), chunks=(64, 2048))
+    sizes: list[int] = []
+    real = os.pread
+
+    def pread(fd, n, offset):
+        sizes.append(n)
+        return real(fd, n, offset)
+
+    monkeypatch.setattr(h5parse, "WHOLE_FILE", 1 << 20)
+    monkeypatch.setattr(h5parse.os, "pread", pread)
+    got = parsed(p)
+    assert got == h5py_tree(p)
+    assert sizes and max(sizes) <= 64 << 10, max(sizes)
+
+
 @pytest.mark.parametrize("what", ["track_order", "latest", "soft", "compound", "enum",
                                   "region", "bool_attr", "spacepad", "external_storage"])
 def test_steps_aside_outside_its_scope(tmp_path, what):

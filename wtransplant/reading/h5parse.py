@@ -46,6 +46,8 @@ SIGNATURE = b"\x89HDF\r\n\x1a\n"
 UNDEF = (1 << 64) - 1
 #: files up to this size are read into memory at once; larger ones piece by piece
 WHOLE_FILE = 64 << 20
+#: no single structure read is larger (a header or heap claiming more: the library decides)
+MAX_READ = 16 << 20
 #: attributes larger than this are left to the library (as h5lean.MAX_ATTR_BYTES)
 MAX_ATTR_BYTES = 1 << 20
 MAX_RANK = 32
@@ -115,7 +117,7 @@ class _Data:
 
     def at(self, addr: int, n: int):
         a = self.base + addr
-        if addr < 0 or n < 0 or addr + n > self.eoa:
+        if addr < 0 or not 0 <= n <= MAX_READ or addr + n > self.eoa:
             _bail("out of bounds")
         if self.whole is not None:
             return self.whole, a
@@ -123,6 +125,11 @@ class _Data:
         if len(b) != n:
             _bail("short read")
         return b, 0
+
+    def inside(self, addr: int, n: int) -> None:
+        """Check that raw data lies inside the file (without reading it)."""
+        if addr < 0 or n < 0 or addr + n > self.eoa:
+            _bail("data out of bounds")
 
     def head(self, n: int) -> bytes:
         if self.whole is not None:
@@ -276,7 +283,7 @@ class _Walk:
                 want is not None and level != want):
             _bail("group B-tree")
         levels.setdefault(level, []).append((addr, *_TWO_ADDR.unpack_from(buf, o + 8)))
-        self.d.at(addr, 24 + 16 * k2 + 8)  # the library reads the whole node
+        self.d.inside(addr, 24 + 16 * k2 + 8)  # the library reads the whole node
         buf, o = self.d.at(addr + 24, 16 * used + 8)
         keys = [names(_U64.unpack_from(buf, o + 16 * i)[0]) for i in range(used + 1)]
         for i in range(used):
@@ -296,7 +303,7 @@ class _Walk:
         n = _U16.unpack_from(buf, o + 6)[0]
         if n > 2 * self.leaf_k:
             _bail("symbol node size")
-        self.d.at(addr, 8 + 80 * self.leaf_k)  # the whole node
+        self.d.inside(addr, 8 + 80 * self.leaf_k)  # the whole node
         self.spend(n)
         buf, o = self.d.at(addr + 8, 40 * n)
         for i in range(n):
@@ -410,7 +417,7 @@ class _Walk:
             if addr == UNDEF:
                 node.layout = "contiguous"
                 return None
-            self.d.at(addr, stored)  # bounds
+            self.d.inside(addr, stored)
             node.storage = stored
             return (addr, stored)
         if cls == 0:  # compact
@@ -460,7 +467,7 @@ class _Walk:
                 total += self.chunk_bytes(child, dims, depth + 1, seen)
             else:
                 size = _U32.unpack_from(buf, p)[0]
-                self.d.at(child, size)  # bounds
+                self.d.inside(child, size)
                 total += size
         return total
 
