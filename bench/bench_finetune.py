@@ -10,17 +10,22 @@ to a temporary HDF5 file (contiguous layout).
 
 Throughput: two processes, one per side, each making ROUNDS fresh `fit` or
 `wtransplant.finetune` calls of EPOCHS epochs, take turns epoch by epoch (memory then
-streamed, streamed then memory, ...), so each timed epoch has the other side's next to
-it and load from other work on a shared machine falls on both alike. An epoch's speed is
-training samples / its wall time (no validation), the same callback timing both; the
+streamed, streamed then memory, ...: ABBA), so each timed epoch has the other side's next
+to it and load from other work on a shared machine falls on both alike. An epoch's speed
+is training samples / its wall time (no validation), the same callback timing both; the
 first epoch of each call (it traces the step function) is not timed, nor are WARMUP
-rounds run first. A round's ratio is the median of its epoch pairs' ratios; the figure is
-the median of the rounds' ratios, and the process CPU time per sample is reported too.
+rounds of WARMUP_EPOCHS epochs run first (process warm-up: first calls, caches). A
+round's ratio is the median of its EPOCHS - 1 epoch pairs' ratios (epoch e streamed over
+epoch e in memory, run one after the other); the figure is the median of the rounds'
+ratios, and the process CPU time per sample is reported too. Per-epoch speeds on a
+shared 2-core machine vary by 2x from one epoch to the next, for both sides alike (an
+in-memory vs in-memory run gave pair ratios 0.35-1.96x and 2 of 5 rounds below 0.9x at
+4 pairs a round): hence 8 pairs a round.
 Memory: each case in a fresh process (1 epoch), peak RSS.
 Goals: streamed >= 0.9x in-memory throughput; streamed peak RSS flat as the data grow.
 
     .venv/bin/python bench/bench_finetune.py [--base 28740] [--grow 10] [--batch-size 64]
-        [--epochs 5] [--rounds 5] [--warmup 1]
+        [--epochs 9] [--rounds 5] [--warmup 1] [--warmup-epochs 2]
         [--batch-sizes 32,128,512] [--no-memory] [--json]
 """
 
@@ -154,23 +159,24 @@ def child_memory(data: str, epochs: int, batch_size: int, turns: Turns | None = 
 
 
 def child_turns(mode: str, data: str, epochs: int, batch_size: int, rounds: int,
-                go_fd: int, done_fd: int) -> dict:
-    """One side of the paired measurement: ``rounds`` fresh calls, each started when the
-    parent says go, each epoch run only in this child's turn (see run_paired)."""
+                go_fd: int, done_fd: int, warmup: int = 0, warmup_epochs: int = 0) -> dict:
+    """One side of the paired measurement: ``rounds`` fresh calls (the first ``warmup``
+    of ``warmup_epochs`` epochs), each started when the parent says go, each epoch run only
+    in this child's turn (see run_paired)."""
     fn = child_memory if mode == "memory" else child_stream
     turns = Turns(go_fd, done_fd)
     out: dict = {"speeds": [], "cpu_us_per_sample": []}
-    for _ in range(rounds):
+    for r in range(rounds):
         turns.wait()
-        res = fn(data, epochs, batch_size, turns)
+        res = fn(data, warmup_epochs if r < warmup else epochs, batch_size, turns)
         out["speeds"].append(res["speeds"])
         out["cpu_us_per_sample"].append(res["cpu_us_per_sample"])
         turns.done(b"r")
     return out
 
 
-def run_paired(data: Path, epochs: int, batch_size: int, rounds: int, warmup: int = 0
-               ) -> dict:
+def run_paired(data: Path, epochs: int, batch_size: int, rounds: int, warmup: int = 0,
+               warmup_epochs: int = 2) -> dict:
     """The two children run side by side and take turns epoch by epoch (memory, streamed,
     then streamed, memory, ...): only one trains at a time, and each timed epoch has the
     other's next to it, seconds apart, so load from other work on the machine falls on
@@ -179,8 +185,10 @@ def run_paired(data: Path, epochs: int, batch_size: int, rounds: int, warmup: in
     child): each side's speed is the median of its epochs after the first, and the
     round's ratio the median of the ratios of its epoch pairs (epoch e streamed over
     epoch e in memory, run one after the other). The first ``warmup`` rounds (process
-    warm-up: first calls, caches) are run the same way and left out."""
+    warm-up: first calls, caches) are run the same way with ``warmup_epochs`` epochs each
+    and left out."""
     total = rounds + warmup
+    warmup_epochs = max(1, warmup_epochs)
     env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3")
     kids = {}
     with tempfile.TemporaryDirectory() as d:
@@ -190,7 +198,8 @@ def run_paired(data: Path, epochs: int, batch_size: int, rounds: int, warmup: in
             out, err = open(Path(d) / f"{mode}.out", "w+"), open(Path(d) / f"{mode}.err", "w+")
             cmd = [sys.executable, __file__, "--child", "turns", "--mode", mode, "--data",
                    str(data), "--epochs", str(epochs), "--batch-size", str(batch_size),
-                   "--rounds", str(total), "--fds", f"{go_r},{done_w}"]
+                   "--rounds", str(total), "--fds", f"{go_r},{done_w}",
+                   "--warmup", str(warmup), "--warmup-epochs", str(warmup_epochs)]
             proc = subprocess.Popen(cmd, stdout=out, stderr=err, env=env,
                                     pass_fds=(go_r, done_w))
             os.close(go_r)
@@ -209,7 +218,7 @@ def run_paired(data: Path, epochs: int, batch_size: int, rounds: int, warmup: in
             for r in range(total):
                 for k in kids.values():  # both set up at once (not timed)
                     os.write(k["go"], b"g")
-                for e in range(epochs):
+                for e in range(warmup_epochs if r < warmup else epochs):
                     for mode in (("memory", "stream") if (r + e) % 2 == 0 else
                                  ("stream", "memory")):
                         os.write(kids[mode]["go"], b"g")
@@ -267,11 +276,13 @@ def main(argv=None) -> dict:
     ap.add_argument("--base", type=int, default=28740, help="samples (20x digits' train set)")
     ap.add_argument("--grow", type=int, default=10)
     ap.add_argument("--batch-size", type=int, default=64)
-    ap.add_argument("--epochs", type=int, default=5,
+    ap.add_argument("--epochs", type=int, default=9,
                     help="per call; the first (tracing) is not timed")
     ap.add_argument("--rounds", type=int, default=5)
     ap.add_argument("--warmup", type=int, default=1,
                     help="paired rounds run first and left out (process warm-up)")
+    ap.add_argument("--warmup-epochs", type=int, default=2,
+                    help="epochs per call in the warm-up rounds")
     ap.add_argument("--batch-sizes", default="",
                     help="also measure throughput at these batch sizes (e.g. 32,128,512), "
                          "one paired round each")
@@ -285,7 +296,7 @@ def main(argv=None) -> dict:
     if args.child == "turns":
         go_fd, done_fd = (int(v) for v in args.fds.split(","))
         out = child_turns(args.mode, args.data, args.epochs, args.batch_size, args.rounds,
-                          go_fd, done_fd)
+                          go_fd, done_fd, args.warmup, args.warmup_epochs)
         print(json.dumps(out))
         return out
     if args.child:
@@ -298,7 +309,8 @@ def main(argv=None) -> dict:
     res: dict = {"machine": {"python": platform.python_version(), "cpus": os.cpu_count(),
                              "platform": platform.platform()},
                  "base_samples": args.base, "grow": args.grow, "batch_size": args.batch_size,
-                 "epochs": args.epochs, "rounds": args.rounds}
+                 "epochs": args.epochs, "rounds": args.rounds, "warmup": args.warmup,
+                 "warmup_epochs": args.warmup_epochs}
     with tempfile.TemporaryDirectory() as d:
         small, big = Path(d) / "small.h5", Path(d) / "big.h5"
         make_data(small, args.base)
@@ -306,7 +318,8 @@ def main(argv=None) -> dict:
             make_data(big, args.base * args.grow)
         res["files_mib"] = {"small": small.stat().st_size / 2**20,
                             "big": big.stat().st_size / 2**20 if big.exists() else 0.0}
-        p = run_paired(small, args.epochs, args.batch_size, args.rounds, args.warmup)
+        p = run_paired(small, args.epochs, args.batch_size, args.rounds, args.warmup,
+                       args.warmup_epochs)
         ratios = p["ratio"]
         thr = {m: statistics.median(p[m]) for m in ("stream", "memory")}
         cpu = {m: statistics.median(p[f"{m}_cpu"]) for m in ("stream", "memory")}

@@ -94,6 +94,55 @@ def test_batch_reader_is_a_function_of_seed_epoch_index_and_shards_split_batches
         assert sorted(pieces) == sorted(ds.y.take(plan[i]))
 
 
+@pytest.mark.parametrize("bs,table", [(16, 4096), (7, 4096), (16, 40), (60, 40)])
+def test_stacked_runs_of_batches_are_the_batches(tmp_path, monkeypatch, bs, table):
+    """BatchReader.stack (one pass over a run of batches, what the tf.data loader uses)
+    gives exactly batch(epoch, i) for each, from HDF5 and from memory, shuffled or not,
+    for a shard's pieces too; it declines runs of mixed sizes, augmentation and runs with a
+    non-finite sample. Every batch's shuffle is a permutation of its own samples; runs
+    span several shuffle tables (small ``table``)."""
+    monkeypatch.setattr(fdata, "PERM_TABLE_SAMPLES", table)
+    x = np.arange(103 * 4, dtype=np.float32).reshape(103, 4)
+    y = np.arange(103)
+    with h5py.File(tmp_path / "d.h5", "w") as f:
+        f["x"], f["y"] = x, y
+    h5 = fdata.Dataset(fdata.H5Array(tmp_path / "d.h5", "x"), fdata.H5Array(tmp_path / "d.h5", "y"))
+    mem = fdata.Dataset(fdata.MemoryArray(x, "x"), fdata.MemoryArray(y, "y"))
+    pre = fdata.Preprocess(rescale=0.5, reshape=(2, 2, 1))
+    for ds in (h5, mem):
+        for shuffle, shard in ((True, None), (False, None), (True, (1, 3))):
+            r = fdata.BatchReader(ds, bs, shuffle=shuffle, seed=9, pre=pre, y_dtype="int32",
+                                  shard=shard)
+            for epoch in (0, 1):
+                i = 0
+                while i < len(r):
+                    m, j = r.size(epoch, i), i + 1
+                    while j < len(r) and r.size(epoch, j) == m:
+                        j += 1
+                    gx, gy = r.stack(epoch, i, j)
+                    for k in range(i, j):
+                        wx, wy = r.batch(epoch, k)
+                        np.testing.assert_array_equal(gx[k - i], wx)
+                        np.testing.assert_array_equal(gy[k - i], wy)
+                        assert gy.dtype == wy.dtype and gx.dtype == wx.dtype
+                        rows = [v for a, b in r.segments(epoch, k) for v in range(a, b)]
+                        assert sorted(wy) == sorted(rows)  # its own samples, each once
+                    if j < len(r):
+                        assert r.stack(epoch, i, j + 1) is None  # sizes differ
+                    i = j
+    aug = fdata.BatchReader(mem, 16, shuffle=True, seed=9, augment=True,
+                            pre=fdata.Preprocess(reshape=(2, 2, 1), flip="horizontal"))
+    assert aug.stack(0, 0, 2) is None
+    bad = x.copy()
+    bad[40, 2] = np.nan
+    r = fdata.BatchReader(fdata.Dataset(fdata.MemoryArray(bad, "x"), fdata.MemoryArray(y, "y")),
+                          103, shuffle=False, seed=0)
+    assert r.stack(0, 0, 1) is None
+    a, b = fdata.BatchReader(mem, 16, shuffle=True, seed=2), fdata.BatchReader(mem, 16, shuffle=True, seed=2)
+    assert not np.array_equal(a.perms(0, 0, 6, 16), a.perms(1, 0, 6, 16))
+    np.testing.assert_array_equal(a.perms(0, 3, 4, 9)[0], b.perms(0, 0, 6, 16)[3][b.perms(0, 0, 6, 16)[3] < 9])
+
+
 def test_nonfinite_samples_found_per_batch_named_or_skipped_and_counted():
     x = np.arange(200, dtype=np.float32).reshape(100, 2)
     y = np.arange(100, dtype=np.float32)

@@ -821,9 +821,19 @@ class NonFiniteGuard:
         return xb[keep], yb[keep]
 
 
+#: samples per shuffle table (see BatchReader.perms): the permutations of this many
+#: samples' worth of consecutive batch indices are drawn together, from one generator
+PERM_TABLE_SAMPLES = 4096
+
+
 class BatchReader:
     """Batches of a :class:`Dataset` as numpy arrays, a pure function of
     ``(seed, epoch, index)``.
+
+    The samples inside a batch are shuffled by row ``index`` of the epoch's shuffle
+    tables (:meth:`perms`); augmentation draws from a generator of its own per batch.
+    :meth:`stack` gives a run of batches at once (one pass of the per-batch work over all
+    of them), the same arrays as :meth:`batch` for each.
 
     ``shard=(w, W)``: worker ``w`` of ``W`` reads only its ``1/W`` share of every batch
     (contiguous too), and the last partial batch is dropped so every worker runs the same
@@ -853,6 +863,9 @@ class BatchReader:
                 raise InputError(f"{ds.display}: {n} samples is less than one batch of "
                                  f"{batch_size} for multi-worker training")
         self._cache: tuple[int, list] | None = None
+        #: batch indices per shuffle table, and the last table made (epoch, table, rows)
+        self._per_table = max(1, PERM_TABLE_SAMPLES // batch_size)
+        self._ptable: tuple[int, int, np.ndarray] | None = None
 
     def __len__(self) -> int:
         return self._nb
@@ -883,6 +896,42 @@ class BatchReader:
             pos += len(r)
         return out
 
+    def _table(self, epoch: int, t: int) -> np.ndarray:
+        """Shuffle table ``t`` of ``epoch``: one permutation of ``range(batch_size)`` per
+        batch index ``t * per_table ...``, all drawn from one generator seeded by
+        ``(seed, epoch, 1, t)`` (one draw per batch cost about as much as reading it)."""
+        got = self._ptable  # one tuple: safe to share between loader threads
+        if got is not None and got[0] == epoch and got[1] == t:
+            return got[2]
+        rng = np.random.default_rng([self.seed, epoch, 1, t])
+        rows = np.broadcast_to(np.arange(self.batch_size, dtype=np.int32),
+                               (self._per_table, self.batch_size))
+        table = rng.permuted(rows, axis=1)
+        self._ptable = (epoch, t, table)
+        return table
+
+    def perms(self, epoch: int, start: int, stop: int, m: int) -> np.ndarray:
+        """The shuffles of batches ``start..stop-1`` when each holds ``m`` samples,
+        shape (stop - start, m): the batch's row of its table, its entries below ``m``
+        (in their order, a uniform permutation of ``range(m)``) when ``m`` is less than
+        the batch size (the last batch, a shard's piece, skipped samples)."""
+        per = self._per_table
+        parts = []
+        i = start
+        while i < stop:
+            t = i // per
+            j = min(stop, (t + 1) * per)
+            parts.append(self._table(epoch, t)[i - t * per:j - t * per])
+            i = j
+        rows = parts[0] if len(parts) == 1 else np.concatenate(parts)
+        if m < self.batch_size:
+            rows = rows[rows < m].reshape(len(rows), m)
+        return rows
+
+    def size(self, epoch: int, index: int) -> int:
+        """Samples in batch ``index`` as planned (before any non-finite one is skipped)."""
+        return sum(b - a for a, b in self.segments(epoch, index))
+
     def batch(self, epoch: int, index: int) -> tuple[np.ndarray, np.ndarray]:
         if not 0 <= index < self._nb:
             raise IndexError(index)
@@ -890,13 +939,39 @@ class BatchReader:
         xb = self.ds.x.take(segs)
         yb = self.ds.y.take(segs)
         xb, yb = self.guard.check(self.ds, xb, yb, segs)
-        rng = None
-        if self.shuffle or self.augment:
-            rng = np.random.default_rng([self.seed, epoch, 1 + index])
         if self.shuffle:
-            perm = rng.permutation(len(xb))
+            perm = self.perms(epoch, index, index + 1, len(xb))[0]
             xb, yb = xb[perm], yb[perm]
-        xb = self.pre(xb, rng if self.augment else None)
+        rng = np.random.default_rng([self.seed, epoch, 1 + index]) if self.augment else None
+        xb = self.pre(xb, rng)
         if self.y_dtype is not None:
             yb = np.asarray(yb, dtype=self.y_dtype)
         return xb, yb
+
+    def stack(self, epoch: int, start: int, stop: int
+              ) -> tuple[np.ndarray, np.ndarray] | None:
+        """``batch(epoch, i)`` for ``i`` in ``range(start, stop)``, stacked: two arrays
+        of shape (stop - start, m, ...), the batches' samples read slice by slice into one
+        array and checked, shuffled and preprocessed together. ``None`` where this does not
+        apply (the batches differ in size, augmentation, a non-finite sample): then ask
+        :meth:`batch` for each."""
+        if self.augment or not 0 <= start < stop <= self._nb:
+            return None
+        segs = [self.segments(epoch, i) for i in range(start, stop)]
+        m = sum(b - a for a, b in segs[0])
+        if any(sum(b - a for a, b in s) != m for s in segs):
+            return None
+        flat = [ab for s in segs for ab in s]
+        xs, ys = self.ds.x.take(flat), self.ds.y.take(flat)
+        bx, by = self.guard.bad_rows(xs), self.guard.bad_rows(ys)
+        if (bx is not None and bx.any()) or (by is not None and by.any()):
+            return None
+        k = stop - start
+        if self.shuffle:
+            idx = self.perms(epoch, start, stop, m)
+            idx = (idx + (np.arange(k, dtype=idx.dtype) * m)[:, None]).ravel()
+            xs, ys = xs[idx], ys[idx]
+        xs = self.pre(xs, None)
+        if self.y_dtype is not None:
+            ys = np.asarray(ys, dtype=self.y_dtype)
+        return xs.reshape(k, m, *xs.shape[1:]), ys.reshape(k, m, *ys.shape[1:])

@@ -209,11 +209,13 @@ def stream_dataset(readers, get_epoch, *, chunk: int | None = None):
     replica). ``get_epoch()`` is read when an epoch's pass starts (it sets the shuffle).
 
     The Python generator hands over ``chunk`` batches at a time (default: about
-    ``CHUNK_BYTES`` of inputs, :func:`chunk_batches`), each written straight into the
-    chunk's array (no second copy), and tf.data splits them again (``unbatch``) in C++:
-    the per-batch cost of crossing from Python into TensorFlow is paid once per chunk,
-    and the loader thread takes the GIL from the training loop once per chunk. The
-    batches and their order are those of ``BatchReader.batch(epoch, i)``, exactly as
+    ``CHUNK_BYTES`` of inputs, :func:`chunk_batches`) and tf.data splits them again
+    (``unbatch``) in C++: the per-batch cost of crossing from Python into TensorFlow is
+    paid once per chunk. With one reader a chunk is a run of batches of one size made by
+    ``BatchReader.stack`` (read slice by slice into one array, then checked, shuffled and
+    preprocessed in one pass each); where that does not apply (augmentation, a skipped
+    non-finite sample, several readers) each batch is written into the chunk's array.
+    The batches and their order are those of ``BatchReader.batch(epoch, i)``, exactly as
     through a ``keras.utils.PyDataset``.
     """
     tf = _tf()
@@ -221,10 +223,11 @@ def stream_dataset(readers, get_epoch, *, chunk: int | None = None):
     x0, y0 = readers[0].batch(0, 0)
     chunk = chunk or chunk_batches(x0, len(readers))
 
-    def gen():
-        epoch = get_epoch()
+    one = readers[0] if len(readers) == 1 else None
+
+    def per_batch(epoch, start, stop):
         buf = Chunk(chunk)
-        for i in range(steps):
+        for i in range(start, stop):
             for rd in readers:
                 xb, yb = rd.batch(epoch, i)
                 if not buf.fits(xb, yb):
@@ -233,6 +236,23 @@ def stream_dataset(readers, get_epoch, *, chunk: int | None = None):
                 buf.add(xb, yb)
         if buf.k:
             yield buf.arrays()
+
+    def gen():
+        epoch = get_epoch()
+        if one is None:
+            yield from per_batch(epoch, 0, steps)
+            return
+        i = 0
+        while i < steps:  # runs of up to `chunk` batches of one planned size
+            m, j = one.size(epoch, i), i + 1
+            while j < min(steps, i + chunk) and one.size(epoch, j) == m:
+                j += 1
+            got = one.stack(epoch, i, j)
+            if got is None:
+                yield from per_batch(epoch, i, j)
+            else:
+                yield got
+            i = j
 
     sig = (tf.TensorSpec((None, None, *x0.shape[1:]), tf.as_dtype(x0.dtype)),
            tf.TensorSpec((None, None, *y0.shape[1:]), tf.as_dtype(y0.dtype)))
