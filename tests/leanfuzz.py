@@ -560,7 +560,7 @@ def _set_k(fcpl, rng: random.Random) -> None:
     lib.H5Pset_istore_k.argtypes = [ctypes.c_int64, ctypes.c_uint]
     lib.H5Pset_sym_k(fcpl.id, rng.choice([2, 2, 3, 16]), rng.choice([1, 1, 2, 4]))
     if rng.random() < 0.4:
-        lib.H5Pset_istore_k(fcpl.id, rng.choice([1, 2, 32]))
+        lib.H5Pset_istore_k(fcpl.id, rng.choice([2, 3, 32]))  # (1: the library crashes)
 
 
 def _str_tid(h5py, size: int, pad: int, utf8: bool):
