@@ -68,13 +68,15 @@ bench: $(VENV)/.installed
 
 # Nightly-style fuzzing: thousands of mutated fixture files through inspect, spec, rebuild,
 # and as many generated HDF5 trees, Keras configs, specs and zip layouts (a quarter each);
-# the h5py-free walk against the h5py walk (tests/leanfuzz.py): a quarter as many generated
-# files and as many mutated ones.
+# the h5py-free walks against the h5py walk (tests/leanfuzz.py): for the ctypes walk a
+# quarter as many generated files and as many mutated ones, for the pure-Python reader
+# (milliseconds a case) as many of each as FUZZ_CASES.
 FUZZ_CASES ?= 5000
 fuzz: $(VENV)/.installed-test
 	WT_FUZZ_NIGHTLY=1 WT_FUZZ_CASES=$(FUZZ_CASES) WT_FUZZ_REBUILD_CASES=500 \
 		WT_FUZZ_STRUCT_CASES=$$(( $(FUZZ_CASES) / 4 )) \
 		WT_LEANFUZZ_CASES=$$(( $(FUZZ_CASES) / 4 )) \
+		WT_PARSEFUZZ_CASES=$(FUZZ_CASES) \
 		$(BIN)/python -m pytest -q -p no:cacheprovider tests/test_fuzz.py \
 		tests/test_fuzz_structure.py tests/test_h5lean_fuzz.py
 
