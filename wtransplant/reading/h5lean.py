@@ -559,6 +559,8 @@ class _Walk:
 
     def strings(self, aid: int, sid: int, tid: int, n: int, size: int) -> list[str]:
         L = self.L
+        if L.Tget_cset(tid) not in (0, 1):
+            _bail("character set")  # neither ASCII nor UTF-8: h5py refuses to decode it
         if L.Tis_variable_str(tid) > 0:
             mem = L.Tcopy(L.H5T_C_S1)
             if mem < 0:

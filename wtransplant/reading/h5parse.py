@@ -141,6 +141,7 @@ class _Walk:
     def __init__(self, data: _Data):
         self.d = data
         self.heaps: dict[int, dict] = {}  # global heap collections read so far
+        self.owner: dict[int, int] = {}  # header chunk address: its object header
         self.spaces: dict[bytes, tuple] = {}  # decoded dataspace and datatype messages
         self.types: dict[bytes, tuple] = {}
         self.budget = data.size // 8 + 1024  # structures read: bounds any loop
@@ -171,8 +172,9 @@ class _Walk:
         if version not in (0, 1) or bytes(buf[o + 9:o + 16]) != b"\0\0\0\0\x08\x08\0":
             _bail("superblock version or sizes")
         self.leaf_k, self.node_k, flags = struct.unpack_from("<HHI", buf, o + 16)
-        if not self.leaf_k or not self.node_k or flags or (
-                version == 1 and not _U16.unpack_from(buf, o + 24)[0]):
+        # chunk B-trees' K: stored from version 1 on, else HDF5's default
+        self.chunk_k = _U16.unpack_from(buf, o + 24)[0] if version == 1 else 32
+        if not self.leaf_k or not self.node_k or not self.chunk_k or flags:
             _bail("superblock K or flags")
         p = o + (24 if version == 0 else 28)
         base, free, eof, driver = struct.unpack_from("<4Q", buf, p)
@@ -279,7 +281,7 @@ class _Walk:
         buf, o = self.d.at(addr, 40)
         sig, ntype, level, used = _BTREE.unpack_from(buf, o)
         k2 = 2 * self.node_k
-        if sig != b"TREE" or ntype != 0 or (depth and used == 0) or used > k2 or (
+        if sig != b"TREE" or ntype != 0 or ((depth or level) and not used) or used > k2 or (
                 want is not None and level != want):
             _bail("group B-tree")
         levels.setdefault(level, []).append((addr, *_TWO_ADDR.unpack_from(buf, o + 8)))
@@ -332,16 +334,16 @@ class _Walk:
         unpack, known = _MSG.unpack_from, KNOWN
         while chunks:
             caddr, csize = chunks.pop(0)
-            if len(chunks) + seen > 64:
-                _bail("continuations")
+            if len(chunks) + seen > 64 or self.owner.setdefault(caddr, addr) != addr:
+                _bail("continuations")  # (a chunk in two headers: the cache gives it to one)
             buf, o = self.d.at(caddr, csize)
             end = o + csize
             while o + 8 <= end:
                 mtype, msize, flags = unpack(buf, o)
                 o += 8
                 seen += 1
-                if o + msize > end or msize & 7 or mtype not in known or flags & 0x22:
-                    _bail("message")  # shared, once unknown, unknown or out of bounds
+                if o + msize > end or msize & 7 or mtype not in known or flags & ~1:
+                    _bail("message")  # flags other than "constant", unknown, out of bounds
                 if mtype == M_ATTR:
                     attrs.append((buf, o, msize))
                 elif mtype == M_CONT:
@@ -365,7 +367,7 @@ class _Walk:
         if M_COMMENT not in msgs:
             return None
         buf, o, size = msgs[M_COMMENT]
-        raw = bytes(buf[o:o + size]).split(b"\x00", 1)[0]
+        raw = bytes(buf[o:o + size - 1]).split(b"\x00", 1)[0]  # (the library's bound)
         return raw.decode("utf-8", "replace") if 0 < len(raw) <= 1 << 16 else None
 
     # ----------------------------------------------------------------------------------
@@ -417,6 +419,8 @@ class _Walk:
             if addr == UNDEF:
                 node.layout = "contiguous"
                 return None
+            if addr == 0:
+                _bail("data at address 0")  # h5py's get_offset takes 0 for an error
             self.d.inside(addr, stored)
             node.storage = stored
             return (addr, stored)
@@ -437,22 +441,32 @@ class _Walk:
             _bail("chunk dims")
         node.layout, node.chunks = "chunked", tuple(dims[:-1])
         node.filters = _filters(msgs)
-        node.storage = 0 if btree == UNDEF else self.chunk_bytes(btree, dims, 0, set())
+        if btree == UNDEF:
+            node.storage = 0
+        else:
+            levels: dict[int, list] = {}
+            node.storage = self.chunk_bytes(btree, dims, 0, set(), levels)
+            _check_siblings(levels)
         return None
 
-    def chunk_bytes(self, addr: int, dims: tuple, depth: int, seen: set) -> int:
-        """Sum of the stored chunk sizes in a v1 chunk B-tree, whose keys are checked as
-        the library decodes them (it reports 0 bytes where a key is bad: here, None)."""
+    def chunk_bytes(self, addr: int, dims: tuple, depth: int, seen: set, levels: dict,
+                    want: int | None = None) -> int:
+        """Sum of the stored chunk sizes in a v1 chunk B-tree, whose nodes and keys are
+        checked as the library decodes them (it reports 0 bytes where a key is bad:
+        here, None)."""
         if addr in seen or depth > 64:
             _bail("B-tree cycle")
         seen.add(addr)
         self.spend()
-        buf, o = self.d.at(addr, 24)
+        buf, o = self.d.at(addr, 40)
         sig, ntype, level, used = _BTREE.unpack_from(buf, o)
-        if sig != b"TREE" or ntype != 1:
-            _bail("chunk B-tree")
-        ndims = len(dims)
+        ndims, k2 = len(dims), 2 * self.chunk_k
         key = 8 + 8 * ndims
+        if sig != b"TREE" or ntype != 1 or used > k2 or (level and not used) or (
+                want is not None and level != want):
+            _bail("chunk B-tree")
+        self.d.inside(addr, 24 + (key + 8) * k2 + key)  # the library reads the whole node
+        levels.setdefault(level, []).append((addr, *_TWO_ADDR.unpack_from(buf, o + 8)))
         buf, o = self.d.at(addr + 24, (key + 8) * used + key)
         offsets = struct.Struct(f"<{ndims}Q")
         for i in range(used + 1):
@@ -464,7 +478,7 @@ class _Walk:
             p = o + (key + 8) * i
             child = _U64.unpack_from(buf, p + key)[0]
             if level:
-                total += self.chunk_bytes(child, dims, depth + 1, seen)
+                total += self.chunk_bytes(child, dims, depth + 1, seen, levels, level - 1)
             else:
                 size = _U32.unpack_from(buf, p)[0]
                 self.d.inside(child, size)
@@ -513,10 +527,10 @@ class _Walk:
             p, pad = o + (9 if version == 3 else 8), False
         else:
             _bail("attribute version")
-        raw = bytes(buf[p:p + nlen])
-        if nlen == 0 or raw.find(b"\x00") != nlen - 1:
+        raw = bytes(buf[p:p + nlen - 1])  # the library takes nlen - 1 bytes
+        if not raw or b"\x00" in raw:  # (an empty name cannot be opened by name)
             _bail("attribute name")  # the library: "different length than stored length"
-        name = raw[:-1].decode("utf-8")
+        name = raw.decode("utf-8")
         p += _pad8(nlen) if pad else nlen
         ftype = _datatype(buf, p, tlen)
         p += _pad8(tlen) if pad else tlen
@@ -605,6 +619,8 @@ class _Walk:
         while p < end:
             self.spend()
             if p + 16 > end:
+                if (end - p) & 7:
+                    _bail("global heap free space not aligned")
                 break  # too small for an object: free space
             index, _rc, osize = _GCOL_OBJ.unpack_from(buf, p)
             need = 16 + _pad8(osize) if index else osize
@@ -658,6 +674,8 @@ def _dataspace(buf, o: int, size: int):
     if rank > MAX_RANK or flags & ~1 or p + 8 * rank * (1 + (flags & 1)) > o + size:
         _bail("dataspace")
     shape = struct.unpack_from(f"<{rank}Q", buf, p)
+    if any(s >> 63 for s in shape):
+        _bail("dimension")
     maxdims = None
     if flags & 1:
         maxdims = struct.unpack_from(f"<{rank}Q", buf, p + 8 * rank)
@@ -693,7 +711,7 @@ def _datatype(buf, o: int, size: int, depth: int = 0) -> dict:
         if b0 >> 4 > 1:
             _bail("character set")  # neither ASCII nor UTF-8: h5py refuses it
     elif cls == 7:  # reference
-        if b0 & 15 != 0:
+        if b0 & 15 != 0 or tsize != 8:
             _bail("reference kind")  # region or new-style references
     elif cls == 9:  # variable-length
         base = _datatype(buf, o + 8, size - 8, depth + 1)
@@ -747,7 +765,10 @@ def _filters(msgs: dict) -> list[str]:
         if version == 1 or fid >= 256:
             nlen, _flags, nvals = struct.unpack_from("<3H", buf, p + 2)
             p += 8
-            p += _pad8(nlen) if version == 1 else nlen
+            if nlen and (b"\x00" not in bytes(buf[p:p + nlen]) or (
+                    version == 1 and nlen & 7)):
+                _bail("filter name")  # NUL-terminated, padded to 8 in version 1
+            p += nlen
         else:
             _flags, nvals = struct.unpack_from("<2H", buf, p + 2)
             p += 6
