@@ -57,6 +57,7 @@ _OH_PREFIX = struct.Struct("<BBHII")  # version, reserved, messages, refcount, s
 _MSG = struct.Struct("<HHB")  # type, size, flags (then 3 reserved bytes)
 _TWO_ADDR = struct.Struct("<QQ")
 _ENTRY = struct.Struct("<QQI")  # name offset, object header, cache type
+_ENTRY40 = struct.Struct("<QQI20x")  # the same, a whole symbol table entry
 _BTREE = struct.Struct("<4sBBH")  # TREE, node type, level, entries used
 _HEAP = struct.Struct("<4sB3xQQQ")  # HEAP, version, data size, free list, data address
 _GCOL_OBJ = struct.Struct("<HH4xQ")  # index, refcount, size
@@ -144,6 +145,7 @@ class _Walk:
         self.owner: dict[int, int] = {}  # header chunk address: its object header
         self.spaces: dict[bytes, tuple] = {}  # decoded dataspace and datatype messages
         self.types: dict[bytes, tuple] = {}
+        self.fills: set[tuple] = set()  # fill value messages checked
         self.budget = data.size // 8 + 1024  # structures read: bounds any loop
 
     def spend(self, n: int = 1) -> None:
@@ -308,9 +310,8 @@ class _Walk:
         self.d.inside(addr, 8 + 80 * self.leaf_k)  # the whole node
         self.spend(n)
         buf, o = self.d.at(addr + 8, 40 * n)
-        for i in range(n):
-            name_off, header, cache = _ENTRY.unpack_from(buf, o + 40 * i)
-            if cache not in (0, 1) or header == UNDEF:
+        for name_off, header, cache in _ENTRY40.iter_unpack(buf[o:o + 40 * n]):
+            if cache > 1 or header == UNDEF:
                 _bail("soft link")  # (cache type 2)
             name = names(name_off)
             if not name or name == b"." or b"/" in name:
@@ -323,7 +324,8 @@ class _Walk:
     def header(self, addr: int) -> dict:
         """A version-1 object header's messages: {type: (buffer, offset, size)}, and the
         attribute messages as a list under M_ATTR."""
-        buf, o = self.d.at(addr, 16)
+        at = self.d.at
+        buf, o = at(addr, 16)
         version, _r, count, refcount, size = _OH_PREFIX.unpack_from(buf, o)
         if version != 1:
             _bail("object header version")
@@ -331,12 +333,12 @@ class _Walk:
         attrs: list = []
         chunks = [(addr + 16, size)]
         seen = 0
-        unpack, known = _MSG.unpack_from, KNOWN
+        unpack, known, owner = _MSG.unpack_from, KNOWN, self.owner
         while chunks:
             caddr, csize = chunks.pop(0)
-            if len(chunks) + seen > 64 or self.owner.setdefault(caddr, addr) != addr:
+            if len(chunks) + seen > 64 or owner.setdefault(caddr, addr) != addr:
                 _bail("continuations")  # (a chunk in two headers: the cache gives it to one)
-            buf, o = self.d.at(caddr, csize)
+            buf, o = at(caddr, csize)
             end = o + csize
             while o + 8 <= end:
                 mtype, msize, flags = unpack(buf, o)
@@ -390,7 +392,13 @@ class _Walk:
         n = 1
         for s in shape:
             n *= s
-        _fill(msgs)
+        for mtype in (M_FILL, M_FILL_OLD):  # (most datasets share theirs)
+            if mtype in msgs:
+                buf, o, size = msgs[mtype]
+                key = (mtype, buf[o:o + size])
+                if key not in self.fills:
+                    _fill(mtype, buf, o, size)
+                    self.fills.add(key)
         node = DatasetNode(path=path, shape=shape, dtype=dtype, kind=kind,
                            nbytes=n * itemsize,
                            attrs=self.attrs(msgs) if alias is None else {},
@@ -782,10 +790,9 @@ def _filters(msgs: dict) -> list[str]:
     return out
 
 
-def _fill(msgs: dict) -> None:
-    """Bounds-check the fill value messages the library decodes on open."""
-    if M_FILL in msgs:
-        buf, o, size = msgs[M_FILL]
+def _fill(mtype: int, buf, o: int, size: int) -> None:
+    """Bounds-check a fill value message, which the library decodes on open."""
+    if mtype == M_FILL:
         version, p = buf[o], o + 4
         if version in (1, 2):
             defined = buf[o + 3] if version == 2 else 1
@@ -796,7 +803,5 @@ def _fill(msgs: dict) -> None:
         if defined and (p + 4 > o + size or
                         p + 4 + _U32.unpack_from(buf, p)[0] > o + size):
             _bail("fill value")
-    if M_FILL_OLD in msgs:
-        buf, o, size = msgs[M_FILL_OLD]
-        if 4 + _U32.unpack_from(buf, o)[0] > size:
-            _bail("old fill value")
+    elif 4 + _U32.unpack_from(buf, o)[0] > size:
+        _bail("old fill value")
