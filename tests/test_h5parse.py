@@ -174,6 +174,97 @@ def test_damaged_files_step_aside_or_agree(tmp_path):
     assert took > 0  # some flips land in data or unused bytes
 
 
+def _targets_file(path: Path) -> None:
+    with h5py.File(path, "w") as f:
+        f.attrs["note"] = "a vlen string"
+        f.attrs["scale"] = np.float32(0.5)
+        for i in range(3):
+            f[f"g/w{i}"] = np.full((2, 2), i, np.float32)
+        f.create_dataset("c", data=np.arange(64, dtype=np.float32).reshape(8, 8),
+                         chunks=(4, 8))
+        h5py.h5o.set_comment(f.id, b"written by a test")
+
+
+class _Mapped(h5parse._Walk):
+    """The walk, recording where each structure it reads lies in the file."""
+
+    def __init__(self, data):
+        super().__init__(data)
+        self.at_ = {"heaps": [], "btrees": [], "chunk_btrees": [], "gheaps": [],
+                    "attrs": {}}
+
+    def local_heap(self, addr):
+        self.at_["heaps"].append(self.d.base + addr)
+        return super().local_heap(addr)
+
+    def btree_groups(self, addr, *a, **k):
+        self.at_["btrees"].append(self.d.base + addr)
+        return super().btree_groups(addr, *a, **k)
+
+    def chunk_bytes(self, addr, *a, **k):
+        self.at_["chunk_btrees"].append(self.d.base + addr)
+        return super().chunk_bytes(addr, *a, **k)
+
+    def global_heap(self, addr):
+        self.at_["gheaps"].append(self.d.base + addr)
+        return super().global_heap(addr)
+
+    def attribute(self, buf, o, size):
+        name, value = super().attribute(buf, o, size)
+        self.at_["attrs"][name] = o
+        return name, value
+
+    def comment(self, msgs):
+        self.at_["comment"] = msgs.get(h5parse.M_COMMENT)[1:]
+        return super().comment(msgs)
+
+
+def _where(path: Path) -> dict:
+    with open(path, "rb") as fh:
+        w = _Mapped(h5parse._Data(fh, os.path.getsize(path)))
+        w.run()
+    return w.at_
+
+
+def _put(raw: bytearray, at: int, value: int, n: int = 8) -> None:
+    raw[at:at + n] = value.to_bytes(n, "little")
+
+
+#: one damage each, at a structure the library checks when it reads it (each found by
+#: fuzzing: the parser once answered where h5py's walk failed or differed)
+DAMAGE = {
+    "free-space address": lambda r, w: _put(r, 32, 64),
+    "root entry cache type": lambda r, w: _put(r, 72, 7, 4),
+    "group K of 0": lambda r, w: _put(r, 18, 0, 2),
+    "B-tree right sibling": lambda r, w: _put(r, w["btrees"][0] + 16, 64),
+    "local heap free list": lambda r, w: _put(r, w["heaps"][0] + 16, 8),
+    "comment without NUL": lambda r, w: r.__setitem__(
+        slice(w["comment"][0], sum(w["comment"])), b"x" * w["comment"][1]),
+    "empty attribute name": lambda r, w: (_put(r, w["attrs"]["scale"] + 2, 1, 2),
+                                          _put(r, w["attrs"]["scale"] + 8, 0, 8)),
+    "vlen type size": lambda r, w: _put(r, w["attrs"]["note"] + 16 + 4, 24, 4),
+    "global heap object size": lambda r, w: _put(r, w["gheaps"][0] + 16 + 8, 12),
+    "chunk key offset": lambda r, w: _put(r, w["chunk_btrees"][0] + 24 + 8, 1),
+}
+
+
+@pytest.mark.parametrize("damage", sorted(DAMAGE))
+def test_damage_the_library_checks(tmp_path, damage):
+    """Each damage changes what h5py's walk gives (an error or another tree); the parser
+    answers with exactly that tree or steps aside, never its own reading."""
+    clean = tmp_path / "clean.h5"
+    _targets_file(clean)
+    assert parsed(clean) == h5py_tree(clean)
+    raw = bytearray(clean.read_bytes())
+    DAMAGE[damage](raw, _where(clean))
+    p = tmp_path / "damaged.h5"
+    p.write_bytes(bytes(raw))
+    ref = h5py_tree(p)
+    assert json.dumps(ref) != json.dumps(h5py_tree(clean)), "the damage changed nothing"
+    got = parsed(p)
+    assert got is None or json.dumps(got) == json.dumps(ref)
+
+
 LEAN = """
 import json, os, sys
 from wtransplant.reading import h5lean
