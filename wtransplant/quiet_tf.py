@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import contextlib
 import importlib.machinery
-import logging
 import os
 import sys
 
@@ -56,16 +55,25 @@ class _QuietLoader:  # an importlib Loader (importlib.abc's import costs start-u
         return getattr(self._loader, name)
 
 
+class _LoggingLoader(_QuietLoader):
+    """Delegates to the logging module's loader, then quiets the loggers named in
+    QUIET_LOGGERS (so that importing wtransplant does not import logging: start-up)."""
+
+    def exec_module(self, module):
+        self._loader.exec_module(module)
+        _quiet_python_loggers()
+
+
 class _QuietTensorFlowFinder:  # an importlib MetaPathFinder
     def find_spec(self, name, path=None, target=None):
-        if name != "tensorflow" or name in sys.modules:
+        if name not in ("tensorflow", "logging") or name in sys.modules:
             return None
         # stays on sys.meta_path until TensorFlow is imported: importlib.util.find_spec
         # (Keras checks whether TensorFlow is available) asks without importing
         spec = importlib.machinery.PathFinder.find_spec(name, path)
         if spec is None or spec.loader is None:
             return spec
-        spec.loader = _QuietLoader(spec.loader)
+        spec.loader = (_QuietLoader if name == "tensorflow" else _LoggingLoader)(spec.loader)
         return spec
 
 
@@ -74,6 +82,8 @@ def _remove_finder() -> None:
 
 
 def _quiet_python_loggers() -> None:
+    import logging
+
     for name in QUIET_LOGGERS:
         lg = logging.getLogger(name)
         if lg.level < logging.ERROR:
@@ -88,8 +98,9 @@ def install() -> None:
         return
     for k, v in TF_ENV.items():
         os.environ.setdefault(k, v)
-    _quiet_python_loggers()
-    if "tensorflow" in sys.modules:
+    if "logging" in sys.modules:
+        _quiet_python_loggers()  # (else when it is imported: _LoggingLoader)
+    if "tensorflow" in sys.modules and "logging" in sys.modules:
         return
     if not any(isinstance(f, _QuietTensorFlowFinder) for f in sys.meta_path):
         sys.meta_path.insert(0, _QuietTensorFlowFinder())
@@ -130,6 +141,7 @@ def quiet_logs(*names: str, level: int | None = None):
     """Python warnings off, and the named loggers (default: absl) raised to ``level``
     (default ERROR) while the block runs: Keras, TensorFlow and tf2onnx log what the CLI
     reports itself, in one line."""
+    import logging
     import warnings
 
     loggers = [logging.getLogger(n) for n in (names or ("absl",))]

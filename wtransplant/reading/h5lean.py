@@ -34,7 +34,11 @@ from wtransplant.reading.tree import (
     DatasetNode,
     FileTree,
     GroupNode,
+    fixed_string,
+    min_max,
+    nest_list,
     numeric_name,
+    numpy_dtype_name,
 )
 
 # HDF5 1.14 constants (checked against h5py's in tests/test_h5lean.py)
@@ -538,9 +542,9 @@ class _Walk:
         if not shape:
             return values[0]
         if n > MAX_ATTR_ELEMENTS:
-            lo, hi = _np_min_max(values)
+            lo, hi = min_max(values)
             return f"<{dtname} array, shape {shape}, min {lo:.6g}, max {hi:.6g}>"
-        return _nest(values, shape)
+        return nest_list(values, shape)
 
     def numbers(self, aid: int, tid: int, cls: int, size: int, n: int):
         """The values as Python floats/ints (exact: HDF5 converts to double, int64 or
@@ -555,7 +559,7 @@ class _Walk:
         buf = (ctype * max(n, 1))()
         if n and L.Aread(aid, mem, buf) < 0:
             _bail("attr read")
-        return list(buf[:n]), _np_dtype_str(kind, size, L.Tget_order(tid) == ORDER_BE)
+        return list(buf[:n]), numpy_dtype_name(kind, size, L.Tget_order(tid) == ORDER_BE)
 
     def strings(self, aid: int, sid: int, tid: int, n: int, size: int) -> list[str]:
         L = self.L
@@ -588,7 +592,7 @@ class _Walk:
         if n and L.Aread(aid, tid, buf) < 0:
             _bail("string read")
         raw = buf.raw
-        return [_fixed(raw[i * size:(i + 1) * size], pad) for i in range(n)]
+        return [fixed_string(raw[i * size:(i + 1) * size], pad) for i in range(n)]
 
     def char_arrays(self, aid: int, sid: int, tid: int, n: int, *, scalar: bool):
         """Variable-length arrays of 1-byte strings (MATLAB_fields: one field name each),
@@ -654,42 +658,4 @@ class _Walk:
         buf = ctypes.create_string_buffer(size)
         if L.Dread(oid, tid, 0, 0, H5P_DEFAULT, buf) < 0:
             _bail("string read")
-        return _fixed(buf.raw, pad, decode="replace")
-
-
-def _fixed(raw: bytes, pad: int, decode: str = "replace") -> str:
-    """A fixed-length string as h5py hands it over (NumPy 'S': trailing NULs dropped;
-    HDF5 ends a null-terminated string at its first NUL), decoded."""
-    if pad == STR_NULLTERM:
-        raw = raw.split(b"\x00", 1)[0]
-    return raw.rstrip(b"\x00").decode("utf-8", decode)
-
-
-_NP_NAMES = {"f": "float", "i": "int", "u": "uint"}
-_NP_CODES = {"f": "f", "i": "i", "u": "u"}
-
-
-def _np_dtype_str(kind: str, size: int, big_endian: bool) -> str:
-    """``str(numpy.dtype)`` of a stored float/int type as h5py maps it."""
-    if big_endian and size > 1:
-        return f">{_NP_CODES[kind]}{size}"
-    return f"{_NP_NAMES[kind]}{size * 8}"
-
-
-def _np_min_max(values: list) -> tuple:
-    """numpy's min and max: NaN if any value is NaN."""
-    if any(v != v for v in values):
-        nan = float("nan")
-        return nan, nan
-    return min(values), max(values)
-
-
-def _nest(values: list, shape: tuple):
-    """``ndarray.tolist()`` of a flat C-order list."""
-    if len(shape) == 1:
-        return list(values)
-    step = len(values) // shape[0] if shape[0] else 0
-    if step == 0:
-        return [_nest([], shape[1:]) for _ in range(shape[0])]
-    return [_nest(values[i * step:(i + 1) * step], shape[1:]) for i in range(shape[0])]
-
+        return fixed_string(buf.raw, pad, decode="replace")

@@ -29,8 +29,6 @@ from __future__ import annotations
 import os
 import struct
 
-from wtransplant.reading.h5lean import _fixed, _nest, _np_dtype_str
-from wtransplant.reading.h5lean import _np_min_max as _min_max
 from wtransplant.reading.tree import (
     FILTER_NAMES,
     MAX_ATTR_ELEMENTS,
@@ -38,8 +36,12 @@ from wtransplant.reading.tree import (
     DatasetNode,
     FileTree,
     GroupNode,
+    fixed_string,
     gc_paused,
+    min_max,
+    nest_list,
     numeric_name,
+    numpy_dtype_name,
 )
 
 SIGNATURE = b"\x89HDF\r\n\x1a\n"
@@ -505,7 +507,7 @@ class _Walk:
             return text.decode("utf-8", "replace")
         if ftype["pad"] not in (0, 1):
             _bail("padding")
-        return _fixed(bytes(buf[o:o + ftype["size"]]), ftype["pad"])
+        return fixed_string(bytes(buf[o:o + ftype["size"]]), ftype["pad"])
 
     # ----------------------------------------------------------------------------------
     # attributes, decoded as h5lean decodes what the library returns
@@ -561,7 +563,7 @@ class _Walk:
         if cls == 3:  # fixed-length string
             if ft["pad"] not in (0, 1) or size == 0:
                 _bail("padding")
-            texts = [_fixed(bytes(buf[p + i * size:p + (i + 1) * size]), ft["pad"])
+            texts = [fixed_string(bytes(buf[p + i * size:p + (i + 1) * size]), ft["pad"])
                      for i in range(n)]
             return texts[0] if not shape else texts
         if cls == 9:
@@ -580,10 +582,10 @@ class _Walk:
             return values[0]
         if n > MAX_ATTR_ELEMENTS:
             kind = "f" if cls == 1 else ("i" if ft["signed"] else "u")
-            lo, hi = _min_max(values)
-            dtname = _np_dtype_str(kind, size, ft["be"])
+            lo, hi = min_max(values)
+            dtname = numpy_dtype_name(kind, size, ft["be"])
             return f"<{dtname} array, shape {shape}, min {lo:.6g}, max {hi:.6g}>"
-        return _nest(values, shape)
+        return nest_list(values, shape)
 
     def char_arrays(self, ft: dict, buf, p: int, n: int, *, scalar: bool):
         """MATLAB_fields: variable-length arrays of 1-byte strings (see h5lean)."""

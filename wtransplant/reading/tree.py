@@ -182,6 +182,45 @@ def numeric_name(is_float: bool, size: int, big_endian: bool, signed: bool
     return (">" + name if big_endian else name), kind
 
 
+# --------------------------------------------------------------------------------------
+# attribute values as h5py hands them over, for the walks without h5py (h5parse, h5lean)
+
+def fixed_string(raw: bytes, pad: int, decode: str = "replace") -> str:
+    """A fixed-length string as h5py hands it over (NumPy 'S': trailing NULs dropped;
+    HDF5 ends a null-terminated string, ``pad`` 0, at its first NUL), decoded."""
+    if pad == 0:
+        raw = raw.split(b"\x00", 1)[0]
+    return raw.rstrip(b"\x00").decode("utf-8", decode)
+
+
+_NP_NAMES = {"f": "float", "i": "int", "u": "uint"}
+
+
+def numpy_dtype_name(kind: str, size: int, big_endian: bool) -> str:
+    """``str(numpy.dtype)`` of a stored float/int (``kind`` f, i or u) as h5py maps it."""
+    if big_endian and size > 1:
+        return f">{kind}{size}"
+    return f"{_NP_NAMES[kind]}{size * 8}"
+
+
+def min_max(values: list) -> tuple:
+    """numpy's min and max: NaN if any value is NaN."""
+    if any(v != v for v in values):
+        nan = float("nan")
+        return nan, nan
+    return min(values), max(values)
+
+
+def nest_list(values: list, shape: tuple):
+    """``ndarray.tolist()`` of a flat C-order list."""
+    if len(shape) == 1:
+        return list(values)
+    step = len(values) // shape[0] if shape[0] else 0
+    if step == 0:
+        return [nest_list([], shape[1:]) for _ in range(shape[0])]
+    return [nest_list(values[i * step:(i + 1) * step], shape[1:]) for i in range(shape[0])]
+
+
 @contextlib.contextmanager
 def gc_paused():
     """Pause Python's cycle collector while a walk builds tens of thousands of small,

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import math
 import os
-import zipfile
 
 from wtransplant.errors import InputError, one_line
 
@@ -157,6 +156,7 @@ def check_npy(path) -> None:
 def check_npz(path, *, max_ratio: int = 1000, floor: int = 64 << 20) -> None:
     """Refuse a .npz whose members declare more data than they hold (checked from each
     member's header and its uncompressed size) or that expand like a zip bomb."""
+    import zipfile  # (here: an HDF5 inspect does not pay its import)
     display = str(path)
     try:
         with zipfile.ZipFile(path) as z:

@@ -12,8 +12,8 @@ and uncompressed members are read through read-only memory maps.
 from __future__ import annotations
 
 import os
-import zipfile
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from wtransplant._lazy import lazy
 from wtransplant.errors import InputError
@@ -29,6 +29,9 @@ from wtransplant.reading.sources.base import (
 )
 from wtransplant.reading.tree import FileTree
 from wtransplant.safety.bounds import check_declared, check_npz, npy_header
+
+if TYPE_CHECKING:
+    import zipfile
 
 np = lazy("numpy")
 
@@ -125,6 +128,8 @@ class NpzSource(Source):
     def sniff(cls, head: bytes, path: Path) -> bool:
         if not head.startswith((b"PK\x03\x04", b"PK\x05\x06")):
             return False
+        import zipfile  # (here: an HDF5 inspect does not pay its import)
+
         try:
             with zipfile.ZipFile(path) as z:
                 names = z.namelist()
@@ -135,6 +140,7 @@ class NpzSource(Source):
     @classmethod
     def open(cls, path: Path, *, follow_links: bool = False, in_memory: bool = False
              ) -> NpzSource:
+        import zipfile  # (here: an HDF5 inspect does not pay its import)
         display = str(path)
         check_npz(path)  # zip bombs, declared sizes, pickled members: refused here
         members = {}
@@ -181,6 +187,7 @@ class NpzSource(Source):
         return name, m
 
     def read(self, path: str, *, limit: int = MAX_TENSOR_BYTES) -> np.ndarray:
+        import zipfile  # (here: an HDF5 inspect does not pay its import)
         name, (zi, shape, dtype, fortran, offset) = self._member(path)
         check_limit(nbytes_of(shape, dtype.itemsize), shape, name, self.display, limit)
         try:
