@@ -155,6 +155,15 @@ def _edge_file(path: Path, *, ordered: bool = True) -> None:
                      mtype=t)
 
 
+def spacepad_attr(f) -> None:
+    """A space-padded string attribute (h5py writes none itself)."""
+    t = h5py.h5t.C_S1.copy()
+    t.set_size(4)
+    t.set_strpad(h5py.h5t.STR_SPACEPAD)
+    h5py.h5a.create(f.id, b"sp", t, h5py.h5s.create(h5py.h5s.SCALAR)).write(
+        np.array(b"ab  ", "S4"), mtype=t)
+
+
 def test_edge_cases_same_tree(tmp_path):
     p = tmp_path / "edges.h5"
     _edge_file(p)
@@ -181,11 +190,7 @@ def test_steps_aside_where_h5py_decides(tmp_path, what):
         elif what == "reference":
             f.attrs["r"] = f["x"].ref
         elif what == "spacepad":
-            t = h5py.h5t.C_S1.copy()
-            t.set_size(4)
-            t.set_strpad(h5py.h5t.STR_SPACEPAD)
-            h5py.h5a.create(f.id, b"sp", t, h5py.h5s.create(h5py.h5s.SCALAR)).write(
-                np.array(b"ab  ", "S4"), mtype=t)
+            spacepad_attr(f)
         elif what == "empty_chars":  # h5py cannot read a zero-length vlen element
             chars = np.empty(2, object)
             chars[0], chars[1] = np.array([b"a"], "S1"), np.array([], "S1")

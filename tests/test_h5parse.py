@@ -15,7 +15,7 @@ from pathlib import Path
 import h5py
 import numpy as np
 import pytest
-from test_h5lean import FIXTURES, _edge_file, h5py_tree
+from test_h5lean import FIXTURES, _edge_file, h5py_tree, spacepad_attr
 
 from wtransplant.reading import h5parse
 
@@ -137,11 +137,7 @@ def test_steps_aside_outside_its_scope(tmp_path, what):
         elif what == "bool_attr":
             f.attrs["b"] = True  # an enum
         elif what == "spacepad":
-            t = h5py.h5t.C_S1.copy()
-            t.set_size(4)
-            t.set_strpad(h5py.h5t.STR_SPACEPAD)
-            h5py.h5a.create(f.id, b"sp", t, h5py.h5s.create(h5py.h5s.SCALAR)).write(
-                np.array(b"ab  ", "S4"), mtype=t)
+            spacepad_attr(f)
         elif what == "external_storage":
             f.create_dataset("ext", shape=(4,), dtype="f4",
                              external=[(str(tmp_path / "raw.bin"), 0, 16)])

@@ -274,21 +274,29 @@ class _Walk:
             block = nxt
         _bail("heap free list loops")
 
-    def btree_groups(self, addr: int, names, out: list, depth: int, seen: set,
-                     levels: dict, want: int | None = None) -> None:
-        """The (name, address) entries of a group's v1 B-tree, in order. ``levels``
-        collects each level's nodes (address, left, right) for :func:`_check_siblings`."""
+    def btree_node(self, addr: int, ntype: int, k2: int, depth: int, seen: set,
+                   levels: dict, want: int | None) -> tuple[int, int]:
+        """(level, entries used) of a v1 B-tree node of ``ntype`` (0 groups, 1 chunks),
+        checked: no cycle, at most ``k2`` entries, none empty but a root leaf, one level
+        below its parent; its (address, left, right) added to ``levels``."""
         if addr in seen or depth > 64:
             _bail("B-tree cycle")
         seen.add(addr)
         self.spend()
         buf, o = self.d.at(addr, 40)
-        sig, ntype, level, used = _BTREE.unpack_from(buf, o)
-        k2 = 2 * self.node_k
-        if sig != b"TREE" or ntype != 0 or ((depth or level) and not used) or used > k2 or (
+        sig, nt, level, used = _BTREE.unpack_from(buf, o)
+        if sig != b"TREE" or nt != ntype or used > k2 or ((depth or level) and not used) or (
                 want is not None and level != want):
-            _bail("group B-tree")
+            _bail("B-tree node")
         levels.setdefault(level, []).append((addr, *_TWO_ADDR.unpack_from(buf, o + 8)))
+        return level, used
+
+    def btree_groups(self, addr: int, names, out: list, depth: int, seen: set,
+                     levels: dict, want: int | None = None) -> None:
+        """The (name, address) entries of a group's v1 B-tree, in order. ``levels``
+        collects each level's nodes (address, left, right) for :func:`_check_siblings`."""
+        k2 = 2 * self.node_k
+        level, used = self.btree_node(addr, 0, k2, depth, seen, levels, want)
         self.d.inside(addr, 24 + 16 * k2 + 8)  # the library reads the whole node
         buf, o = self.d.at(addr + 24, 16 * used + 8)
         keys = [names(_U64.unpack_from(buf, o + 16 * i)[0]) for i in range(used + 1)]
@@ -464,19 +472,10 @@ class _Walk:
         """Sum of the stored chunk sizes in a v1 chunk B-tree, whose nodes and keys are
         checked as the library decodes them (it reports 0 bytes where a key is bad:
         here, None)."""
-        if addr in seen or depth > 64:
-            _bail("B-tree cycle")
-        seen.add(addr)
-        self.spend()
-        buf, o = self.d.at(addr, 40)
-        sig, ntype, level, used = _BTREE.unpack_from(buf, o)
         ndims, k2 = len(dims), 2 * self.chunk_k
         key = 8 + 8 * ndims
-        if sig != b"TREE" or ntype != 1 or used > k2 or (level and not used) or (
-                want is not None and level != want):
-            _bail("chunk B-tree")
+        level, used = self.btree_node(addr, 1, k2, depth, seen, levels, want)
         self.d.inside(addr, 24 + (key + 8) * k2 + key)  # the library reads the whole node
-        levels.setdefault(level, []).append((addr, *_TWO_ADDR.unpack_from(buf, o + 8)))
         buf, o = self.d.at(addr + 24, (key + 8) * used + key)
         offsets = struct.Struct(f"<{ndims}Q")
         for i in range(used + 1):
