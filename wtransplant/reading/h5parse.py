@@ -752,7 +752,7 @@ def _describe(ft: dict) -> tuple[str, str, int]:
     if cls == 3:
         return (f"S{size}", "string", size)
     if cls == 9 and ft["vlen"]:
-        return ("str", "string", 8)
+        return ("str", "string", ft["msize"])  # the library reports the in-memory char *
     if cls == 7:
         return ("reference", "reference", size)
     _bail("dataset class")
